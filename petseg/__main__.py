@@ -1,0 +1,5 @@
+import sys
+
+from petseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,237 @@
+"""``petseg`` command line: thin wrappers over the package."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from petseg.errors import InputError, PetsegError
+from petseg.settings import PAPER_NETWORK
+
+log = logging.getLogger("petseg")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    ct: Path
+    pet: Path
+    suffix: str  # output extension, the input's
+
+
+def find_cases(input_dir: str | Path) -> list[Case]:
+    """Cases of an nnU-Net-named folder (``<case>_0000`` = CT, ``_0001`` = PET) or of a
+    Grand Challenge input folder (``images/ct``, ``images/pet``)."""
+    from petseg import gc
+    from petseg.io import image_suffix, list_images, strip_suffix
+
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(input_dir, "input folder not found")
+    if (input_dir / "images" / "ct").is_dir() or (input_dir / "images" / "pet").is_dir():
+        ct, pet = gc.find_inputs(input_dir)
+        return [Case(strip_suffix(ct), ct, pet, ".mha")]
+    cases = []
+    for ct in list_images(input_dir):
+        stem, suffix = strip_suffix(ct), image_suffix(ct)
+        if not stem.endswith("_0000"):
+            continue
+        name = stem[: -len("_0000")]
+        pet = input_dir / f"{name}_0001{suffix}"
+        if not pet.is_file():
+            raise InputError(pet, f"PET of case {name} not found (expected beside its CT {ct.name})")
+        cases.append(Case(name, ct, pet, suffix))
+    if not cases:
+        raise InputError(
+            input_dir, "no cases found: expected <case>_0000.<ext> (CT) + <case>_0001.<ext> (PET), or images/ct + images/pet"
+        )
+    return cases
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from petseg.predictor import Predictor
+
+    cases = find_cases(args.input)
+    predictor = Predictor.from_model_dir(
+        args.model_dir, device=args.device, sw_batch_size=args.sw_batch_size, progress=args.verbose
+    )
+    failed = []
+    for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
+        output = Path(args.output) / f"{case.name}{case.suffix}"
+        log.info("case %s", case.name)
+        try:
+            predictor.predict_files(ct=case.ct, pet=case.pet, output=output)
+        except InputError as err:  # a bad case does not stop the others
+            log.error("%s", err)
+            failed.append(case.name)
+    if failed:
+        log.error("%d of %d case(s) failed: %s", len(failed), len(cases), ", ".join(failed))
+        return 1
+    return 0
+
+
+def _import_weights(args: argparse.Namespace) -> int:
+    from petseg.model import import_weights
+
+    network = dict(PAPER_NETWORK)
+    if args.channels:
+        network["channels"] = args.channels
+        network["strides"] = [2] * (len(args.channels) - 1)
+    folder = import_weights(args.files, args.output, network=network)
+    print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
+    return 0
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from petseg.phantom import make_study, write_study
+
+    for index in tqdm(range(args.n), desc="phantom", unit="study", disable=args.n < 2):
+        study = make_study(
+            tracer=args.tracer,
+            seed=args.seed,
+            index=index,
+            shape=tuple(args.shape),
+            spacing=tuple(args.spacing),
+            ct_spacing=tuple(args.ct_spacing) if args.ct_spacing else None,
+            n_lesions=args.lesions,
+        )
+        for path in write_study(study, args.output, layout=args.layout):
+            log.info("wrote %s", path)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from petseg.compare import compare_outputs
+
+    result = compare_outputs(args.expected, args.actual, min_dice=args.min_dice)
+    for problem in result.problems:
+        print(f"MISMATCH {problem}", file=sys.stderr)
+    print(f"{len(result.checked)} file(s) compared, {len(result.problems)} problem(s)")
+    return 0 if result.ok else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from petseg.settings import Settings
+    from petseg.train import TrainConfig, train_fold
+
+    network = dict(PAPER_NETWORK)
+    if args.channels:
+        network["channels"] = args.channels
+        network["strides"] = [2] * (len(args.channels) - 1)
+    if args.num_res_units is not None:
+        network["num_res_units"] = args.num_res_units
+    settings = Settings(device=args.device).with_overrides(
+        target_spacing=args.target_spacing, roi_size=args.roi_size, sw_batch_size=args.sw_batch_size
+    )
+    config = TrainConfig(
+        data_dir=args.data, out_dir=args.output, fold=args.fold, n_folds=args.folds, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, patch_size=tuple(args.patch_size), lr=args.lr,
+        val_every=args.val_every, augment=not args.no_augment, network=network, settings=settings,
+        splits_file=args.splits, device=args.device, num_workers=args.num_workers,
+    )  # fmt: skip
+    for fold in range(args.folds) if args.fold == -1 else [args.fold]:
+        train_fold(dataclasses.replace(config, fold=fold), resume=args.resume)
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from petseg.train import assemble
+
+    folder = assemble(args.run, args.output, description=args.description)
+    print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and window progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="segment every case of a folder")
+    p.add_argument("-i", "--input", required=True, type=Path, help="nnU-Net-named folder or Grand Challenge input")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder (one mask per case)")
+    p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per network call (default from model.json)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("import-weights", help="turn the authors' fold checkpoints into a model folder")
+    p.add_argument("files", nargs="+", type=Path, help="state dicts, e.g. fold0_model_ep=0284.pth ...")
+    p.add_argument("-o", "--output", required=True, type=Path, help="model folder to write")
+    p.add_argument("--channels", type=int, nargs="+", help="UNet widths (default: the paper's 32 64 128 256 512)")
+    p.set_defaults(func=_import_weights)
+
+    p = sub.add_parser("phantom", help="write synthetic whole-body PET/CT studies with labels")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("-n", type=int, default=1, help="number of studies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracer", choices=("fdg", "psma"), default="fdg")
+    p.add_argument("--layout", choices=("nnunet", "gc"), default="nnunet")
+    p.add_argument("--shape", type=int, nargs=3, default=(80, 64, 160), metavar=("X", "Y", "Z"))
+    p.add_argument("--spacing", type=float, nargs=3, default=(5.0, 5.0, 4.5), metavar=("X", "Y", "Z"))
+    p.add_argument("--ct-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="CT on its own grid")
+    p.add_argument("--lesions", type=int, help="lesions per study (default: random 1-6)")
+    p.set_defaults(func=_phantom)
+
+    p = sub.add_parser("train", help="train fold K (or all folds with --fold -1)")
+    p.add_argument("-d", "--data", required=True, type=Path, help="folder with imagesTr/ and labelsTr/")
+    p.add_argument("-o", "--output", required=True, type=Path, help="run folder (cache, splits, fold_K/)")
+    p.add_argument("--fold", type=int, default=0, help="fold to train; -1 trains all folds one after another")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--splits", type=Path, help="nnU-Net splits_final.json to use instead of a seeded split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--patch-size", type=int, nargs=3, default=(128, 128, 128))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-every", type=int, default=10)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--channels", type=int, nargs="+", help="UNet widths (default: the paper's)")
+    p.add_argument("--num-res-units", type=int)
+    p.add_argument("--target-spacing", type=float, nargs=3)
+    p.add_argument("--roi-size", type=int, nargs=3, help="validation sliding window")
+    p.add_argument("--sw-batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from fold_K/last.pt")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")
+    p.add_argument("run", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--description", default="")
+    p.set_defaults(func=_assemble)
+
+    p = sub.add_parser("compare", help="compare an output folder with the expected one (test.sh)")
+    p.add_argument("expected", type=Path)
+    p.add_argument("actual", type=Path)
+    p.add_argument("--min-dice", type=float, default=0.999)
+    p.set_defaults(func=_compare)
+    return parser
+
+
+def setup_logging(*, verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    try:
+        return args.func(args)
+    except PetsegError as err:
+        print(f"petseg: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Reading, validating and atomically writing images with SimpleITK."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from petseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def image_suffix(path: str | Path) -> str:
+    """The image extension of ``path`` (".nii.gz" counts as one), or "" if not an image name."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def strip_suffix(path: str | Path) -> str:
+    """File name without its image extension: ``a/b.nii.gz`` -> ``b``."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
+
+
+def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
+    """Read a 3D scalar image as float32; errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{role} file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise InputError(path, f"cannot be read as an image ({_first_itk_line(err)})") from None
+    check_geometry(image, source=path)
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def check_geometry(image: sitk.Image, *, source: str | Path) -> None:
+    """Reject images that are not 3D scalar volumes with a usable grid."""
+    dim = image.GetDimension()
+    if dim != 3:
+        raise InputError(source, f"expected a 3D image, got a {dim}D image of size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            source, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
+    if min(image.GetSize()) < 2:
+        raise InputError(source, f"expected a 3D volume, got size {image.GetSize()} (a single slice)")
+    if min(image.GetSpacing()) <= 0:
+        raise InputError(source, f"spacing must be positive, got {image.GetSpacing()}")
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
+        raise InputError(source, "direction matrix is not orthonormal")
+
+
+def check_intensities(array: np.ndarray, *, source: str | Path, role: str) -> None:
+    """Reject NaN/inf anywhere, and an all-zero PET."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InputError(source, f"{role} contains {int(array.size - finite.sum())} NaN or infinite voxels")
+    if role == "PET" and not np.any(array):
+        raise InputError(source, "PET is all zero")
+
+
+def _first_itk_line(err: Exception) -> str:
+    """ITK exceptions span many lines; keep the most informative one."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.lower().startswith("description:"):
+            return ln.split(":", 1)[1].strip()
+    return lines[-1] if lines else type(err).__name__
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed, so no half-written output remains.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = image_suffix(path) or path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
+    """Write an image atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted; hidden files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, *, tol: float = 1e-4) -> bool:
+    """True when both images share size, spacing, origin and direction (within ``tol``)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounding box (min, max) of the image's voxel extent (edges, not centres)."""
+    size = np.asarray(image.GetSize())
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
+    corners = corners * size - 0.5
+    points = np.array([image.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
+    return points.min(axis=0), points.max(axis=0)
+
+
+def overlap_fraction(fixed: sitk.Image, moving: sitk.Image) -> float:
+    """Fraction of ``fixed``'s bounding box volume that ``moving``'s bounding box covers."""
+    lo_f, hi_f = physical_bounds(fixed)
+    lo_m, hi_m = physical_bounds(moving)
+    inter = np.clip(np.minimum(hi_f, hi_m) - np.maximum(lo_f, lo_m), 0, None)
+    return float(np.prod(inter) / np.prod(hi_f - lo_f))

@@ -1,0 +1,263 @@
+"""Deterministic synthetic whole-body PET/CT studies with a lesion label.
+
+The anatomy is analytic (ellipsoids and cylinders in patient coordinates, LPS, scaled to
+the field of view), so the same study can be rendered on any grid: anisotropic spacing,
+non-zero origin, flipped or oblique directions, and a CT on its own finer grid. Tracer
+uptake follows FDG or PSMA patterns; lesions (3-30 mm radius, SUV 2-20) sit in lymph
+node stations, bone, lung and liver. PET gets Poisson-like noise and scanner blur.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import gaussian_filter
+
+from petseg.io import write_image
+
+TRACERS = ("fdg", "psma")
+
+# tissue classes, painted in this order (later wins)
+AIR, SOFT, LUNG, LIVER, HEART, BRAIN, KIDNEY, BLADDER, BONE, SALIVARY, TABLE = range(11)
+HU = {AIR: -1000, SOFT: 30, LUNG: -850, LIVER: 55, HEART: 40, BRAIN: 35, KIDNEY: 35, BLADDER: 10,
+      BONE: 650, SALIVARY: 30, TABLE: 300}  # fmt: skip
+SUV = {
+    "fdg": {AIR: 0.0, SOFT: 0.7, LUNG: 0.4, LIVER: 2.2, HEART: 4.0, BRAIN: 8.0, KIDNEY: 3.0, BLADDER: 12.0,
+            BONE: 1.2, SALIVARY: 1.5, TABLE: 0.0},
+    "psma": {AIR: 0.0, SOFT: 0.4, LUNG: 0.2, LIVER: 5.0, HEART: 1.0, BRAIN: 0.3, KIDNEY: 25.0, BLADDER: 20.0,
+             BONE: 0.6, SALIVARY: 14.0, TABLE: 0.0},
+}  # fmt: skip
+LESION_SITES = ("node", "bone", "lung", "liver")
+# lymph-node stations in body-relative coordinates (fractions of FOV width, depth, length)
+NODE_STATIONS = [(0.0, 0.05, 0.15), (0.06, 0.06, 0.0), (-0.06, 0.06, 0.0), (0.1, 0.0, -0.1), (-0.1, 0.0, -0.1),
+                 (0.28, 0.0, 0.22), (-0.28, 0.0, 0.22), (0.08, 0.0, 0.33), (-0.08, 0.0, 0.33)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Lesion:
+    centre: tuple[float, float, float]  # mm, patient (LPS) coordinates
+    radius: float  # mm
+    suv: float
+    site: str
+
+
+@dataclass
+class Study:
+    case_id: str
+    tracer: str
+    ct: sitk.Image
+    pet: sitk.Image
+    label: sitk.Image
+    lesions: list[Lesion]
+
+
+def _grid_points(size, spacing, origin, direction, z_slice: slice) -> np.ndarray:
+    """Physical points (N, 3) of voxels in z-slab ``z_slice``, ordered like a (z, y, x) array."""
+    zs = np.arange(size[2])[z_slice]
+    k, j, i = np.meshgrid(zs, np.arange(size[1]), np.arange(size[0]), indexing="ij")
+    idx = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float32) * np.asarray(spacing, np.float32)
+    return idx @ np.asarray(direction, np.float32).reshape(3, 3).T + np.asarray(origin, np.float32)
+
+
+class Anatomy:
+    """Analytic body in a frame centred on the field of view (LPS: +x left, +y posterior, +z head)."""
+
+    def __init__(self, centre: np.ndarray, extent: np.ndarray) -> None:
+        self.centre = centre.astype(np.float32)
+        self.w, self.d, self.length = (float(e) for e in extent)
+
+    def rel(self, fx: float, fy: float, fz: float) -> np.ndarray:
+        """Body-relative fractions -> physical point."""
+        return self.centre + np.array([fx * self.w, fy * self.d, fz * self.length], np.float32)
+
+    def _ellipsoid(self, q, c, semi) -> np.ndarray:
+        s = np.array([semi[0] * self.w, semi[1] * self.d, semi[2] * self.length], np.float32)
+        return (((q - np.array(c, np.float32) * [self.w, self.d, self.length]) / s) ** 2).sum(-1) <= 1.0
+
+    def _cylinder(self, q, cx, cy, r_x, r_y, z0, z1) -> np.ndarray:
+        x = (q[:, 0] - cx * self.w) / (r_x * self.w)
+        y = (q[:, 1] - cy * self.d) / (r_y * self.d)
+        z = q[:, 2]
+        return (x * x + y * y <= 1.0) & (z >= z0 * self.length) & (z <= z1 * self.length)
+
+    def tissues(self, points: np.ndarray) -> np.ndarray:
+        q = points - self.centre
+        e, cyl = self._ellipsoid, self._cylinder
+        t = np.full(len(q), AIR, np.uint8)
+        t[cyl(q, 0, 0.34, 0.45, 0.02, -0.5, 0.5)] = TABLE  # scanner table, behind the patient
+        t[cyl(q, 0, 0, 0.40, 0.28, -0.18, 0.30)] = SOFT  # torso
+        for side in (-1, 1):
+            t[cyl(q, side * 0.17, 0, 0.13, 0.2, -0.49, -0.12)] = SOFT  # legs
+        t[cyl(q, 0, 0, 0.11, 0.16, 0.29, 0.37)] = SOFT  # neck
+        head = e(q, (0, 0, 0.43), (0.16, 0.24, 0.07))
+        t[head] = BONE  # skull
+        t[e(q, (0, 0, 0.43), (0.14, 0.21, 0.062))] = BRAIN
+        for side in (-1, 1):
+            t[e(q, (side * 0.17, 0, 0.18), (0.13, 0.2, 0.1))] = LUNG
+            t[e(q, (side * 0.12, 0.12, 0.0), (0.04, 0.06, 0.03))] = KIDNEY
+            t[e(q, (side * 0.1, 0.0, 0.37), (0.03, 0.06, 0.015))] = SALIVARY
+            t[e(q, (side * 0.12, 0.08, -0.12), (0.09, 0.15, 0.035))] = BONE  # pelvis
+            t[cyl(q, side * 0.17, 0, 0.03, 0.05, -0.49, -0.15)] = BONE  # femur
+        t[e(q, (0.04, -0.06, 0.13), (0.09, 0.14, 0.04))] = HEART
+        t[e(q, (-0.15, -0.02, 0.05), (0.16, 0.2, 0.05))] = LIVER  # patient's right = -x (LPS)
+        t[e(q, (0, -0.05, -0.13), (0.06, 0.1, 0.025))] = BLADDER
+        t[cyl(q, 0, 0.18, 0.035, 0.07, -0.12, 0.36)] = BONE  # spine
+        return t
+
+
+def _sample_lesions(anatomy: Anatomy, rng: np.random.Generator, n: int, tracer: str) -> list[Lesion]:
+    lesions = []
+    anchors = {
+        "lung": [((s * 0.17, 0, 0.18), (0.09, 0.14, 0.07)) for s in (-1, 1)],
+        "liver": [((-0.15, -0.02, 0.05), (0.1, 0.12, 0.03))],
+        "bone": [((0, 0.18, z), (0.0, 0.0, 0.0)) for z in (-0.05, 0.05, 0.15, 0.25)]
+        + [((s * 0.12, 0.08, -0.12), (0.04, 0.06, 0.01)) for s in (-1, 1)],
+        "node": [(c, (0.01, 0.01, 0.01)) for c in NODE_STATIONS],
+    }
+    for _ in range(n):
+        site = LESION_SITES[rng.integers(len(LESION_SITES))]
+        (c, jitter) = anchors[site][rng.integers(len(anchors[site]))]
+        frac = np.asarray(c) + rng.uniform(-1, 1, 3) * np.asarray(jitter)
+        centre = anatomy.rel(*frac)
+        radius = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+        radius = min(radius, 0.08 * anatomy.w)  # keep lesions plausible in small fields of view
+        suv = float(rng.uniform(2.0, 20.0))
+        suv = max(suv, 2.0 * SUV[tracer][{"node": SOFT, "bone": BONE, "lung": LUNG, "liver": LIVER}[site]])
+        lesions.append(Lesion(tuple(float(v) for v in centre), radius, suv, site))
+    return lesions
+
+
+def _render(size, spacing, origin, direction, anatomy, lesions, tracer, *, what: str) -> np.ndarray:
+    """Render 'ct' (HU), 'pet' (ideal SUV) or 'label' as a (z, y, x) array, slab by slab."""
+    out = np.zeros(size[::-1], np.float32 if what != "label" else np.uint8)
+    lut_hu = np.array([HU[i] for i in range(len(HU))], np.float32)
+    lut_suv = np.array([SUV[tracer][i] for i in range(len(HU))], np.float32)
+    slab = max(1, 2_000_000 // (size[0] * size[1]))
+    for z0 in range(0, size[2], slab):
+        zs = slice(z0, min(size[2], z0 + slab))
+        pts = _grid_points(size, spacing, origin, direction, zs)
+        values = np.zeros(len(pts), out.dtype)
+        if what != "label":
+            values[:] = (lut_hu if what == "ct" else lut_suv)[anatomy.tissues(pts)]
+        for lesion in lesions:
+            inside = ((pts - np.asarray(lesion.centre, np.float32)) ** 2).sum(-1) <= lesion.radius**2
+            if what == "label":
+                values[inside] = 1
+            elif what == "pet":
+                values[inside] = lesion.suv
+            else:
+                values[inside] = 80.0 if lesion.site != "bone" else 900.0
+        out[zs] = values.reshape(zs.stop - zs.start, size[1], size[0])
+    return out
+
+
+def _image(array: np.ndarray, size, spacing, origin, direction) -> sitk.Image:
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(float(o) for o in origin))
+    img.SetDirection(tuple(float(d) for d in np.asarray(direction).reshape(-1)))
+    return img
+
+
+def make_study(
+    *,
+    tracer: str = "fdg",
+    seed: int = 0,
+    index: int = 0,
+    shape: tuple[int, int, int] = (80, 64, 160),
+    spacing: tuple[float, float, float] = (5.0, 5.0, 4.5),
+    origin: tuple[float, float, float] | None = None,
+    direction: tuple[float, ...] | None = None,
+    ct_spacing: tuple[float, float, float] | None = None,
+    n_lesions: int | None = None,
+    noise: bool = True,
+) -> Study:
+    """One deterministic study: same (tracer, seed, index) -> same images, on any grid.
+
+    ``shape``/``spacing``/``origin``/``direction`` define the PET grid (and the label's);
+    the CT shares it unless ``ct_spacing`` puts it on its own grid over the same field of view.
+    """
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {TRACERS}, got {tracer!r}")
+    rng = np.random.default_rng([seed, index, TRACERS.index(tracer)])
+    size = tuple(int(s) for s in shape)
+    direction = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    extent_vec = np.asarray(size) * np.asarray(spacing)
+    if origin is None:  # centre the field of view on the scanner isocentre
+        origin = -direction @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2)
+    origin = np.asarray(origin, float)
+    centre = origin + direction @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2)
+    anatomy = Anatomy(centre, np.abs(direction) @ extent_vec)
+    lesions = _sample_lesions(anatomy, rng, int(rng.integers(1, 7)) if n_lesions is None else n_lesions, tracer)
+
+    pet = _render(size, spacing, origin, direction, anatomy, lesions, tracer, what="pet")
+    if noise:
+        counts = 6.0  # counts per SUV unit per voxel: low enough to look like PET noise
+        pet = rng.poisson(pet * counts).astype(np.float32) / counts
+    fwhm_mm = 6.5
+    pet = gaussian_filter(pet, sigma=[fwhm_mm / 2.355 / s for s in spacing[::-1]]).astype(np.float32)
+    label = _render(size, spacing, origin, direction, anatomy, lesions, tracer, what="label")
+
+    if ct_spacing is None:
+        ct_size, ct_sp, ct_origin = size, tuple(spacing), origin
+    else:  # same direction and field-of-view centre, its own spacing
+        ct_sp = tuple(float(s) for s in ct_spacing)
+        ct_size = tuple(max(2, int(round(e / s))) for e, s in zip(extent_vec, ct_sp))
+        ct_origin = centre - direction @ ((np.asarray(ct_size) - 1) * np.asarray(ct_sp) / 2)
+    ct = _render(ct_size, ct_sp, ct_origin, direction, anatomy, lesions, tracer, what="ct")
+    if noise:
+        ct += rng.normal(0, 12.0, ct.shape).astype(np.float32)
+    ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
+
+    return Study(
+        case_id=f"{tracer}_ph{seed:03d}x{index:03d}_2026-01-01",
+        tracer=tracer,
+        ct=_image(ct, ct_size, ct_sp, ct_origin, direction),
+        pet=_image(pet, size, spacing, origin, direction),
+        label=_image(label, size, spacing, origin, direction),
+        lesions=lesions,
+    )
+
+
+def case_uuid(case_id: str) -> str:
+    """Stable UUID for a case name (Grand Challenge names inputs by UUID)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"petseg-phantom/{case_id}"))
+
+
+def write_study(study: Study, out_dir: str | Path, *, layout: str = "nnunet") -> list[Path]:
+    """Write one study.
+
+    layout "nnunet": ``imagesTr/<case>_0000.nii.gz`` (CT), ``_0001`` (PET), ``labelsTr/<case>.nii.gz``.
+    layout "gc": ``<case>/images/ct/<uuid>.mha``, ``<case>/images/pet/<uuid>.mha`` (a Grand
+    Challenge input folder) and ``<case>/label/<uuid>.mha``.
+    """
+    out_dir = Path(out_dir)
+    if layout == "nnunet":
+        paths = [
+            out_dir / "imagesTr" / f"{study.case_id}_0000.nii.gz",
+            out_dir / "imagesTr" / f"{study.case_id}_0001.nii.gz",
+            out_dir / "labelsTr" / f"{study.case_id}.nii.gz",
+        ]
+    elif layout == "gc":
+        name = case_uuid(study.case_id)
+        root = out_dir / study.case_id
+        paths = [root / "images" / "ct" / f"{name}.mha", root / "images" / "pet" / f"{name}.mha", root / "label" / f"{name}.mha"]
+    else:
+        raise ValueError(f"layout must be 'nnunet' or 'gc', got {layout!r}")
+    for image, path in zip((study.ct, study.pet, study.label), paths):
+        write_image(image, path)
+    return paths
+
+
+def make_cohort(
+    out_dir: str | Path, *, n: int, seed: int, tracer: str, layout: str = "nnunet", **study_kwargs
+) -> list[Study]:
+    """Write ``n`` studies (indices 0..n-1) and return them."""
+    studies = [make_study(tracer=tracer, seed=seed, index=i, **study_kwargs) for i in range(n)]
+    for study in studies:
+        write_study(study, out_dir, layout=layout)
+    return studies

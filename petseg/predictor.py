@@ -1,0 +1,89 @@
+"""The one predictor object behind the API, the CLI and the Grand Challenge handler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from petseg.errors import ModelError
+from petseg.inference import FoldAverage, foreground_probability, resolve_device
+from petseg.io import read_image, write_image
+from petseg.model import ModelFolder, default_model_dir
+from petseg.preprocess import probability_to_mask, preprocess, restore
+from petseg.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
+    """Accumulate the wall time of a stage into ``timings`` and log it."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        timings[stage] = timings.get(stage, 0.0) + elapsed
+        log.info("%-10s %7.2f s", stage, elapsed)
+
+
+class Predictor:
+    """Preprocess -> sliding-window fold ensemble -> restore, for one study at a time."""
+
+    def __init__(self, networks: Sequence[torch.nn.Module], *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.device = resolve_device(self.settings.device)
+        self.ensemble = FoldAverage(list(networks)).to(self.device).eval()
+        self.timings: dict[str, float] = {}
+        log.info("predictor: %d fold(s) on %s", len(self.ensemble.networks), self.device)
+
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: str | Path | None = None, *, settings: Settings | None = None, **overrides
+    ) -> Predictor:
+        """Load a model folder; ``overrides`` (e.g. device="cpu") replace model.json's settings."""
+        model_dir = model_dir or default_model_dir()
+        if model_dir is None:
+            raise ModelError("model", "no model folder: pass --model-dir / model_dir or set PETSEG_MODEL_DIR")
+        folder = ModelFolder.open(model_dir)
+        base = folder.settings if settings is None else settings
+        return cls(folder.load_networks(), settings=base.with_overrides(**overrides))
+
+    def predict_probability(
+        self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET"
+    ) -> sitk.Image:
+        """Mean foreground probability on the PET's native grid (float32)."""
+        with timed("preprocess", self.timings):
+            prep = preprocess(ct, pet, settings=self.settings, ct_source=ct_source, pet_source=pet_source)
+        log.info(
+            "network grid %s (crop %s of %s)", prep.record.network.size, prep.record.cropped.size, prep.record.native.size
+        )
+        with timed("network", self.timings):
+            probability = foreground_probability(prep.image, self.ensemble, settings=self.settings, device=self.device)
+        with timed("restore", self.timings):
+            return restore(probability, prep.record)
+
+    def predict(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET") -> sitk.Image:
+        """uint8 {0, 1} lesion mask on the PET's native grid."""
+        probability = self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source)
+        return probability_to_mask(probability)
+
+    def predict_files(self, *, ct: str | Path, pet: str | Path, output: str | Path) -> Path:
+        """Read, predict, write atomically; returns the output path. Nothing is written on error."""
+        self.timings = {}
+        with timed("read", self.timings):
+            ct_image = read_image(ct, role="CT")
+            pet_image = read_image(pet, role="PET")
+        mask = self.predict(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet))
+        with timed("write", self.timings):
+            write_image(mask, output)
+        voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+        log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
+        return Path(output)

@@ -1,0 +1,259 @@
+"""From a CT/PET pair to the network's input, and back from its output to the PET grid.
+
+Forward (``preprocess``), in this order, each step recorded in a :class:`Record`:
+
+1. CT resampled onto the PET grid (linear, ``ct_fill_hu`` outside the CT), skipped
+   when the CT is already on that grid.
+2. CT clipped to ``ct_window`` and scaled to [0, 1]; PET kept as SUV.
+3. Crop to the body: the bounding box of CT voxels above ``body_threshold_hu`` (on the
+   PET grid), widened by ``body_margin_mm`` per side. No voxel above threshold: no crop.
+4. Reorientation to RAS (a permutation/flip of axes, exact).
+5. Resampling to ``target_spacing`` (linear for images, nearest for labels), skipped
+   when the spacing already matches; the new grid keeps the field of view's centre.
+
+The network array is (C, X, Y, Z) in RAS, channel 0 = CT, 1 = PET: what MONAI's
+``LoadImage`` (nibabel) + ``Orientation("RAS")`` give for the same image. ``restore``
+undoes steps 5, 4 and 3 in reverse order and returns an image on the PET's native grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from petseg.errors import InputError
+from petseg.io import check_intensities, overlap_fraction, same_grid
+from petseg.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RAS = "RAS"  # DICOMOrient's code: axis 0 increases towards Right, 1 Anterior, 2 Superior
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a 3D image: size (x, y, z), spacing, origin and direction (row-major 3x3)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        return cls(
+            tuple(int(s) for s in image.GetSize()),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    def stamp(self, image: sitk.Image) -> sitk.Image:
+        """Give ``image`` (same size) exactly this geometry."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"image size {image.GetSize()} does not match grid size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def resample(self, image: sitk.Image, *, interpolator: int, default: float = 0.0) -> sitk.Image:
+        """``image`` resampled onto this grid (physical space, identity transform)."""
+        f = sitk.ResampleImageFilter()
+        f.SetSize(self.size)
+        f.SetOutputSpacing(self.spacing)
+        f.SetOutputOrigin(self.origin)
+        f.SetOutputDirection(self.direction)
+        f.SetInterpolator(interpolator)
+        f.SetDefaultPixelValue(default)
+        f.SetOutputPixelType(image.GetPixelID())
+        return f.Execute(image)
+
+    @property
+    def orientation(self) -> str:
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What ``preprocess`` did, enough for ``restore`` to undo it exactly."""
+
+    native: Grid  # the PET grid as read
+    ct_resampled: bool  # step 1 was needed
+    crop_index: tuple[int, int, int]  # first voxel (x, y, z) of the body crop on the native grid
+    cropped: Grid  # step 3
+    oriented: Grid  # step 4 (RAS)
+    network: Grid  # step 5: the grid of the network array
+    resampled: bool  # step 5 was needed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """Network input (C, X, Y, Z) float32, optional label (X, Y, Z) uint8, and the record."""
+
+    image: np.ndarray
+    record: Record
+    label: np.ndarray | None = None
+
+
+# --- the one place where SimpleITK's (z, y, x) meets MONAI's (x, y, z) -------------------
+
+
+def image_to_array(image: sitk.Image) -> np.ndarray:
+    """SimpleITK image -> array indexed (x, y, z) (vector images: (C, x, y, z))."""
+    array = sitk.GetArrayFromImage(image)
+    axes = (3, 2, 1, 0) if image.GetNumberOfComponentsPerPixel() > 1 else (2, 1, 0)
+    return np.ascontiguousarray(array.transpose(axes))
+
+
+def array_to_image(array: np.ndarray, grid: Grid) -> sitk.Image:
+    """Array indexed (x, y, z) -> SimpleITK image on ``grid``."""
+    return grid.stamp(sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0))))
+
+
+# --- forward ------------------------------------------------------------------------------
+
+
+def validate_pair(ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET") -> None:
+    """Input checks that need both images or their voxels; errors name the offending file."""
+    check_intensities(sitk.GetArrayViewFromImage(pet), source=pet_source, role="PET")
+    check_intensities(sitk.GetArrayViewFromImage(ct), source=ct_source, role="CT")
+    if overlap_fraction(pet, ct) <= 0.0:
+        raise InputError(ct_source, f"CT and PET ({pet_source}) do not overlap in space")
+
+
+def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image, *, settings: Settings) -> tuple[sitk.Image, bool]:
+    """CT in HU on the PET grid; the flag says whether resampling was needed."""
+    ct = sitk.Cast(ct, sitk.sitkFloat32)
+    if same_grid(ct, pet):
+        return Grid.of(pet).stamp(ct), False
+    return Grid.of(pet).resample(ct, interpolator=sitk.sitkLinear, default=settings.ct_fill_hu), True
+
+
+def scale_ct(hu: np.ndarray, *, settings: Settings) -> np.ndarray:
+    """Clip to the CT window and map it linearly onto [0, 1] (MONAI ScaleIntensityRange, clip=True)."""
+    lo, hi = settings.ct_window
+    return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def body_box(hu_zyx: np.ndarray, spacing: tuple[float, float, float], *, settings: Settings) -> tuple[tuple, tuple]:
+    """Body bounding box on the PET grid as (index, size) in (x, y, z) order.
+
+    Body = CT voxels above ``body_threshold_hu``; the box is widened by ``body_margin_mm``.
+    With no body voxel at all the whole grid is kept.
+    """
+    body = hu_zyx > settings.body_threshold_hu
+    shape_xyz = hu_zyx.shape[::-1]
+    if not body.any():
+        log.warning("no CT voxel above %.0f HU: no body crop", settings.body_threshold_hu)
+        return (0, 0, 0), tuple(shape_xyz)
+    start, stop = [], []
+    for axis_zyx, (n, sp) in zip((2, 1, 0), zip(shape_xyz, spacing)):
+        other = tuple(a for a in range(3) if a != axis_zyx)
+        hits = np.flatnonzero(body.any(axis=other))
+        margin = int(np.ceil(settings.body_margin_mm / sp))
+        start.append(max(0, int(hits[0]) - margin))
+        stop.append(min(n, int(hits[-1]) + 1 + margin))
+    return tuple(start), tuple(b - a for a, b in zip(start, stop))
+
+
+def spacing_grid(grid: Grid, spacing: tuple[float, float, float]) -> Grid:
+    """A grid with ``spacing``, the same direction and field-of-view centre, covering the same extent."""
+    size_in = np.asarray(grid.size, dtype=float)
+    sp_in = np.asarray(grid.spacing)
+    sp_out = np.asarray(spacing, dtype=float)
+    size_out = np.maximum(1, np.round(size_in * sp_in / sp_out)).astype(int)
+    rot = np.asarray(grid.direction).reshape(3, 3)
+    centre = np.asarray(grid.origin) + rot @ ((size_in - 1) * sp_in / 2)
+    origin = centre - rot @ ((size_out - 1) * sp_out / 2)
+    return Grid(tuple(int(s) for s in size_out), tuple(float(s) for s in sp_out), tuple(origin.tolist()), grid.direction)
+
+
+def _crop(image: sitk.Image, index: tuple, size: tuple) -> sitk.Image:
+    if tuple(size) == tuple(image.GetSize()):
+        return image
+    return sitk.RegionOfInterest(image, [int(s) for s in size], [int(i) for i in index])
+
+
+def preprocess(
+    ct: sitk.Image,
+    pet: sitk.Image,
+    *,
+    settings: Settings,
+    label: sitk.Image | None = None,
+    ct_source: str = "CT",
+    pet_source: str = "PET",
+) -> Preprocessed:
+    """Network input for one study; ``label`` (on the PET grid) follows with nearest neighbour."""
+    validate_pair(ct, pet, ct_source=ct_source, pet_source=pet_source)
+    pet = sitk.Cast(pet, sitk.sitkFloat32)
+    native = Grid.of(pet)
+    ct_pet, ct_resampled = ct_on_pet_grid(ct, pet, settings=settings)
+    hu = sitk.GetArrayViewFromImage(ct_pet)
+    crop_index, crop_size = body_box(hu, native.spacing, settings=settings)
+    ct01 = native.stamp(sitk.GetImageFromArray(scale_ct(hu, settings=settings)))
+    stack = sitk.Compose(ct01, pet)  # one vector image: crop, orient and resample once for both
+
+    cropped = _crop(stack, crop_index, crop_size)
+    oriented = sitk.DICOMOrient(cropped, RAS)
+    target = spacing_grid(Grid.of(oriented), settings.target_spacing)
+    resampled = not np.allclose(oriented.GetSpacing(), settings.target_spacing, atol=1e-3)
+    network = target.resample(oriented, interpolator=sitk.sitkLinear) if resampled else oriented
+    record = Record(
+        native=native,
+        ct_resampled=ct_resampled,
+        crop_index=tuple(int(i) for i in crop_index),
+        cropped=Grid.of(cropped),
+        oriented=Grid.of(oriented),
+        network=Grid.of(network),
+        resampled=resampled,
+    )
+    array = image_to_array(network).astype(np.float32, copy=False)
+    label_array = None
+    if label is not None:
+        label_array = forward_label(label, record)
+    return Preprocessed(image=array, record=record, label=label_array)
+
+
+def forward_label(label: sitk.Image, record: Record) -> np.ndarray:
+    """A label on the PET grid taken through the recorded crop, RAS and resampling (nearest)."""
+    if tuple(label.GetSize()) != record.native.size:
+        raise InputError("label", f"size {label.GetSize()} differs from the PET's {record.native.size}")
+    label = record.native.stamp(sitk.Cast(label, sitk.sitkUInt8))
+    label = sitk.DICOMOrient(_crop(label, record.crop_index, record.cropped.size), RAS)
+    if record.resampled:
+        label = record.network.resample(label, interpolator=sitk.sitkNearestNeighbor)
+    return image_to_array(label)
+
+
+# --- backward -----------------------------------------------------------------------------
+
+
+def restore(values: np.ndarray, record: Record) -> sitk.Image:
+    """Undo resampling, orientation and crop: (X, Y, Z) values on the network grid ->
+    float32 image on the PET's native grid (0 outside the crop)."""
+    if tuple(values.shape) != record.network.size:
+        raise ValueError(f"values of shape {values.shape} do not match the network grid {record.network.size}")
+    image = array_to_image(values.astype(np.float32, copy=False), record.network)
+    if record.resampled:
+        image = record.oriented.resample(image, interpolator=sitk.sitkLinear)
+    image = record.cropped.stamp(sitk.DICOMOrient(image, record.cropped.orientation))
+    full = np.zeros(record.native.size[::-1], dtype=np.float32)
+    (x0, y0, z0), (nx, ny, nz) = record.crop_index, record.cropped.size
+    full[z0 : z0 + nz, y0 : y0 + ny, x0 : x0 + nx] = sitk.GetArrayViewFromImage(image)
+    return record.native.stamp(sitk.GetImageFromArray(full))
+
+
+def probability_to_mask(probability: sitk.Image, *, threshold: float = 0.5) -> sitk.Image:
+    """Foreground probability -> uint8 {0, 1} mask. Strictly greater: argmax of two classes
+    picks background on a tie."""
+    mask = (sitk.GetArrayViewFromImage(probability) > threshold).astype(np.uint8)
+    out = sitk.GetImageFromArray(mask)
+    out.CopyInformation(probability)
+    return out

@@ -1,0 +1,101 @@
+"""One frozen dataclass holds every knob of preprocessing and inference.
+
+The model folder's ``model.json`` provides the defaults that belong to the trained model
+(spacing, intensity window, window size); callers override only what they need with
+``dataclasses.replace`` or :meth:`Settings.with_overrides`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# The paper's network (autoPET III, MONAI residual UNet): 19,223,525 trainable parameters.
+PAPER_NETWORK: dict[str, Any] = {
+    "spatial_dims": 3,
+    "in_channels": 2,
+    "out_channels": 2,
+    "channels": [32, 64, 128, 256, 512],
+    "strides": [2, 2, 2, 2],
+    "num_res_units": 2,
+    "norm": "batch",
+    "act": "PRELU",
+}
+
+CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Preprocessing and inference parameters.
+
+    Attributes:
+        target_spacing: network grid spacing in mm (x, y, z).
+        ct_window: CT clip range in HU, mapped linearly onto [0, 1].
+        ct_fill_hu: HU used where the CT does not cover the PET grid.
+        body_threshold_hu: voxels of the CT (on the PET grid) above this are "body";
+            the crop is their bounding box plus ``body_margin_mm``.
+        body_margin_mm: margin added around the body bounding box on each side.
+        roi_size: sliding-window size in voxels of the network grid.
+        overlap: sliding-window overlap fraction.
+        sw_batch_size: windows per network call.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        progress: show a tqdm bar over sliding windows.
+    """
+
+    target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    ct_window: tuple[float, float] = (-1024.0, 1024.0)
+    ct_fill_hu: float = -1024.0
+    body_threshold_hu: float = -500.0
+    body_margin_mm: float = 10.0
+    roi_size: tuple[int, int, int] = (192, 192, 192)
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    device: str = "auto"
+    progress: bool = False
+    channels: tuple[str, ...] = field(default=CHANNELS)
+
+    def __post_init__(self) -> None:
+        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
+            raise ValueError(f"target_spacing must be 3 positive numbers, got {self.target_spacing!r}")
+        lo, hi = self.ct_window
+        if not hi > lo:
+            raise ValueError(f"ct_window must be (low, high) with high > low, got {self.ct_window!r}")
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ValueError(f"roi_size must be 3 positive integers, got {self.roi_size!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size!r}")
+        if self.body_margin_mm < 0:
+            raise ValueError(f"body_margin_mm must be >= 0, got {self.body_margin_mm!r}")
+        if tuple(self.channels) != CHANNELS:
+            raise ValueError(f"channels must be {CHANNELS!r} (0 = CT, 1 = PET), got {self.channels!r}")
+
+    # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
+    PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm", "channels")
+    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size")
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given non-None fields replaced (tuples coerced from lists)."""
+        clean = {k: _as_field_value(v) for k, v in overrides.items() if v is not None}
+        unknown = set(clean) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        return dataclasses.replace(self, **clean)
+
+    def model_sections(self) -> dict[str, dict[str, Any]]:
+        """model.json's "preprocessing" and "inference" sections (JSON-ready)."""
+        return {
+            "preprocessing": {k: _as_json(getattr(self, k)) for k in self.PREPROCESSING_KEYS},
+            "inference": {k: _as_json(getattr(self, k)) for k in self.INFERENCE_KEYS},
+        }
+
+
+def _as_field_value(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _as_json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,39 @@
+"""Grand Challenge entry point: ``python process.py [--input /input] [--output /output]``.
+
+A thin handler over ``petseg.gc``; weights come from ``weights/`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from petseg import gc
+from petseg.cli import setup_logging
+from petseg.errors import PetsegError
+from petseg.predictor import Predictor
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input", type=Path, default=Path("/input"))
+    parser.add_argument("--output", type=Path, default=Path("/output"))
+    parser.add_argument("--model-dir", type=Path, default=HERE / "weights")
+    parser.add_argument("--interface", choices=sorted(gc.INTERFACES), default="autopet3")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        predictor = Predictor.from_model_dir(args.model_dir, device=args.device)
+        gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
+    except PetsegError as err:
+        print(f"process.py: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

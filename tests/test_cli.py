@@ -1,0 +1,87 @@
+"""The petseg command line over the package."""
+
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import blob_study
+from petseg.cli import find_cases, main
+
+
+def _nnunet_folder(root, cases=("psma_a_1", "fdg_b_2"), ext=".nii.gz"):
+    root.mkdir(parents=True)
+    for name in cases:
+        ct, pet = blob_study()
+        sitk.WriteImage(ct, str(root / f"{name}_0000{ext}"))
+        sitk.WriteImage(pet, str(root / f"{name}_0001{ext}"))
+    return root
+
+
+def test_predict_an_nnunet_folder_writes_one_mask_per_case(tiny_model_dir, tmp_path):
+    src = _nnunet_folder(tmp_path / "in")
+    assert main(["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["fdg_b_2.nii.gz", "psma_a_1.nii.gz"]
+    mask = sitk.ReadImage(str(tmp_path / "out" / "fdg_b_2.nii.gz"))
+    assert mask.GetSize() == sitk.ReadImage(str(src / "fdg_b_2_0001.nii.gz")).GetSize()
+
+
+def test_predict_a_grand_challenge_folder(gc_input, tiny_model_dir, tmp_path):
+    assert main(["predict", "-i", str(gc_input), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["3f1c0a6e-case.mha"]
+
+
+def test_a_bad_case_does_not_stop_the_others(tiny_model_dir, tmp_path, caplog):
+    src = _nnunet_folder(tmp_path / "in", ext=".mha")
+    pet = sitk.ReadImage(str(src / "fdg_b_2_0001.mha"))
+    zero = sitk.GetImageFromArray(np.zeros(pet.GetSize()[::-1], np.float32))
+    zero.CopyInformation(pet)
+    sitk.WriteImage(zero, str(src / "fdg_b_2_0001.mha"))
+    code = main(["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["psma_a_1.mha"]
+    assert "fdg_b_2_0001.mha: PET is all zero" in caplog.text
+
+
+def test_missing_pet_and_empty_folders_are_one_line_errors(tmp_path, capsys):
+    src = _nnunet_folder(tmp_path / "in", cases=("a",))
+    (src / "a_0001.nii.gz").unlink()
+    assert main(["predict", "-i", str(src), "-o", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"petseg: error: {src / 'a_0001.nii.gz'}: PET of case a not found (expected beside its CT a_0000.nii.gz)"
+    )
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 1
+    assert "no cases found" in capsys.readouterr().err
+
+
+def test_find_cases_ignores_other_files(tmp_path):
+    src = _nnunet_folder(tmp_path / "in", cases=("x",))
+    (src / "notes.txt").write_text("hi")
+    (src / "x_0002.nii.gz").write_bytes(b"")
+    assert [c.name for c in find_cases(src)] == ["x"]
+
+
+def test_phantom_command_is_deterministic(tmp_path):
+    args = ["phantom", "-n", "2", "--seed", "4", "--tracer", "psma", "--shape", "24", "20", "40",
+            "--spacing", "8", "9", "10"]  # fmt: skip
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a" / "imagesTr").iterdir())
+    assert len(names) == 4 and all(n.startswith("psma_") for n in names)
+    for name in names:
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "imagesTr" / name)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "imagesTr" / name)))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_module_entry_point_and_help():
+    result = subprocess.run([sys.executable, "-m", "petseg", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("predict", "import-weights", "phantom", "compare"):
+        assert command in result.stdout

@@ -1,0 +1,209 @@
+"""Grand Challenge entry point (process.py) and every bad input of the spec."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+import process  # noqa: E402
+
+OUT_SLUG = "images/automated-petct-lesion-segmentation"
+
+
+def run_process(input_dir, output_dir, model_dir, *extra):
+    return process.main(
+        ["--input", str(input_dir), "--output", str(output_dir), "--model-dir", str(model_dir), "--device", "cpu", *extra]
+    )
+
+
+def files_under(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def make_read_only(root):
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def test_process_writes_exactly_the_mask_and_the_json(gc_input, tiny_model_dir, tmp_path):
+    make_read_only(gc_input)
+    out = tmp_path / "out"
+    assert run_process(gc_input, out, tiny_model_dir) == 0
+    assert files_under(out) == ["data-centric-model.json", f"{OUT_SLUG}/3f1c0a6e-case.mha"]
+    assert json.loads((out / "data-centric-model.json").read_text()) is False
+    mask = sitk.ReadImage(str(out / OUT_SLUG / "3f1c0a6e-case.mha"))
+    pet = sitk.ReadImage(str(gc_input / "images/pet/3f1c0a6e-case.mha"))
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == pet.GetSize()
+    assert np.allclose(mask.GetOrigin(), pet.GetOrigin()) and np.allclose(mask.GetSpacing(), pet.GetSpacing())
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+
+
+def test_mask_is_written_compressed(gc_input, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_process(gc_input, out, tiny_model_dir) == 0
+    header = (out / OUT_SLUG / "3f1c0a6e-case.mha").read_bytes()[:600].decode("latin-1")
+    assert "CompressedData = True" in header
+
+
+def test_autopet4_interface_tolerates_clicks(gc_input, tiny_model_dir, tmp_path):
+    (gc_input / "lesion-clicks.json").write_text(json.dumps({"tumor": [[1, 2, 3]], "background": []}))
+    out = tmp_path / "out"
+    assert run_process(gc_input, out, tiny_model_dir, "--interface", "autopet4") == 0
+    assert files_under(out) == ["images/tumor-lesion-segmentation/3f1c0a6e-case.mha"]
+
+
+def test_process_runs_as_a_script_with_a_real_exit_code(gc_input, tiny_model_dir, tmp_path):
+    shutil.rmtree(gc_input / "images" / "pet")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "process.py"), "--input", str(gc_input), "--output", str(tmp_path / "o"),
+         "--model-dir", str(tiny_model_dir), "--device", "cpu"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
+    assert errors == [f"process.py: error: {gc_input / 'images' / 'pet'}: no PET image found"]
+    assert not (tmp_path / "o").exists() or files_under(tmp_path / "o") == []
+
+
+# --- bad inputs: one line naming the file and the problem, non-zero exit, no output -------------
+
+
+def _pet_path(root):
+    return next((root / "images" / "pet").iterdir())
+
+
+def _ct_path(root):
+    return next((root / "images" / "ct").iterdir())
+
+
+def _rewrite(path, array, like):
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(like)
+    sitk.WriteImage(image, str(path))
+
+
+def _pet_values(root, fn):
+    path = _pet_path(root)
+    pet = sitk.ReadImage(str(path))
+    _rewrite(path, fn(sitk.GetArrayFromImage(pet)), pet)
+    return path
+
+
+def missing_ct(root):
+    shutil.rmtree(root / "images" / "ct")
+    return root / "images" / "ct", "no CT image found"
+
+
+def empty_pet_folder(root):
+    _pet_path(root).unlink()
+    return root / "images" / "pet", "no PET image found"
+
+
+def two_pets(root):
+    shutil.copy(_pet_path(root), root / "images" / "pet" / "second.mha")
+    return root / "images" / "pet", "expected exactly one PET image, found 2"
+
+
+def image_2d(root):
+    path = _ct_path(root)
+    sitk.WriteImage(sitk.Image([16, 16], sitk.sitkInt16), str(path))
+    return path, "expected a 3D image, got a 2D image"
+
+
+def image_4d(root):
+    path = _pet_path(root)
+    sitk.WriteImage(sitk.Image([8, 8, 8, 3], sitk.sitkFloat32), str(path))
+    return path, "expected a 3D image, got a 4D image"
+
+
+def not_an_image(root):
+    path = _ct_path(root)
+    path.write_text("this is not an image\n")
+    return path, "cannot be read as an image"
+
+
+def truncated(root):
+    path = _pet_path(root)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path, "cannot be read as an image"
+
+
+def nan_pet(root):
+    return _pet_values(root, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a)), "NaN or infinite"
+
+
+def inf_pet(root):
+    return _pet_values(root, lambda a: np.where(a > a.max() * 0.9, np.inf, a)), "NaN or infinite"
+
+
+def zero_pet(root):
+    return _pet_values(root, np.zeros_like), "PET is all zero"
+
+
+def far_away_ct(root):
+    path = _ct_path(root)
+    ct = sitk.ReadImage(str(path))
+    ct.SetOrigin(tuple(o + 5000.0 for o in ct.GetOrigin()))
+    sitk.WriteImage(ct, str(path))
+    return path, "CT and PET"
+
+
+BAD_INPUTS = [missing_ct, empty_pet_folder, two_pets, image_2d, image_4d, not_an_image, truncated, nan_pet, inf_pet,
+              zero_pet, far_away_ct]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", BAD_INPUTS, ids=lambda f: f.__name__)
+def test_bad_input_is_one_clear_line_and_no_output(damage, gc_input, tiny_model_dir, tmp_path, capsys):
+    source, problem = damage(gc_input)
+    out = tmp_path / "out"
+    assert run_process(gc_input, out, tiny_model_dir) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    message = [ln for ln in err if ln.startswith("process.py: error:")]
+    assert len(message) == 1, err
+    assert str(source) in message[0] and problem in message[0]
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("problem", ["missing folder", "wrong checksum"])
+def test_bad_model_folder_is_one_clear_line_and_no_output(problem, gc_input, tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    if problem == "wrong checksum":
+        shutil.copytree(tiny_model_dir, model)
+        state = torch.load(model / "fold1.pt", weights_only=True)
+        torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, model / "fold1.pt")
+        expected = f"{model / 'fold1.pt'}: sha256 mismatch"
+    else:
+        expected = f"{model}: model folder not found"
+    out = tmp_path / "out"
+    assert run_process(gc_input, out, model) != 0
+    assert expected in capsys.readouterr().err
+    assert files_under(out) == []
+
+
+def test_failed_write_leaves_no_partial_file(gc_input, tiny_model_dir, tmp_path, monkeypatch):
+    import petseg.io
+
+    def broken(image, path, useCompression=True):
+        with open(path, "wb") as fh:
+            fh.write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(petseg.io.sitk, "WriteImage", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_process(gc_input, out, tiny_model_dir)
+    assert files_under(out) == []
+    assert os.listdir(tmp_path)  # the test wrote somewhere, and nothing under out

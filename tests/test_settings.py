@@ -1,0 +1,37 @@
+import dataclasses
+
+import pytest
+
+from petseg.settings import Settings
+
+
+def test_defaults_are_the_paper_method():
+    s = Settings()
+    assert s.target_spacing == (2.0, 2.0, 2.0)
+    assert s.roi_size == (192, 192, 192)
+    assert s.overlap == 0.5
+    assert s.ct_window == (-1024.0, 1024.0)
+    assert s.channels == ("CT", "PET")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("target_spacing", (2.0, 0.0, 2.0)), ("ct_window", (10.0, -10.0)), ("roi_size", (0, 8, 8)),
+     ("overlap", 1.0), ("sw_batch_size", 0), ("channels", ("PET", "CT")), ("body_margin_mm", -1.0)],
+)  # fmt: skip
+def test_invalid_values_name_the_field_and_value(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(Settings(), **{field: value})
+
+
+def test_with_overrides_ignores_none_and_coerces_lists():
+    s = Settings().with_overrides(roi_size=[64, 64, 32], device=None)
+    assert s.roi_size == (64, 64, 32) and s.device == "auto"
+    with pytest.raises(ValueError, match="unknown settings"):
+        Settings().with_overrides(nonsense=1)
+
+
+def test_model_sections_round_trip():
+    s = Settings(roi_size=(96, 96, 96), target_spacing=(3.0, 3.0, 3.0))
+    sections = s.model_sections()
+    assert Settings().with_overrides(**sections["preprocessing"], **sections["inference"]) == s
