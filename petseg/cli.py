@@ -68,12 +68,60 @@ def _predict(args: argparse.Namespace) -> int:
         log.info("case %s", case.name)
         try:
             predictor.predict_files(ct=case.ct, pet=case.pet, output=output)
+            if args.qc:
+                from petseg.io import read_image
+                from petseg.qc import render_qc
+
+                qc_path = Path(args.output) / f"{case.name}_qc.png"
+                render_qc(pet=read_image(case.pet, role="PET"), mask=read_image(output, role="mask"), output=qc_path,
+                          title=case.name)  # fmt: skip
         except InputError as err:  # a bad case does not stop the others
             log.error("%s", err)
             failed.append(case.name)
     if failed:
         log.error("%d of %d case(s) failed: %s", len(failed), len(cases), ", ".join(failed))
         return 1
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from petseg.evaluate import evaluate, rank, read_groups, summarize, write_csv
+
+    groups = read_groups(args.groups) if args.groups else None
+    summaries, rows, lesion_rows = {}, [], []
+    for pred in args.pred:
+        results, lesions = evaluate(gt=args.gt, pred=pred, pet=args.pet, groups=groups)
+        tag = {"prediction": str(pred)} if len(args.pred) > 1 else {}
+        rows += [{**r.row(), **tag} for r in results]
+        lesion_rows += [{**r, **tag} for r in lesions]
+        summaries[str(pred)] = summarize(results)
+    if args.out:
+        write_csv(rows, args.out)
+        if lesion_rows:
+            write_csv(lesion_rows, Path(args.out).with_name(Path(args.out).stem + "_lesions.csv"))
+    for pred, summary in summaries.items():
+        print(f"{pred}:")
+        for group, s in summary.items():
+            print(f"  {group:>6}: {s['cases']:4d} cases  DSC {s['dsc']:.4f}  FPV {s['fpv_ml']:.3f} ml  FNV {s['fnv_ml']:.3f} ml")
+    if len(summaries) > 1:
+        print("ranking (0.5 DSC + 0.25 FPV + 0.25 FNV ranks, mean over groups; lower is better):")
+        for position, row in enumerate(rank(summaries), 1):
+            print(f"  {position}. {row['prediction']}  score {row['score']:.3f}")
+    return 0
+
+
+def _qc(args: argparse.Namespace) -> int:
+    from petseg.io import read_image
+    from petseg.qc import render_qc
+
+    render_qc(
+        pet=read_image(args.pet, role="PET"),
+        mask=read_image(args.mask, role="mask"),
+        gt=read_image(args.gt, role="ground truth") if args.gt else None,
+        output=args.output,
+        suv_window=tuple(args.suv_window),
+        title=args.title or "",
+    )
     return 0
 
 
@@ -161,7 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
     p.add_argument("--sw-batch-size", type=int, help="windows per network call (default from model.json)")
+    p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="challenge metrics (DSC, FPV, FNV) and lesion measures")
+    p.add_argument("--gt", required=True, type=Path, help="ground-truth mask file or folder")
+    p.add_argument("--pred", required=True, type=Path, action="append", help="prediction file or folder (repeatable)")
+    p.add_argument("--pet", type=Path, help="PET (SUV) file or folder: adds TMTV, TLG, SUVmax, SUVmean, lesion table")
+    p.add_argument("--groups", type=Path, help="CSV with columns case,group (default: fdg/psma name prefix)")
+    p.add_argument("--out", type=Path, help="per-case CSV (and <name>_lesions.csv with --pet)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("qc", help="PNG with coronal/sagittal PET MIPs and lesion outlines")
+    p.add_argument("--pet", required=True, type=Path)
+    p.add_argument("--mask", required=True, type=Path)
+    p.add_argument("--gt", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--suv-window", type=float, nargs=2, default=(0.0, 10.0))
+    p.add_argument("--title")
+    p.set_defaults(func=_qc)
 
     p = sub.add_parser("import-weights", help="turn the authors' fold checkpoints into a model folder")
     p.add_argument("files", nargs="+", type=Path, help="state dicts, e.g. fold0_model_ep=0284.pth ...")

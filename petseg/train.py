@@ -194,18 +194,23 @@ def validate(network: torch.nn.Module, cases: list[dict], *, settings: Settings,
     }
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def seed_epoch(config: TrainConfig, epoch: int, transform) -> None:
+    """Every random stream of an epoch depends on (seed, fold, epoch) alone, so a resumed
+    run draws exactly what an uninterrupted one would."""
+    seed = (config.seed * 1_000_003 + config.fold * 10_007 + epoch) % (2**31)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    transform.set_random_state(seed=seed)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Train one fold; returns the folder with ``best.pt``, ``last.pt`` and ``log.csv``.
 
-
-def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Train one fold; returns the folder with ``best.pt``, ``last.pt`` and ``log.csv``."""
+    ``resume`` continues from ``last.pt`` (weights, optimizer, scheduler, scaler, epoch, best
+    score); with per-epoch seeding the continued run equals an uninterrupted one. ``stop_after``
+    ends the run after that many epochs (a job with a wall-time limit; resume later).
+    """
     from monai.data import DataLoader, Dataset
     from monai.losses import GeneralizedDiceFocalLoss
     from monai.utils import set_determinism
@@ -229,7 +234,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
     log.info("fold %d: %d train / %d val cases, cached in %.1f s", config.fold, len(train_data), len(val_data),
              time.perf_counter() - t0)  # fmt: skip
 
-    set_determinism(seed=config.seed + config.fold)
+    set_determinism(seed=config.seed + config.fold)  # also makes cuDNN deterministic
     device = resolve_device(config.device)
     network = build_network(config.network).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
@@ -237,6 +242,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True, weight=list(config.focal_weight))
+    transform = train_transforms(config)
     start_epoch, best = 0, -1.0
     last_path, best_path, log_path = fold_dir / "last.pt", fold_dir / "best.pt", fold_dir / "log.csv"
     if resume and last_path.is_file():
@@ -246,13 +252,12 @@ def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        _set_rng_state(state["rng"])
         log.info("fold %d: resumed after epoch %d (best DSC %.4f)", config.fold, state["epoch"], best)
     elif log_path.exists():
         log_path.unlink()
 
     loader = DataLoader(
-        Dataset(train_data, transform=train_transforms(config)),
+        Dataset(train_data, transform=transform),
         batch_size=config.batch_size,
         shuffle=True,
         num_workers=config.num_workers,
@@ -265,8 +270,10 @@ def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
         if new_log:
             writer.writeheader()
         network.train()
-        for epoch in range(start_epoch, config.epochs):
+        last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+        for epoch in range(start_epoch, last_epoch):
             t_epoch = time.perf_counter()
+            seed_epoch(config, epoch, transform)
             losses = []
             for batch in loader:
                 x, y = batch["image"].to(device), batch["label"].to(device)
@@ -276,7 +283,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
                    "val_dsc": "", "val_fpv_ml": ""}  # fmt: skip
             scheduler.step()
@@ -294,7 +301,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False) -> Path:
             torch.save(
                 {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
-                 "rng": _rng_state(), "config": {k: str(v) for k, v in asdict(config).items()}},
+                 "config": {k: str(v) for k, v in asdict(config).items()}},
                 last_path,
             )  # fmt: skip
     if not best_path.is_file():  # no validation ran (epochs < val_every is impossible, but be safe)

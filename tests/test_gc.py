@@ -207,3 +207,14 @@ def test_failed_write_leaves_no_partial_file(gc_input, tiny_model_dir, tmp_path,
         run_process(gc_input, out, tiny_model_dir)
     assert files_under(out) == []
     assert os.listdir(tmp_path)  # the test wrote somewhere, and nothing under out
+
+
+def test_outputs_get_the_usual_file_mode(gc_input, tiny_model_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert run_process(gc_input, tmp_path / "out", tiny_model_dir) == 0
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

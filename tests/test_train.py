@@ -1,0 +1,117 @@
+"""Training smoke path on phantoms: split, cache, augment, train, validate, checkpoint, resume, assemble."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import petseg
+from conftest import TINY_NETWORK
+from petseg.cli import main
+from petseg.phantom import make_cohort
+from petseg.settings import Settings
+from petseg.train import TrainConfig, assemble, make_splits, patient_of, train_fold, train_transforms
+
+GRID = dict(shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    make_cohort(root, n=3, seed=11, tracer="fdg", **GRID)
+    make_cohort(root, n=3, seed=12, tracer="psma", **GRID)
+    return root
+
+
+def _config(data, out, **kw):
+    return TrainConfig(
+        data_dir=data, out_dir=out, n_folds=2, epochs=2, batch_size=2, patch_size=(32, 32, 32), val_every=1,
+        network=dict(TINY_NETWORK), settings=Settings(target_spacing=(4.0, 4.0, 4.0), roi_size=(32, 32, 32)),
+        device="cpu", **kw,
+    )  # fmt: skip
+
+
+def test_splits_keep_patients_together_and_are_seeded():
+    cases = ["fdg_p1_2020", "fdg_p1_2021", "psma_p2_2020", "fdg_p3_2019", "psma_p4_2022", "fdg_p5_2020"]
+    splits = make_splits(cases, n_folds=3, seed=1)
+    assert splits == make_splits(cases, n_folds=3, seed=1)
+    assert sorted(c for s in splits for c in s["val"]) == sorted(cases)
+    for split in splits:
+        assert {patient_of(c) for c in split["val"]}.isdisjoint({patient_of(c) for c in split["train"]})
+    assert patient_of("fdg_p1_2021") == "fdg_p1"
+
+
+def test_augmentation_keeps_labels_binary_and_lesion_volume():
+    """Whole-volume 'patch' so nothing is cropped away; volume within 10 % over many draws."""
+    config = TrainConfig(data_dir=".", out_dir=".", patch_size=(48, 48, 48))
+    transform = train_transforms(config)
+    label = np.zeros((1, 48, 48, 48), np.float32)
+    zz, yy, xx = np.mgrid[:48, :48, :48]
+    label[0][(xx - 24) ** 2 + (yy - 24) ** 2 + (zz - 24) ** 2 <= 8**2] = 1
+    image = np.stack([label[0] * 0.5, label[0] * 8.0 + 1.0]).astype(np.float32)
+    ratios = []
+    for seed in range(12):
+        transform.set_random_state(seed)
+        out = transform({"image": image.copy(), "label": label.copy()})
+        out = out[0] if isinstance(out, list) else out
+        values = torch.unique(torch.as_tensor(out["label"]))
+        assert set(values.tolist()) <= {0.0, 1.0}
+        ratios.append(float(torch.as_tensor(out["label"]).sum()) / label.sum())
+    # scaling +-10 % per axis changes volume by up to ~30 % per draw; the mean stays put
+    assert abs(np.mean(ratios) - 1.0) < 0.1
+    assert min(ratios) > 0.6
+
+
+def test_train_two_folds_resume_and_assemble(phantom_data, tmp_path):
+    run = tmp_path / "run"
+    for fold in range(2):
+        fold_dir = train_fold(_config(phantom_data, run, fold=fold))
+        rows = (fold_dir / "log.csv").read_text().splitlines()
+        assert rows[0].startswith("epoch,loss") and len(rows) == 3
+        assert (fold_dir / "best.pt").is_file() and (fold_dir / "last.pt").is_file()
+    splits = json.loads((run / "splits_final.json").read_text())
+    assert len(splits) == 2 and len(list((run / "cache").glob("*.npz"))) == 6
+
+    model = assemble(run, tmp_path / "model")
+    assert [f.fold for f in model.folds] == [0, 1]
+    assert model.settings.target_spacing == (4.0, 4.0, 4.0)
+    ct = next((phantom_data / "imagesTr").glob("*_0000.nii.gz"))
+    pet = ct.with_name(ct.name.replace("_0000", "_0001"))
+    mask = petseg.segment(ct, pet, model_dir=tmp_path / "model", device="cpu")
+    assert mask.GetSize() == sitk.ReadImage(str(pet)).GetSize()
+
+
+def test_resume_equals_an_uninterrupted_run(phantom_data, tmp_path):
+    """Stopped after epoch 0 and resumed == trained straight through: same epoch, same
+    optimizer moments, same weights (every random state is restored)."""
+    config = dataclasses.replace(_config(phantom_data, tmp_path / "straight", fold=0), epochs=2, val_every=5)
+    train_fold(config)
+    interrupted = dataclasses.replace(config, out_dir=tmp_path / "interrupted")
+    train_fold(interrupted, stop_after=1)
+    assert torch.load(tmp_path / "interrupted" / "fold_0" / "last.pt", weights_only=False)["epoch"] == 0
+    train_fold(interrupted, resume=True)
+    a = torch.load(tmp_path / "straight" / "fold_0" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "interrupted" / "fold_0" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    lines = (tmp_path / "interrupted" / "fold_0" / "log.csv").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["0", "1"]
+
+
+def test_train_and_assemble_cli(phantom_data, tmp_path):
+    args = ["train", "-d", str(phantom_data), "-o", str(tmp_path / "run"), "--folds", "2", "--fold", "-1",
+            "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "32", "32", "--channels", "4", "8",
+            "--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["assemble", str(tmp_path / "run"), "-o", str(tmp_path / "model")]) == 0
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["network"]["kwargs"]["channels"] == [4, 8] and len(meta["folds"]) == 2
