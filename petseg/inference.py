@@ -1,9 +1,20 @@
-"""Sliding-window ensemble inference: one pass over the windows, every fold on each window."""
+"""Sliding-window ensemble inference: one pass over the windows, every fold on each window.
+
+The fast path (each piece switchable in ``Settings``; fp32 without it is the reference):
+autocast to bf16/fp16, channels-last 3D, BatchNorm folded into convolutions, all folds
+(and mirrorings) run on a window batch while it is on the device, one running average of
+the foreground probability. Out-of-memory errors step down the window batch, then
+aggregate on the CPU, then run on the CPU. A time budget drops mirrorings, then folds.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +24,9 @@ from petseg.errors import ModelError
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# mirrorings of a (B, C, X, Y, Z) window: identity, each axis, each pair, all three
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,6 +42,83 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device_type: str) -> torch.dtype | None:
+    """Autocast dtype for ``name`` on a device type; None means fp32."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if device_type == "cuda":  # auto
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+def fold_batchnorm(network: torch.nn.Module) -> torch.nn.Module:
+    """Fold every BatchNorm that directly follows a convolution in a MONAI ``Convolution``
+    block (ordering N first, as in the UNet) into that convolution. Eval mode only."""
+    from monai.networks.blocks import Convolution
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for block in network.modules():
+        if not isinstance(block, Convolution) or "adn" not in block._modules:
+            continue
+        adn = block.adn
+        order = list(adn._modules)
+        if not order or order[0] != "N" or not isinstance(adn.N, torch.nn.modules.batchnorm._BatchNorm):
+            continue
+        block.conv = fuse_conv_bn_eval(block.conv, adn.N, transpose=isinstance(block.conv, torch.nn.ConvTranspose3d))
+        adn.N = torch.nn.Identity()
+        folded += 1
+    log.debug("folded %d BatchNorm layers", folded)
+    return network
+
+
+def prepare_network(network: torch.nn.Module, *, settings: Settings) -> torch.nn.Module:
+    """Eval mode, BatchNorm folded, channels-last, optionally compiled; a copy whenever
+    anything is changed, so the caller's module stays as it was."""
+    if settings.fold_batchnorm or settings.channels_last:
+        network = copy.deepcopy(network)
+    network = network.eval()
+    if settings.fold_batchnorm:
+        network = fold_batchnorm(network)
+    if settings.channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
+    if settings.compile:
+        network = torch.compile(network)
+    return network
+
+
+def window_count(shape: Sequence[int], settings: Settings) -> int:
+    """Number of sliding windows MONAI will use for an image of ``shape`` (X, Y, Z)."""
+    total = 1
+    for size, roi in zip(shape, settings.roi_size):
+        if size <= roi:
+            continue
+        interval = max(1, int(roi * (1 - settings.overlap)))
+        total *= math.ceil((size - roi) / interval) + 1
+    return total
+
+
+@dataclass
+class Budget:
+    """Projects the ensemble's run time from the windows done so far."""
+
+    deadline: float  # time.monotonic() by which the study must be done
+    total_calls: int  # window batches in this study
+    calls: int = 0
+    pass_seconds: float = 0.0  # mean seconds of one (fold, mirroring) pass over a window batch
+
+
 class FoldAverage(torch.nn.Module):
     """Maps a window batch to the folds' mean foreground probability, shape (B, 1, ...).
 
@@ -35,24 +126,85 @@ class FoldAverage(torch.nn.Module):
     bounded; only the foreground channel is kept, which halves what is blended and restored.
     """
 
-    def __init__(self, networks: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, networks: Sequence[torch.nn.Module], *, settings: Settings | None = None) -> None:
         super().__init__()
         if not networks:
             raise ModelError("networks", "at least one network is needed")
-        self.networks = torch.nn.ModuleList(networks)
+        self.settings = settings or Settings(fold_batchnorm=False, channels_last=False)
+        self.networks = torch.nn.ModuleList([prepare_network(n, settings=self.settings) for n in networks])
+        self.active_folds = len(self.networks)
+        self.mirrors = MIRRORS if self.settings.tta else MIRRORS[:1]
+        self.budget: Budget | None = None
+
+    def reset(self, budget: Budget | None = None) -> None:
+        """Before each study: all folds and mirrorings again, and a new budget."""
+        self.active_folds = len(self.networks)
+        self.mirrors = MIRRORS if self.settings.tta else MIRRORS[:1]
+        self.budget = budget
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
-        total = None
-        for network in self.networks:
-            logits = network(window)
-            if logits.ndim != window.ndim or logits.shape[1] != 2 or logits.shape[2:] != window.shape[2:]:
-                raise ModelError(
-                    type(network).__name__,
-                    f"returned shape {tuple(logits.shape)} for input {tuple(window.shape)}; expected (B, 2, ...)",
-                )
-            probability = torch.softmax(logits.float(), dim=1)[:, 1:2]
-            total = probability if total is None else total + probability
-        return total / len(self.networks)
+        start = time.perf_counter()
+        dtype = resolve_precision(self.settings.precision, window.device.type)
+        if self.settings.channels_last:
+            window = window.contiguous(memory_format=torch.channels_last_3d)
+        total, passes = None, 0
+        for network in self.networks[: self.active_folds]:
+            for flips in self.mirrors:
+                x = window.flip(flips) if flips else window
+                with torch.autocast(window.device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = network(x)
+                if logits.ndim != x.ndim or logits.shape[1] != 2 or logits.shape[2:] != x.shape[2:]:
+                    raise ModelError(
+                        type(network).__name__,
+                        f"returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; expected (B, 2, ...)",
+                    )
+                probability = torch.softmax(logits.float(), dim=1)[:, 1:2]
+                probability = probability.flip(flips) if flips else probability
+                total = probability if total is None else total + probability
+                passes += 1
+        if self.budget is not None:
+            self._check_budget(time.perf_counter() - start, passes)
+        return total / passes
+
+    def _check_budget(self, seconds: float, passes: int) -> None:
+        budget = self.budget
+        budget.calls += 1
+        budget.pass_seconds += (seconds / passes - budget.pass_seconds) / budget.calls
+        left_calls = budget.total_calls - budget.calls
+        left_seconds = budget.deadline - time.monotonic()
+        if left_calls <= 0:
+            return
+
+        def projected() -> float:
+            return left_calls * budget.pass_seconds * self.active_folds * len(self.mirrors)
+
+        if projected() > left_seconds and len(self.mirrors) > 1:
+            self.mirrors = MIRRORS[:1]
+            log.warning("time budget: dropping test-time mirroring (%.0f s left for %d window batches)",
+                        left_seconds, left_calls)  # fmt: skip
+        if projected() > left_seconds and self.active_folds > 1:
+            keep = max(1, int(left_seconds // (left_calls * budget.pass_seconds)))
+            if keep < self.active_folds:
+                log.warning("time budget: using %d of %d folds for the remaining %d window batches "
+                            "(%.0f s left, %.2f s per fold and batch)", keep, len(self.networks), left_calls,
+                            left_seconds, budget.pass_seconds)  # fmt: skip
+                self.active_folds = keep
+
+
+def oom_ladder(sw_batch_size: int, device: torch.device) -> list[tuple[int, torch.device, torch.device]]:
+    """(window batch, network device, aggregation device) to try in order after out-of-memory."""
+    sizes = []
+    size = sw_batch_size
+    while size >= 1:
+        sizes.append(size)
+        size //= 2
+    if sizes[-1] != 1:
+        sizes.append(1)
+    cpu = torch.device("cpu")
+    steps = [(s, device, device) for s in sizes]
+    if device.type != "cpu":
+        steps += [(1, device, cpu), (1, cpu, cpu)]
+    return steps
 
 
 def foreground_probability(
@@ -61,19 +213,45 @@ def foreground_probability(
     *,
     settings: Settings,
     device: torch.device,
+    deadline: float | None = None,
 ) -> np.ndarray:
-    """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32."""
+    """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32.
+
+    On out-of-memory, retries down :func:`oom_ladder`, logging each step; never crashes for
+    memory unless even the CPU run fails.
+    """
     inputs = torch.from_numpy(np.ascontiguousarray(image))[None]
-    with torch.inference_mode():
-        output = sliding_window_inference(
-            inputs,
-            roi_size=settings.roi_size,
-            sw_batch_size=settings.sw_batch_size,
-            predictor=ensemble,
-            overlap=settings.overlap,
-            mode="constant",
-            sw_device=device,
-            device=device,
-            progress=settings.progress,
-        )
-    return output[0, 0].float().cpu().numpy()
+    steps = oom_ladder(settings.sw_batch_size, device)
+    for attempt, (batch, sw_device, out_device) in enumerate(steps):
+        if deadline is not None:
+            calls = math.ceil(window_count(image.shape[1:], settings) / batch)
+            ensemble.reset(Budget(deadline=deadline, total_calls=calls))
+        else:
+            ensemble.reset()
+        ensemble.to(sw_device)
+        try:
+            with torch.inference_mode():
+                output = sliding_window_inference(
+                    inputs,
+                    roi_size=settings.roi_size,
+                    sw_batch_size=batch,
+                    predictor=ensemble,
+                    overlap=settings.overlap,
+                    mode="constant",
+                    sw_device=sw_device,
+                    device=out_device,
+                    progress=settings.progress,
+                )
+            return output[0, 0].float().cpu().numpy()
+        except torch.OutOfMemoryError:
+            if attempt + 1 == len(steps):
+                raise
+            if sw_device.type == "cuda":
+                torch.cuda.empty_cache()
+            nxt = steps[attempt + 1]
+            log.warning(
+                "out of memory (window batch %d, network on %s, aggregation on %s): retrying with "
+                "window batch %d, network on %s, aggregation on %s",
+                batch, sw_device, out_device, *nxt,
+            )  # fmt: skip
+    raise AssertionError("unreachable")

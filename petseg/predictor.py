@@ -40,7 +40,9 @@ class Predictor:
     def __init__(self, networks: Sequence[torch.nn.Module], *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.device = resolve_device(self.settings.device)
-        self.ensemble = FoldAverage(list(networks)).to(self.device).eval()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed window shape: autotuning pays off
+        self.ensemble = FoldAverage(list(networks), settings=self.settings).to(self.device).eval()
         self.timings: dict[str, float] = {}
         log.info("predictor: %d fold(s) on %s", len(self.ensemble.networks), self.device)
 
@@ -60,13 +62,17 @@ class Predictor:
         self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET"
     ) -> sitk.Image:
         """Mean foreground probability on the PET's native grid (float32)."""
+        start = time.monotonic()
+        deadline = None if self.settings.time_budget_s is None else start + self.settings.time_budget_s
         with timed("preprocess", self.timings):
             prep = preprocess(ct, pet, settings=self.settings, ct_source=ct_source, pet_source=pet_source)
         log.info(
             "network grid %s (crop %s of %s)", prep.record.network.size, prep.record.cropped.size, prep.record.native.size
         )
         with timed("network", self.timings):
-            probability = foreground_probability(prep.image, self.ensemble, settings=self.settings, device=self.device)
+            probability = foreground_probability(
+                prep.image, self.ensemble, settings=self.settings, device=self.device, deadline=deadline
+            )
         with timed("restore", self.timings):
             return restore(probability, prep.record)
 

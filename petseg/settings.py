@@ -23,7 +23,8 @@ PAPER_NETWORK: dict[str, Any] = {
     "act": "PRELU",
 }
 
-CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
+CHANNELS = ("CT", "PET")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # network input order: 0 = CT, 1 = PET
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ class Settings:
         overlap: sliding-window overlap fraction.
         sw_batch_size: windows per network call.
         device: "auto", "cpu", "cuda" or "cuda:N".
+        precision: "auto" (bf16 where the device supports it, fp16 on older GPUs), "fp32"
+            (the reference), "bf16" or "fp16": autocast for the network only.
+        channels_last: run the network in channels-last 3D memory layout.
+        fold_batchnorm: fold BatchNorm into the preceding convolution for inference.
+        compile: wrap the ensemble in ``torch.compile``.
+        tta: average over the 8 mirrorings of each window (test-time augmentation).
+        time_budget_s: if the first windows show that the ensemble would overrun this
+            many seconds (from the start of the study), drop mirrorings, then folds (never
+            below one), instead of timing out with no output. None = no budget.
         progress: show a tqdm bar over sliding windows.
     """
 
@@ -53,6 +63,12 @@ class Settings:
     overlap: float = 0.5
     sw_batch_size: int = 2
     device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    fold_batchnorm: bool = True
+    compile: bool = False
+    tta: bool = False
+    time_budget_s: float | None = None
     progress: bool = False
     channels: tuple[str, ...] = field(default=CHANNELS)
 
@@ -68,6 +84,10 @@ class Settings:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be positive or None, got {self.time_budget_s!r}")
         if self.body_margin_mm < 0:
             raise ValueError(f"body_margin_mm must be >= 0, got {self.body_margin_mm!r}")
         if tuple(self.channels) != CHANNELS:
@@ -75,7 +95,7 @@ class Settings:
 
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
     PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm", "channels")
-    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size")
+    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (tuples coerced from lists)."""

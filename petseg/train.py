@@ -177,7 +177,7 @@ def validate(network: torch.nn.Module, cases: list[dict], *, settings: Settings,
     """Sliding-window inference on whole validation cases: mean DSC over lesion-positive
     cases, and false-positive volume (ml) on lesion-negative ones."""
     network.eval()
-    ensemble = FoldAverage([network])
+    ensemble = FoldAverage([network])  # an fp32 copy of the network as it is now
     voxel_ml = float(np.prod(settings.target_spacing)) / 1000.0
     dscs, fpv = [], []
     for case in cases:

@@ -95,7 +95,7 @@ def test_imported_paper_checkpoints_reproduce_the_seed_monai_pipeline(tmp_path):
     assert [f.fold for f in folder.folds] == [0, 1, 2, 3, 4]
     roi = (64, 64, 64)  # the image fits one window; keeps the paper network cheap on a CPU
     networks = folder.load_networks()
-    settings = folder.settings.with_overrides(roi_size=roi, device="cpu")
+    settings = folder.settings.with_overrides(roi_size=roi, device="cpu", precision="fp32")  # the reference path
 
     ours = petseg.Predictor(networks, settings=settings).predict_probability(ct_img, pet_img)
     seed_prob, seed_affine = _seed_pipeline_probability(tmp_path / "ct.nii.gz", tmp_path / "pet.nii.gz", networks, roi)
@@ -106,11 +106,14 @@ def test_imported_paper_checkpoints_reproduce_the_seed_monai_pipeline(tmp_path):
     to_native = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), native_ornt)
     seed_native = nib.orientations.apply_orientation(seed_prob, to_native).transpose(2, 1, 0)
     ours_arr = sitk.GetArrayFromImage(ours)
-    np.testing.assert_allclose(ours_arr, seed_native, atol=1e-5)
+    # BatchNorm folding reorders fp32 arithmetic: ~1e-5 differences
+    np.testing.assert_allclose(ours_arr, seed_native, atol=1e-4)
     fg = seed_native > 0.5
     assert 0.01 < fg.mean() < 0.99, "the random networks must give a non-trivial mask"
     ours_mask = sitk.GetArrayFromImage(petseg.Predictor(networks, settings=settings).predict(ct_img, pet_img))
-    np.testing.assert_array_equal(ours_mask, fg)
+    clear = np.abs(seed_native - 0.5) > 1e-4
+    np.testing.assert_array_equal(ours_mask[clear], fg[clear])
+    assert clear.mean() > 0.99
 
 
 def _tiny_folder(tmp_path):
