@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from petseg import gc
-from petseg.cli import setup_logging
+from petseg.cli import add_speed_options, setup_logging
 from petseg.errors import PetsegError
 from petseg.predictor import Predictor
 
 HERE = Path(__file__).resolve().parent
+GC_TIME_BUDGET_S = 270.0  # autoPET III allowed 5 minutes per case; keep 30 s for reading, writing, start-up
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=HERE / "weights")
     parser.add_argument("--interface", choices=sorted(gc.INTERFACES), default="autopet3")
     parser.add_argument("--device", default="auto")
+    add_speed_options(parser)
+    parser.set_defaults(time_budget=GC_TIME_BUDGET_S)
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        predictor = Predictor.from_model_dir(args.model_dir, device=args.device)
+        predictor = Predictor.from_model_dir(
+            args.model_dir,
+            device=args.device,
+            precision=args.precision,
+            tta=args.tta or None,
+            time_budget_s=args.time_budget,
+            compile=args.compile or None,
+        )
         gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
     except PetsegError as err:
         print(f"process.py: error: {err}", file=sys.stderr)

@@ -60,7 +60,14 @@ def _predict(args: argparse.Namespace) -> int:
 
     cases = find_cases(args.input)
     predictor = Predictor.from_model_dir(
-        args.model_dir, device=args.device, sw_batch_size=args.sw_batch_size, progress=args.verbose
+        args.model_dir,
+        device=args.device,
+        sw_batch_size=args.sw_batch_size,
+        precision=args.precision,
+        tta=args.tta or None,
+        time_budget_s=args.time_budget,
+        compile=args.compile or None,
+        progress=args.verbose,
     )
     failed = []
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
@@ -197,6 +204,16 @@ def _assemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``petseg predict`` and ``process.py``."""
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="network precision (default auto: bf16 where supported; fp32 is the reference)")  # fmt: skip
+    p.add_argument("--tta", action="store_true", help="average the 8 mirrorings of each window")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="drop mirrorings, then folds, if the ensemble would overrun (default from model.json)")  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and window progress bars")
@@ -209,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
     p.add_argument("--sw-batch-size", type=int, help="windows per network call (default from model.json)")
+    add_speed_options(p)
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
     p.set_defaults(func=_predict)
 
