@@ -55,11 +55,10 @@ def find_cases(input_dir: str | Path) -> list[Case]:
     return cases
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _make_predictor(args: argparse.Namespace):
     from petseg.predictor import Predictor
 
-    cases = find_cases(args.input)
-    predictor = Predictor.from_model_dir(
+    return Predictor.from_model_dir(
         args.model_dir,
         device=args.device,
         sw_batch_size=args.sw_batch_size,
@@ -69,25 +68,75 @@ def _predict(args: argparse.Namespace) -> int:
         compile=args.compile or None,
         progress=args.verbose,
     )
+
+
+def _extras(args: argparse.Namespace, *, name: str, mask_path: Path, pet) -> None:
+    """--qc and --report for one case (``pet`` an image or a path)."""
+    if not (args.qc or args.report):
+        return
+    from petseg.io import read_image
+
+    pet = read_image(pet, role="PET") if not hasattr(pet, "GetSize") else pet
+    mask = read_image(mask_path, role="mask")
+    if args.qc:
+        from petseg.qc import render_qc
+
+        render_qc(pet=pet, mask=mask, output=Path(args.output) / f"{name}_qc.png", title=name)
+    if args.report:
+        from petseg.report import lesion_report, write_report
+
+        write_report(lesion_report(mask, pet, case=name), args.output)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.pet_dicom or args.ct_dicom:
+        return _predict_dicom(args)
+    if args.dicom_seg:
+        raise InputError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
+    if args.input is None:
+        raise InputError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
+    cases = find_cases(args.input)
+    predictor = _make_predictor(args)
     failed = []
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
         output = Path(args.output) / f"{case.name}{case.suffix}"
         log.info("case %s", case.name)
         try:
             predictor.predict_files(ct=case.ct, pet=case.pet, output=output)
-            if args.qc:
-                from petseg.io import read_image
-                from petseg.qc import render_qc
-
-                qc_path = Path(args.output) / f"{case.name}_qc.png"
-                render_qc(pet=read_image(case.pet, role="PET"), mask=read_image(output, role="mask"), output=qc_path,
-                          title=case.name)  # fmt: skip
+            _extras(args, name=case.name, mask_path=output, pet=case.pet)
         except InputError as err:  # a bad case does not stop the others
             log.error("%s", err)
             failed.append(case.name)
     if failed:
         log.error("%d of %d case(s) failed: %s", len(failed), len(cases), ", ".join(failed))
         return 1
+    return 0
+
+
+def _predict_dicom(args: argparse.Namespace) -> int:
+    from petseg.dicom import read_ct, read_pet_suv, study_name, write_dicom_seg
+    from petseg.io import write_image
+
+    if not (args.pet_dicom and args.ct_dicom):
+        raise InputError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
+    pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
+    ct = read_ct(args.ct_dicom, uid=args.ct_series)
+    mask = _make_predictor(args).predict(ct, pet, ct_source=str(args.ct_dicom), pet_source=str(args.pet_dicom))
+    name = study_name(pet_datasets)
+    mask_path = write_image(mask, Path(args.output) / f"{name}.nii.gz")
+    log.info("wrote %s", mask_path)
+    if args.dicom_seg:
+        log.info("wrote %s", write_dicom_seg(mask, pet_datasets, Path(args.output) / f"{name}_seg.dcm"))
+    _extras(args, name=name, mask_path=mask_path, pet=pet)
+    return 0
+
+
+def _convert_dicom(args: argparse.Namespace) -> int:
+    from petseg.dicom import convert_dicom
+
+    for path in convert_dicom(pet_dir=args.pet_dicom, ct_dir=args.ct_dicom, output=args.output,
+                              pet_uid=args.pet_series, ct_uid=args.ct_series):  # fmt: skip
+        print(f"wrote {path}")
     return 0
 
 
@@ -214,21 +263,36 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
 
 
+def add_dicom_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pet-dicom", type=Path, help="folder holding the PET DICOM series (searched recursively)")
+    p.add_argument("--ct-dicom", type=Path, help="folder holding the CT DICOM series")
+    p.add_argument("--pet-series", help="SeriesInstanceUID of the PET series when the folder holds several")
+    p.add_argument("--ct-series", help="SeriesInstanceUID of the CT series when the folder holds several")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and window progress bars")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="segment every case of a folder")
-    p.add_argument("-i", "--input", required=True, type=Path, help="nnU-Net-named folder or Grand Challenge input")
+    p = sub.add_parser("predict", help="segment every case of a folder, or one DICOM study")
+    p.add_argument("-i", "--input", type=Path, help="nnU-Net-named folder or Grand Challenge input")
+    add_dicom_options(p)
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (one mask per case)")
     p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
     p.add_argument("--sw-batch-size", type=int, help="windows per network call (default from model.json)")
     add_speed_options(p)
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
+    p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")
+    p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("convert-dicom", help="DICOM PET/CT -> SUV.nii.gz, CT.nii.gz, CTres.nii.gz")
+    add_dicom_options(p)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.set_defaults(func=_convert_dicom)
 
     p = sub.add_parser("evaluate", help="challenge metrics (DSC, FPV, FNV) and lesion measures")
     p.add_argument("--gt", required=True, type=Path, help="ground-truth mask file or folder")
@@ -297,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare an output folder with the expected one (test.sh)")
     p.add_argument("expected", type=Path)
     p.add_argument("actual", type=Path)
-    p.add_argument("--min-dice", type=float, default=0.999)
+    p.add_argument("--min-dice", type=float, default=0.99)
     p.set_defaults(func=_compare)
     return parser
 

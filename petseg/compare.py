@@ -31,9 +31,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
-def compare_outputs(expected: str | Path, actual: str | Path, *, min_dice: float = 0.999) -> Comparison:
+def compare_outputs(expected: str | Path, actual: str | Path, *, min_dice: float = 0.99) -> Comparison:
     """Same file names; JSON files equal; images with equal grid, pixel type, values in {0, 1},
-    and Dice >= ``min_dice`` (GPU and CPU may disagree on a few voxels near p = 0.5)."""
+    and Dice >= ``min_dice`` (GPU and CPU, bf16 on either, may disagree on voxels near p = 0.5)."""
     expected, actual = Path(expected), Path(actual)
     result = Comparison()
     for root in (expected, actual):

@@ -85,3 +85,10 @@ def test_module_entry_point_and_help():
     assert result.returncode == 0
     for command in ("predict", "import-weights", "phantom", "compare"):
         assert command in result.stdout
+
+
+def test_predict_with_qc_writes_a_picture_per_case(gc_input, tiny_model_dir, tmp_path):
+    assert main(["predict", "-i", str(gc_input), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
+                 "--device", "cpu", "--qc", "--precision", "fp32"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["3f1c0a6e-case.mha", "3f1c0a6e-case_qc.png"]
+    assert (tmp_path / "out" / "3f1c0a6e-case_qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,284 @@
+"""DICOM PET/CT in (series discovery, volumes, SUVbw) and DICOM Segmentation out.
+
+SUVbw = activity concentration (Bq/ml) x body weight (g) / injected dose decayed to the
+time the images are decay-corrected to:
+- Decay Correction START: the series' start (SeriesDate/SeriesTime; earliest acquisition
+  date/time when the series time is missing);
+- ADMIN: the administration time itself (no decay of the dose).
+Injection date/time comes from RadiopharmaceuticalStartDateTime, else the series date plus
+RadiopharmaceuticalStartTime (an injection "after" the scan on the same date is taken to be
+the evening before, with a warning). Pixel values are rescaled per slice. PET already in
+SUV (Units GML) is taken as is; Philips CNTS images are scaled with the private SUV Scale
+Factor (7053,1000) when present. Anything else, and absurd inputs (weight or dose not
+positive, injection after the reference time, more than 24 h between them), is refused
+with a one-line error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from petseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+PHILIPS_SUV_SCALE = (0x7053, 0x1000)
+
+
+@dataclass(frozen=True)
+class Series:
+    uid: str
+    modality: str
+    description: str
+    files: tuple[Path, ...]
+
+    def summary(self) -> str:
+        return f"{self.uid} ({self.modality}, {len(self.files)} files, '{self.description}')"
+
+
+def find_series(folder: str | Path) -> list[Series]:
+    """Every DICOM series under ``folder`` (recursively), grouped by SeriesInstanceUID."""
+    import pydicom
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "DICOM folder not found")
+    groups: dict[str, list] = defaultdict(list)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: skipped (folders often hold readme files, DICOMDIR, ...)
+            continue
+        if "SeriesInstanceUID" in ds:
+            groups[str(ds.SeriesInstanceUID)].append((path, ds))
+    return [
+        Series(uid, str(items[0][1].get("Modality", "")), str(items[0][1].get("SeriesDescription", "")),
+               tuple(p for p, _ in items))
+        for uid, items in sorted(groups.items())
+    ]  # fmt: skip
+
+
+def select_series(folder: str | Path, *, modality: str, uid: str | None = None, option: str = "--series") -> Series:
+    """The one series of ``modality`` in ``folder`` (or the one with ``uid``)."""
+    series = find_series(folder)
+    if uid is not None:
+        chosen = [s for s in series if s.uid == uid]
+        if not chosen:
+            raise InputError(folder, f"no series with SeriesInstanceUID {uid}")
+        return chosen[0]
+    matching = [s for s in series if s.modality == modality]
+    if not matching:
+        found = ", ".join(sorted({s.modality for s in series})) or "none"
+        raise InputError(folder, f"no {modality} series found (modalities present: {found})")
+    if len(matching) > 1:
+        listing = "; ".join(s.summary() for s in matching)
+        raise InputError(folder, f"{len(matching)} {modality} series found, choose one with {option} UID: {listing}")
+    return matching[0]
+
+
+def _read_datasets(series: Series) -> list:
+    import pydicom
+
+    return [pydicom.dcmread(p) for p in series.files]
+
+
+def _sort_slices(datasets: list, *, source: str) -> tuple[list, np.ndarray]:
+    """Slices ordered along the normal; returns them and the 3x3 direction (columns x, y, z)."""
+    iop = np.asarray(datasets[0].ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    for ds in datasets:
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
+            raise InputError(source, "slices have different orientations")
+    ordered = sorted(datasets, key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
+    return ordered, np.stack([row, col, normal], axis=1)
+
+
+def volume_from_datasets(datasets: list, *, source: str) -> tuple[sitk.Image, list]:
+    """Float64-rescaled volume (slope/intercept per slice) with the series' geometry, and
+    the datasets in the volume's slice order."""
+    if len(datasets) < 2:
+        raise InputError(source, f"a volume needs at least 2 slices, found {len(datasets)}")
+    ordered, direction = _sort_slices(datasets, source=source)
+    positions = np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), direction[:, 2]) for ds in ordered])
+    gaps = np.diff(positions)
+    spacing = float(np.median(gaps)) if len(gaps) else 0.0
+    # scanners round positions (3.19-3.29 mm gaps around 3.27 mm are real); a missing slice is not
+    if gaps.min() <= 0 or np.abs(gaps - spacing).max() > 0.1 * spacing:
+        raise InputError(source, f"slice spacing is not uniform ({gaps.min():.3f}-{gaps.max():.3f} mm) or slices repeat")
+    slices = []
+    for ds in ordered:
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        slices.append(ds.pixel_array.astype(np.float64) * slope + intercept)
+    image = sitk.GetImageFromArray(np.stack(slices))
+    dy, dx = (float(v) for v in ordered[0].PixelSpacing)
+    image.SetSpacing((dx, dy, spacing))
+    image.SetOrigin(tuple(float(v) for v in ordered[0].ImagePositionPatient))
+    image.SetDirection(tuple(direction.reshape(-1)))
+    return image, ordered
+
+
+def _datetime(date: str | None, time: str | None) -> dt.datetime | None:
+    if not date or not time:
+        return None
+    time = str(time).split(".")
+    frac = time[1] if len(time) > 1 else "0"
+    whole = time[0].ljust(6, "0")
+    return dt.datetime.strptime(f"{date}{whole}", "%Y%m%d%H%M%S") + dt.timedelta(seconds=float(f"0.{frac}"))
+
+
+def _dicom_datetime(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    value = str(value).split("+")[0].split("-")[0]
+    return _datetime(value[:8], value[8:] or "000000")
+
+
+def suv_factor(datasets: list, *, source: str) -> float:
+    """Multiplier from the rescaled pixel values to SUVbw (1.0 for images already in SUV)."""
+    ds = datasets[0]
+    units = str(ds.get("Units", "")).upper()
+    if units == "GML":
+        return 1.0
+    if units == "CNTS":
+        if PHILIPS_SUV_SCALE in ds and float(ds[PHILIPS_SUV_SCALE].value) > 0:
+            return float(ds[PHILIPS_SUV_SCALE].value)
+        raise InputError(source, "PET in CNTS without a Philips SUV scale factor (7053,1000): cannot convert to SUV")
+    if units != "BQML":
+        raise InputError(source, f"PET units {units or 'missing'}: only BQML, GML (SUV) or Philips CNTS are supported")
+    weight = float(ds.get("PatientWeight") or 0.0)
+    if not 0 < weight < 500:
+        raise InputError(source, f"patient weight {weight} kg is missing or absurd")
+    try:
+        info = ds.RadiopharmaceuticalInformationSequence[0]
+    except (AttributeError, IndexError):
+        raise InputError(source, "no Radiopharmaceutical Information Sequence: dose and injection time unknown") from None
+    dose = float(info.get("RadionuclideTotalDose") or 0.0)
+    half_life = float(info.get("RadionuclideHalfLife") or 0.0)
+    if dose <= 0:
+        raise InputError(source, f"injected dose {dose} Bq is missing or not positive")
+    if half_life <= 0:
+        raise InputError(source, f"radionuclide half-life {half_life} s is missing or not positive")
+    correction = str(ds.get("DecayCorrection", "")).upper()
+    if correction not in ("START", "ADMIN"):
+        raise InputError(source, f"Decay Correction {correction or 'missing'}: only START and ADMIN are supported")
+    if correction == "ADMIN":
+        return weight * 1000.0 / dose
+    reference = _datetime(ds.get("SeriesDate"), ds.get("SeriesTime"))
+    if reference is None:
+        acquired = [_datetime(d.get("AcquisitionDate"), d.get("AcquisitionTime")) for d in datasets]
+        acquired = [a for a in acquired if a is not None]
+        if not acquired:
+            raise InputError(source, "no series or acquisition date/time: cannot decay-correct the dose")
+        reference = min(acquired)
+    injection = _dicom_datetime(info.get("RadiopharmaceuticalStartDateTime"))
+    if injection is None:
+        start = info.get("RadiopharmaceuticalStartTime")
+        if not start:
+            raise InputError(source, "no injection time (RadiopharmaceuticalStartTime)")
+        injection = _datetime(reference.strftime("%Y%m%d"), start)
+        day_before = injection - dt.timedelta(days=1)
+        if injection > reference and reference - day_before <= dt.timedelta(hours=12):
+            injection = day_before  # e.g. injected 23:30, scanned 00:30: the dates were not stored
+            log.warning("%s: injection time after the scan time: taken as the day before", source)
+    elapsed = (reference - injection).total_seconds()
+    if elapsed < 0:
+        raise InputError(source, f"injection ({injection}) is after the decay-correction reference time ({reference})")
+    if elapsed > 24 * 3600:
+        raise InputError(source, f"{elapsed / 3600:.1f} h between injection and scan: implausible")
+    decayed = dose * 2.0 ** (-elapsed / half_life)
+    return weight * 1000.0 / decayed
+
+
+def read_pet_suv(folder: str | Path, *, uid: str | None = None) -> tuple[sitk.Image, list]:
+    """SUVbw volume (float32) of the PET series in ``folder``, and its datasets in slice order."""
+    series = select_series(folder, modality="PT", uid=uid, option="--pet-series")
+    datasets = _read_datasets(series)
+    image, ordered = volume_from_datasets(datasets, source=str(folder))
+    factor = suv_factor(ordered, source=str(folder))
+    suv = sitk.Cast(image * factor, sitk.sitkFloat32)
+    return suv, ordered
+
+
+def read_ct(folder: str | Path, *, uid: str | None = None) -> sitk.Image:
+    """CT volume in HU (float32) of the CT series in ``folder``."""
+    series = select_series(folder, modality="CT", uid=uid, option="--ct-series")
+    image, _ = volume_from_datasets(_read_datasets(series), source=str(folder))
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def write_dicom_seg(mask: sitk.Image, pet_datasets: list, output: str | Path) -> Path:
+    """A binary DICOM Segmentation ("Lesion") referencing the PET series; the mask must lie
+    on the PET grid in the slice order of ``pet_datasets``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from petseg import __version__
+    from petseg.io import atomic_path
+
+    array = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    if array.shape != (len(pet_datasets), int(pet_datasets[0].Rows), int(pet_datasets[0].Columns)):
+        raise ValueError(f"mask shape {array.shape} does not match the PET series")
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="petseg", version=__version__, family=codes.DCM.ArtificialIntelligence
+        ),
+    )
+    seg = hd.seg.Segmentation(
+        source_images=pet_datasets,
+        pixel_array=array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=901,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="petseg",
+        manufacturer_model_name="petseg autoPET III residual UNet ensemble",
+        software_versions=__version__,
+        device_serial_number="0",
+        omit_empty_frames=False,
+    )
+    with atomic_path(output) as tmp:
+        seg.save_as(tmp)
+    return Path(output)
+
+
+def study_name(pet_datasets: list) -> str:
+    """``<PatientID>_<StudyDate>`` with file-name-safe characters, or "study"."""
+    import re
+
+    ds = pet_datasets[0]
+    parts = [str(ds.get("PatientID", "")).strip(), str(ds.get("StudyDate", "")).strip()]
+    name = "_".join(p for p in parts if p)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "study"
+
+
+def convert_dicom(
+    *, pet_dir: str | Path, ct_dir: str | Path, output: str | Path, pet_uid: str | None = None,
+    ct_uid: str | None = None,
+) -> list[Path]:  # fmt: skip
+    """Write ``SUV.nii.gz``, ``CT.nii.gz`` and ``CTres.nii.gz`` (CT on the PET grid), like the
+    autoPET data release."""
+    from petseg.io import write_image
+    from petseg.preprocess import Grid
+
+    suv, _ = read_pet_suv(pet_dir, uid=pet_uid)
+    ct = read_ct(ct_dir, uid=ct_uid)
+    ctres = Grid.of(suv).resample(ct, interpolator=sitk.sitkLinear, default=-1024.0)
+    output = Path(output)
+    return [write_image(img, output / name) for img, name in ((suv, "SUV.nii.gz"), (ct, "CT.nii.gz"),
+                                                                (ctres, "CTres.nii.gz"))]  # fmt: skip
