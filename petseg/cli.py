@@ -239,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, patch_size=tuple(args.patch_size), lr=args.lr,
         val_every=args.val_every, augment=not args.no_augment, network=network, settings=settings,
         splits_file=args.splits, device=args.device, num_workers=args.num_workers,
+        sync_batchnorm=args.sync_batchnorm,
     )  # fmt: skip
     for fold in range(args.folds) if args.fold == -1 else [args.fold]:
         train_fold(dataclasses.replace(config, fold=fold), resume=args.resume)
@@ -350,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from fold_K/last.pt")
+    p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs (under torchrun)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")

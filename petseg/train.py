@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ import torch
 from petseg.errors import InputError
 from petseg.inference import FoldAverage, foreground_probability, resolve_device
 from petseg.io import image_suffix, list_images, read_image, strip_suffix
+from petseg.metrics import case_metrics
 from petseg.model import ModelFolder, build_network, write_model_folder
 from petseg.preprocess import preprocess
 from petseg.settings import PAPER_NETWORK, Settings
@@ -50,6 +52,7 @@ class TrainConfig:
     network: dict = field(default_factory=lambda: dict(PAPER_NETWORK))
     settings: Settings = field(default_factory=Settings)
     splits_file: Path | None = None
+    sync_batchnorm: bool = False  # DDP only
     device: str = "auto"
     num_workers: int = 0
 
@@ -168,30 +171,102 @@ def train_transforms(config: TrainConfig):
 # --- the loop ------------------------------------------------------------------------------
 
 
-def _dice(pred: np.ndarray, label: np.ndarray) -> float:
-    total = int(pred.sum()) + int(label.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, label).sum()) / total
+@dataclass(frozen=True)
+class Dist:
+    """torchrun's process group (world 1 without torchrun). Only rank 0 writes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
 
-def validate(network: torch.nn.Module, cases: list[dict], *, settings: Settings, device: torch.device) -> dict:
-    """Sliding-window inference on whole validation cases: mean DSC over lesion-positive
-    cases, and false-positive volume (ml) on lesion-negative ones."""
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), resolve_device(device_name)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device_name != "cpu"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    return Dist(torch.distributed.get_rank(), world, local_rank), device
+
+
+def validate(
+    network: torch.nn.Module, cases: list[dict], *, settings: Settings, device: torch.device, dist: Dist = Dist()
+) -> dict:
+    """Sliding-window inference on the whole validation fold, split over the ranks; DSC, FPV
+    and FNV per case (challenge definitions, on the network grid), gathered from all ranks:
+    mean DSC over lesion-positive cases, mean FPV over negatives, mean FNV over positives."""
     network.eval()
     ensemble = FoldAverage([network])  # an fp32 copy of the network as it is now
-    voxel_ml = float(np.prod(settings.target_spacing)) / 1000.0
-    dscs, fpv = [], []
-    for case in cases:
+    voxel_volume = float(np.prod(settings.target_spacing)) / 1000.0
+    mine = []
+    for case in cases[dist.rank :: dist.world]:
         prob = foreground_probability(case["image"], ensemble, settings=settings, device=device)
-        pred, label = prob > 0.5, case["label"][0] > 0.5
-        if label.any():
-            dscs.append(_dice(pred, label))
-        else:
-            fpv.append(pred.sum() * voxel_ml)
+        m = case_metrics(case["label"][0] > 0.5, prob > 0.5, voxel_volume_ml=voxel_volume)
+        mine.append((m.dsc, m.fpv_ml, m.fnv_ml))
     network.train()
+    rows = np.array([r for part in dist.gather(mine) for r in part], float).reshape(-1, 3)
+    positive = np.isfinite(rows[:, 0])
+
+    def mean(values):
+        return float(np.mean(values)) if len(values) else float("nan")
+
     return {
-        "val_dsc": float(np.mean(dscs)) if dscs else float("nan"),
-        "val_fpv_ml": float(np.mean(fpv)) if fpv else float("nan"),
+        "val_dsc": mean(rows[positive, 0]),
+        "val_fnv_ml": mean(rows[positive, 2]),
+        "val_fpv_ml": mean(rows[~positive, 1]),
+        "val_cases": int(len(rows)),
     }
+
+
+def plot_curves(log_path: Path, out_path: Path) -> None:
+    """Loss and validation DSC against epoch, from the fold's CSV log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [float(r["loss"]) for r in rows], label="training loss", color="tab:blue")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    val = [(int(r["epoch"]), float(r["val_dsc"])) for r in rows if r["val_dsc"] not in ("", "nan")]
+    twin = ax.twinx()
+    if val:
+        twin.plot(*zip(*val), "o-", color="tab:red", label="validation DSC")
+    twin.set_ylabel("validation DSC")
+    twin.set_ylim(0, 1)
+    fig.legend(loc="upper center", ncol=2, frameon=False)
+    fig.tight_layout()
+    from petseg.io import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
 
 
 def seed_epoch(config: TrainConfig, epoch: int, transform) -> None:
@@ -205,38 +280,48 @@ def seed_epoch(config: TrainConfig, epoch: int, transform) -> None:
 
 
 def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> Path:
-    """Train one fold; returns the folder with ``best.pt``, ``last.pt`` and ``log.csv``.
+    """Train one fold; returns the folder with ``best.pt``, ``last.pt``, ``log.csv`` and ``curves.png``.
 
     ``resume`` continues from ``last.pt`` (weights, optimizer, scheduler, scaler, epoch, best
     score); with per-epoch seeding the continued run equals an uninterrupted one. ``stop_after``
     ends the run after that many epochs (a job with a wall-time limit; resume later).
+    Under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of every epoch (DDP),
+    validation is split over the ranks and gathered, and only rank 0 writes.
     """
     from monai.data import DataLoader, Dataset
     from monai.losses import GeneralizedDiceFocalLoss
     from monai.utils import set_determinism
+    from torch.utils.data.distributed import DistributedSampler
 
-    fold_dir = Path(config.out_dir) / f"fold_{config.fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    dist, device = init_distributed(config.device)
+    out_dir = Path(config.out_dir)
+    fold_dir = out_dir / f"fold_{config.fold}"
     cases = find_training_cases(config.data_dir)
     splits = (
         load_splits(config.splits_file, list(cases))
         if config.splits_file
         else make_splits(list(cases), n_folds=config.n_folds, seed=config.seed)
     )
-    (Path(config.out_dir) / "splits_final.json").write_text(json.dumps(splits, indent=1))
-    run_meta = {"network": config.network, **config.settings.model_sections()}
-    (Path(config.out_dir) / "train.json").write_text(json.dumps(run_meta, indent=1))
     split = splits[config.fold]
-    cache_dir = Path(config.out_dir) / "cache"
+    cache_dir = out_dir / "cache"
     t0 = time.perf_counter()
-    train_data = [load_cached(cache_case(c, cases[c], cache_dir, config.settings)) for c in split["train"]]
-    val_data = [load_cached(cache_case(c, cases[c], cache_dir, config.settings)) for c in split["val"]]
-    log.info("fold %d: %d train / %d val cases, cached in %.1f s", config.fold, len(train_data), len(val_data),
-             time.perf_counter() - t0)  # fmt: skip
+    if dist.main:  # rank 0 writes the run description and fills the cache; the others wait
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "splits_final.json").write_text(json.dumps(splits, indent=1))
+        run_meta = {"network": config.network, **config.settings.model_sections()}
+        (out_dir / "train.json").write_text(json.dumps(run_meta, indent=1))
+        for case in split["train"] + split["val"]:
+            cache_case(case, cases[case], cache_dir, config.settings)
+    dist.barrier()
+    train_data = [load_cached(cache_dir / f"{c}.npz") for c in split["train"]]
+    val_data = [load_cached(cache_dir / f"{c}.npz") for c in split["val"]]
+    log.info("fold %d: %d train / %d val cases, cached in %.1f s (rank %d of %d)", config.fold, len(train_data),
+             len(val_data), time.perf_counter() - t0, dist.rank, dist.world)  # fmt: skip
 
     set_determinism(seed=config.seed + config.fold)  # also makes cuDNN deterministic
-    device = resolve_device(config.device)
     network = build_network(config.network).to(device)
+    if dist.world > 1 and config.sync_batchnorm:
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
     use_amp = device.type == "cuda"
@@ -253,59 +338,80 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("fold %d: resumed after epoch %d (best DSC %.4f)", config.fold, state["epoch"], best)
-    elif log_path.exists():
+    elif log_path.exists() and dist.main:
         log_path.unlink()
+    model = network
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if use_amp else None)
 
+    dataset = Dataset(train_data, transform=transform)
+    sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed,
+                                 drop_last=False) if dist.world > 1 else None  # fmt: skip
     loader = DataLoader(
-        Dataset(train_data, transform=transform),
+        dataset,
         batch_size=config.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=config.num_workers,
-        drop_last=len(train_data) >= config.batch_size,
+        drop_last=len(train_data) >= config.batch_size * dist.world,
     )
-    fields = ["epoch", "loss", "lr", "val_dsc", "val_fpv_ml", "seconds"]
-    new_log = not log_path.exists()
-    with open(log_path, "a", newline="") as fh:
+    fields = ["epoch", "loss", "lr", "val_dsc", "val_fpv_ml", "val_fnv_ml", "val_cases", "seconds"]
+    fh = None
+    if dist.main:
+        new_log = not log_path.exists()
+        fh = open(log_path, "a", newline="")
         writer = csv.DictWriter(fh, fieldnames=fields)
         if new_log:
             writer.writeheader()
-        network.train()
+    try:
+        model.train()
         last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
         for epoch in range(start_epoch, last_epoch):
             t_epoch = time.perf_counter()
             seed_epoch(config, epoch, transform)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             losses = []
             for batch in loader:
                 x, y = batch["image"].to(device), batch["label"].to(device)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = loss_fn(network(x), y)
+                    loss = loss_fn(model(x), y)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 losses.append(float(loss.detach()))
-            row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                   "val_dsc": "", "val_fpv_ml": ""}  # fmt: skip
+            epoch_loss = float(np.mean([v for part in dist.gather(losses) for v in part]))
+            row = {"epoch": epoch, "loss": epoch_loss, "lr": optimizer.param_groups[0]["lr"]}
             scheduler.step()
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-                metrics = validate(network, val_data, settings=config.settings, device=device)
+                metrics = validate(network, val_data, settings=config.settings, device=device, dist=dist)
                 row.update(metrics)
                 score = metrics["val_dsc"] if not math.isnan(metrics["val_dsc"]) else 0.0
-                if score > best:
+                if score > best:  # every rank sees the same gathered metrics, so agrees
                     best = score
-                    torch.save(network.state_dict(), best_path)
+                    if dist.main:
+                        torch.save(network.state_dict(), best_path)
             row["seconds"] = round(time.perf_counter() - t_epoch, 2)
-            writer.writerow(row)
-            fh.flush()
-            log.info("fold %d epoch %d: %s", config.fold, epoch, {k: v for k, v in row.items() if v != ""})
-            torch.save(
-                {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
-                 "config": {k: str(v) for k, v in asdict(config).items()}},
-                last_path,
-            )  # fmt: skip
-    if not best_path.is_file():  # no validation ran (epochs < val_every is impossible, but be safe)
+            log.info("fold %d epoch %d: %s", config.fold, epoch, row)
+            if dist.main:
+                writer.writerow(row)
+                fh.flush()
+                torch.save(
+                    {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                     "best": best, "config": {k: str(v) for k, v in asdict(config).items()}},
+                    last_path,
+                )  # fmt: skip
+                if "val_dsc" in row:
+                    fh.flush()
+                    plot_curves(log_path, fold_dir / "curves.png")
+    finally:
+        if fh is not None:
+            fh.close()
+    if dist.main and not best_path.is_file():  # stopped before the first validation
         torch.save(network.state_dict(), best_path)
+    dist.barrier()
     return fold_dir
 
 
