@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--sw-batch-size", type=int, default=None)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--tta", action="store_true", help="petseg with test-time mirroring")
     parser.add_argument("--also-fp32", action="store_true", help="also run petseg in fp32 and report fast-vs-fp32 Dice")
     parser.add_argument("--flops", action="store_true", help="count FLOPs of one window per fold (slow on CPU)")
     parser.add_argument("--json", type=Path, help="write the numbers here too")
@@ -116,7 +117,8 @@ def main() -> None:
     else:
         networks, base = random_paper_networks(args.folds), Settings()
         weights = f"random paper-size UNet ({args.folds} folds)"
-    settings = base.with_overrides(device=str(device), precision=args.precision, sw_batch_size=args.sw_batch_size)
+    settings = base.with_overrides(device=str(device), precision=args.precision, sw_batch_size=args.sw_batch_size,
+                                   tta=args.tta or None)  # fmt: skip
     study = make_study(tracer=args.tracer, seed=args.seed, shape=tuple(args.shape), spacing=tuple(args.spacing))
 
     with tempfile.TemporaryDirectory() as tmp:

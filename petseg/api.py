@@ -30,7 +30,8 @@ def segment(
         model_dir: model folder (default: $PETSEG_MODEL_DIR or the checkout's ``weights/``).
         networks: modules mapping (B, 2, X, Y, Z) to (B, 2, X, Y, Z) logits; given, they
             replace the model folder (``settings`` then default to the paper's).
-        device: "auto" (CUDA if available, else CPU), "cpu" or "cuda[:N]".
+        device: "auto" (CUDA if available, else CPU), "cpu" or "cuda[:N]"; left at "auto",
+            ``settings.device`` applies.
         settings: preprocessing/inference settings (default: the model folder's).
     """
     ct_source = str(ct) if not isinstance(ct, sitk.Image) else "CT"
@@ -39,6 +40,8 @@ def segment(
         ct = read_image(ct, role="CT")
     if not isinstance(pet, sitk.Image):
         pet = read_image(pet, role="PET")
+    if settings is not None and device == "auto":
+        device = settings.device  # an explicit Settings.device wins over the default
     if networks is not None:
         predictor = Predictor(networks, settings=(settings or Settings()).with_overrides(device=device))
     else:

@@ -118,7 +118,7 @@ def cache_case(case: str, paths: tuple[Path, Path, Path], cache_dir: Path, setti
     ct, pet, label = (read_image(p, role=r) for p, r in zip(paths, ("CT", "PET", "label")))
     prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(paths[0]), pet_source=str(paths[1]))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{case}.partial.npz"
+    tmp = cache_dir / f".{case}.{os.getpid()}.partial.npz"  # parallel fold jobs share the cache
     np.savez(tmp, image=prep.image, label=prep.label)
     tmp.replace(out)
     return out

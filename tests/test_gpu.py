@@ -1,0 +1,36 @@
+"""GPU behaviour (skipped without CUDA; bench/gpu_check.sh runs these on a GPU machine)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL, Oracle, blob_study, dice
+from petseg.inference import FoldAverage, foreground_probability, resolve_precision
+from petseg.model import build_network
+from petseg.predictor import Predictor
+from petseg.settings import PAPER_NETWORK, Settings
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_oracle_on_the_gpu_matches_the_cpu():
+    import SimpleITK as sitk
+
+    ct, pet = blob_study()
+    gpu = Predictor([Oracle()], settings=SMALL.with_overrides(device="cuda")).predict(ct, pet)
+    cpu = Predictor([Oracle()], settings=SMALL.with_overrides(device="cpu")).predict(ct, pet)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(gpu), sitk.GetArrayFromImage(cpu))
+
+
+def test_paper_network_fast_path_agrees_with_fp32_on_the_gpu():
+    torch.manual_seed(0)
+    net = build_network(PAPER_NETWORK).eval()
+    image = np.random.default_rng(0).normal(size=(2, 96, 96, 96)).astype(np.float32)
+    ref_s = Settings(roi_size=(96, 96, 96), precision="fp32", fold_batchnorm=False, channels_last=False)
+    fast_s = Settings(roi_size=(96, 96, 96))
+    cuda = torch.device("cuda")
+    ref = foreground_probability(image, FoldAverage([net], settings=ref_s).to(cuda), settings=ref_s, device=cuda)
+    fast = foreground_probability(image, FoldAverage([net], settings=fast_s).to(cuda), settings=fast_s, device=cuda)
+    assert resolve_precision("auto", "cuda") in (torch.bfloat16, torch.float16)
+    assert np.abs(fast - ref).max() < 0.05
+    assert dice(fast > 0.5, ref > 0.5) > 0.98
