@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from petseg.errors import ModelError
-from petseg.inference import FoldAverage, foreground_probability, resolve_device
+from petseg.inference import FoldAverage, foreground_probability, resolve_device, resolve_precision
 from petseg.io import read_image, write_image
 from petseg.model import ModelFolder, default_model_dir
 from petseg.preprocess import probability_to_mask, preprocess, restore
@@ -44,7 +44,9 @@ class Predictor:
             torch.backends.cudnn.benchmark = True  # fixed window shape: autotuning pays off
         self.ensemble = FoldAverage(list(networks), settings=self.settings).to(self.device).eval()
         self.timings: dict[str, float] = {}
-        log.info("predictor: %d fold(s) on %s", len(self.ensemble.networks), self.device)
+        dtype = resolve_precision(self.settings.precision, self.device.type)
+        log.info("predictor: %d fold(s) on %s, %s%s", len(self.ensemble.networks), self.device,
+                 "fp32" if dtype is None else str(dtype).replace("torch.", ""), ", TTA" if self.settings.tta else "")  # fmt: skip
 
     @classmethod
     def from_model_dir(

@@ -57,7 +57,7 @@ def render_qc(
     axes[0].legend(loc="lower left", fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96) if title else None)
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
