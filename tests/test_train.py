@@ -1,7 +1,11 @@
 """Training smoke path on phantoms: split, cache, augment, train, validate, checkpoint, resume, assemble."""
 
+import csv
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,20 +123,17 @@ def test_train_and_assemble_cli(phantom_data, tmp_path):
 
 def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_data, tmp_path):
     """DDP on the CPU (gloo): both ranks train and validate their half; rank 0 writes alone."""
-    import subprocess
-    import sys
-
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "petseg",
            "train", "-d", str(phantom_data), "-o", str(run), "--folds", "2", "--fold", "0", "--epochs", "2",
            "--val-every", "1", "--batch-size", "1", "--patch-size", "32", "32", "32", "--channels", "4", "8",
            "--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32",
            "--device", "cpu"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                            "OMP_NUM_THREADS": "1"})  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 of 2" in result.stderr and "rank 0 of 2" in result.stderr
-    rows = list(__import__("csv").DictReader(open(run / "fold_0" / "log.csv")))
+    with open(run / "fold_0" / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # one writer: no duplicated rows
     n_val = len(json.loads((run / "splits_final.json").read_text())[0]["val"])
     assert all(int(r["val_cases"]) == n_val for r in rows)  # gathered from both ranks
