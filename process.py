@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=HERE / "weights")
     parser.add_argument("--interface", choices=sorted(gc.INTERFACES), default="autopet3")
     parser.add_argument("--device", default="auto")
-    add_speed_options(parser)
-    parser.set_defaults(time_budget=GC_TIME_BUDGET_S)
+    add_speed_options(parser, time_budget_default=GC_TIME_BUDGET_S)
     args = parser.parse_args(argv)
     setup_logging()
     try:

@@ -254,13 +254,14 @@ def _assemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_speed_options(p: argparse.ArgumentParser) -> None:
+def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float | None = None) -> None:
     """Options shared by ``petseg predict`` and ``process.py``."""
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="network precision (default auto: bf16 where supported; fp32 is the reference)")  # fmt: skip
     p.add_argument("--tta", action="store_true", help="average the 8 mirrorings of each window")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="drop mirrorings, then folds, if the ensemble would overrun (default from model.json)")  # fmt: skip
+    default = "from model.json" if time_budget_default is None else f"{time_budget_default:g}"
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", default=time_budget_default,
+                   help=f"drop mirrorings, then folds, if the ensemble would overrun (default {default})")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
 
 
