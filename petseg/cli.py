@@ -239,7 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, patch_size=tuple(args.patch_size), lr=args.lr,
         val_every=args.val_every, augment=not args.no_augment, network=network, settings=settings,
         splits_file=args.splits, device=args.device, num_workers=args.num_workers,
-        sync_batchnorm=args.sync_batchnorm,
+        sync_batchnorm=args.sync_batchnorm, init_from=args.init_from, pos_neg=tuple(args.pos_neg),
     )  # fmt: skip
     for fold in range(args.folds) if args.fold == -1 else [args.fold]:
         train_fold(dataclasses.replace(config, fold=fold), resume=args.resume)
@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from fold_K/last.pt")
     p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs (under torchrun)")
+    p.add_argument("--init-from", type=Path, help="start from a state dict or a model folder's fold K (fine-tuning)")
+    p.add_argument("--pos-neg", type=float, nargs=2, default=(1.0, 1.0), metavar=("POS", "NEG"),
+                   help="ratio of lesion- to background-centred patches (default 1 1)")  # fmt: skip
     p.set_defaults(func=_train)
 
     p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")

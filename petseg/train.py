@@ -25,7 +25,7 @@ from petseg.errors import InputError
 from petseg.inference import FoldAverage, foreground_probability, resolve_device
 from petseg.io import image_suffix, list_images, read_image, strip_suffix
 from petseg.metrics import case_metrics
-from petseg.model import ModelFolder, build_network, write_model_folder
+from petseg.model import ModelFolder, build_network, load_state_dict, read_state_dict, write_model_folder
 from petseg.preprocess import preprocess
 from petseg.settings import PAPER_NETWORK, Settings
 
@@ -53,6 +53,7 @@ class TrainConfig:
     settings: Settings = field(default_factory=Settings)
     splits_file: Path | None = None
     sync_batchnorm: bool = False  # DDP only
+    init_from: Path | None = None  # start from these weights: a state dict, or a model folder (its fold K)
     device: str = "auto"
     num_workers: int = 0
 
@@ -338,8 +339,13 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("fold %d: resumed after epoch %d (best DSC %.4f)", config.fold, state["epoch"], best)
-    elif log_path.exists() and dist.main:
-        log_path.unlink()
+    else:
+        if config.init_from is not None:
+            source = init_checkpoint(config.init_from, config.fold)
+            load_state_dict(network, read_state_dict(source), source=source)
+            log.info("fold %d: starting from %s", config.fold, source)
+        if log_path.exists() and dist.main:
+            log_path.unlink()
     model = network
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if use_amp else None)
@@ -413,6 +419,18 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         torch.save(network.state_dict(), best_path)
     dist.barrier()
     return fold_dir
+
+
+def init_checkpoint(path: str | Path, fold: int) -> Path:
+    """A state-dict file, or fold ``fold`` of a model folder (fine-tuning, e.g. from imported weights)."""
+    path = Path(path)
+    if path.is_dir():
+        folder = ModelFolder.open(path)
+        chosen = [f for f in folder.folds if f.fold == fold] or list(folder.folds[:1])
+        return folder.path / chosen[0].file
+    if not path.is_file():
+        raise InputError(path, "initial weights not found")
+    return path
 
 
 def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "") -> ModelFolder:

@@ -138,3 +138,14 @@ def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_
     n_val = len(json.loads((run / "splits_final.json").read_text())[0]["val"])
     assert all(int(r["val_cases"]) == n_val for r in rows)  # gathered from both ranks
     assert sorted(p.name for p in (run / "fold_0").iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+
+
+def test_fine_tuning_starts_from_a_model_folders_fold(phantom_data, tmp_path, tiny_model_dir):
+    config = _config(phantom_data, tmp_path / "ft", fold=1, init_from=tiny_model_dir)
+    train_fold(config, stop_after=0)  # no epoch: the saved weights are the starting weights
+    start = torch.load(tmp_path / "ft" / "fold_1" / "best.pt", weights_only=True)
+    given = torch.load(tiny_model_dir / "fold1.pt", weights_only=True)
+    for key in given:
+        torch.testing.assert_close(start[key], given[key], rtol=0, atol=0)
+    with pytest.raises(petseg.InputError, match="initial weights not found"):
+        train_fold(dataclasses.replace(config, init_from=tmp_path / "nope.pt"))
