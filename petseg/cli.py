@@ -181,14 +181,21 @@ def _qc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_weights(args: argparse.Namespace) -> int:
-    from petseg.model import import_weights
-
+def _network_from_args(args: argparse.Namespace) -> dict:
+    """The paper's UNet arguments with --channels (strides 2 between levels) and --num-res-units applied."""
     network = dict(PAPER_NETWORK)
     if args.channels:
         network["channels"] = args.channels
         network["strides"] = [2] * (len(args.channels) - 1)
-    folder = import_weights(args.files, args.output, network=network)
+    if getattr(args, "num_res_units", None) is not None:
+        network["num_res_units"] = args.num_res_units
+    return network
+
+
+def _import_weights(args: argparse.Namespace) -> int:
+    from petseg.model import import_weights
+
+    folder = import_weights(args.files, args.output, network=_network_from_args(args))
     print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
     return 0
 
@@ -225,12 +232,7 @@ def _train(args: argparse.Namespace) -> int:
     from petseg.settings import Settings
     from petseg.train import TrainConfig, train_fold
 
-    network = dict(PAPER_NETWORK)
-    if args.channels:
-        network["channels"] = args.channels
-        network["strides"] = [2] * (len(args.channels) - 1)
-    if args.num_res_units is not None:
-        network["num_res_units"] = args.num_res_units
+    network = _network_from_args(args)
     settings = Settings(device=args.device).with_overrides(
         target_spacing=args.target_spacing, roi_size=args.roi_size, sw_batch_size=args.sw_batch_size
     )
