@@ -242,6 +242,8 @@ def _train(args: argparse.Namespace) -> int:
         val_every=args.val_every, augment=not args.no_augment, network=network, settings=settings,
         splits_file=args.splits, device=args.device, num_workers=args.num_workers,
         sync_batchnorm=args.sync_batchnorm, init_from=args.init_from, pos_neg=tuple(args.pos_neg),
+        hard_negatives=args.hard_negatives, hot_suv=args.hot_suv, precision=args.precision,
+        focal_weight=tuple(args.focal_weight),
     )  # fmt: skip
     for fold in range(args.folds) if args.fold == -1 else [args.fold]:
         train_fold(dataclasses.replace(config, fold=fold), resume=args.resume)
@@ -358,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, help="start from a state dict or a model folder's fold K (fine-tuning)")
     p.add_argument("--pos-neg", type=float, nargs=2, default=(1.0, 1.0), metavar=("POS", "NEG"),
                    help="ratio of lesion- to background-centred patches (default 1 1)")  # fmt: skip
+    p.add_argument("--hard-negatives", type=float, default=0.0, metavar="W",
+                   help="weight, on the POS/NEG scale, of patches centred on hot background "
+                        "(PET >= --hot-suv outside the label: brain, bladder, kidneys...); default 0 = off")  # fmt: skip
+    p.add_argument("--hot-suv", type=float, default=3.0, help="SUV that makes background 'hot' (default 3)")
+    p.add_argument("--focal-weight", type=float, nargs=2, default=(1.0, 100.0), metavar=("BG", "FG"),
+                   help="class weights of the focal term (default: the paper's 1 100)")  # fmt: skip
+    p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                   help="auto: fp16 AMP on CUDA, bf16 autocast on CPUs with native bf16 (default)")  # fmt: skip
     p.set_defaults(func=_train)
 
     p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")

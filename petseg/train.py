@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from petseg.errors import InputError
-from petseg.inference import FoldAverage, foreground_probability, resolve_device
+from petseg.inference import FoldAverage, cpu_supports_bf16, foreground_probability, resolve_device
 from petseg.io import image_suffix, list_images, read_image, strip_suffix
 from petseg.metrics import case_metrics
 from petseg.model import ModelFolder, build_network, load_state_dict, read_state_dict, write_model_folder
@@ -47,6 +47,11 @@ class TrainConfig:
     lr: float = 1e-3
     focal_weight: tuple[float, float] = (1.0, 100.0)
     pos_neg: tuple[float, float] = (1.0, 1.0)  # foreground/background patch centres
+    # patches centred on "hot" background (PET SUV >= hot_suv outside the label: brain, heart,
+    # kidneys, bladder, salivary glands, where false positives come from); relative to pos_neg
+    hard_negatives: float = 0.0
+    hot_suv: float = 3.0
+    precision: str = "auto"  # auto: fp16 AMP on CUDA, bf16 autocast on CPUs with native bf16; or fp32
     val_every: int = 10
     augment: bool = True
     network: dict = field(default_factory=lambda: dict(PAPER_NETWORK))
@@ -125,30 +130,53 @@ def cache_case(case: str, paths: tuple[Path, Path, Path], cache_dir: Path, setti
     return out
 
 
-def load_cached(path: Path) -> dict[str, np.ndarray]:
+def load_cached(path: Path, *, hot_suv: float | None = None) -> dict[str, np.ndarray]:
+    """A cached case; with ``hot_suv`` also its patch-sampling map (0 background, 1 lesion,
+    2 hot background: PET >= hot_suv outside the label)."""
     with np.load(path) as data:
-        return {"image": data["image"], "label": data["label"][None].astype(np.float32)}
+        case = {"image": data["image"], "label": data["label"][None].astype(np.float32)}
+    if hot_suv is not None:
+        lesion = case["label"][0] > 0.5
+        sampling = lesion.astype(np.uint8)
+        sampling[(case["image"][1] >= hot_suv) & ~lesion] = 2
+        case["sampling"] = sampling[None]
+    return case
 
 
 def train_transforms(config: TrainConfig):
     """Random patches and the paper's augmentations; labels always nearest-neighbour."""
     from monai.transforms import (
         Compose,
+        ConcatItemsd,
+        DeleteItemsd,
         EnsureTyped,
         Rand3DElasticd,
         RandAdjustContrastd,
+        RandCropByLabelClassesd,
         RandCropByPosNegLabeld,
         RandGaussianNoised,
         SpatialPadd,
+        SplitDimd,
     )
 
     keys = ["image", "label"]
-    steps = [
-        SpatialPadd(keys=keys, spatial_size=config.patch_size),
-        RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=config.patch_size, pos=config.pos_neg[0], neg=config.pos_neg[1]
-        ),
-    ]
+    if config.hard_negatives > 0:  # cases carry a "sampling" map (load_cached with hot_suv)
+        steps = [
+            SpatialPadd(keys=[*keys, "sampling"], spatial_size=config.patch_size),
+            RandCropByLabelClassesd(
+                keys=keys, label_key="sampling", spatial_size=config.patch_size, num_classes=3,
+                ratios=[config.pos_neg[1], config.pos_neg[0], config.hard_negatives], warn=False,
+            ),  # fmt: skip
+            DeleteItemsd(keys="sampling"),
+        ]
+    else:
+        steps = [
+            SpatialPadd(keys=keys, spatial_size=config.patch_size),
+            RandCropByPosNegLabeld(
+                keys=keys, label_key="label", spatial_size=config.patch_size, pos=config.pos_neg[0],
+                neg=config.pos_neg[1],
+            ),  # fmt: skip
+        ]
     if config.augment:
         steps += [
             Rand3DElasticd(  # one resampling for translation, axial rotation, scaling and elastic
@@ -162,7 +190,13 @@ def train_transforms(config: TrainConfig):
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
-            RandAdjustContrastd(keys=["image"], prob=0.3, gamma=(0.7, 1.5)),
+            # gamma per channel: over the stacked image, min/max would mix CT [0, 1] with PET SUV
+            # and bend the CT far more than the paper's 0.7-1.5 intends
+            SplitDimd(keys="image", output_postfixes=["ct", "pet"], dim=0, update_meta=False),
+            RandAdjustContrastd(keys=["image_ct"], prob=0.3, gamma=(0.7, 1.5)),
+            RandAdjustContrastd(keys=["image_pet"], prob=0.3, gamma=(0.7, 1.5)),
+            ConcatItemsd(keys=["image_ct", "image_pet"], name="image", dim=0),
+            DeleteItemsd(keys=["image_ct", "image_pet"]),
             RandGaussianNoised(keys=["image"], prob=0.2, std=0.05),
         ]
     steps.append(EnsureTyped(keys=keys, track_meta=False))
@@ -314,7 +348,8 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         for case in split["train"] + split["val"]:
             cache_case(case, cases[case], cache_dir, config.settings)
     dist.barrier()
-    train_data = [load_cached(cache_dir / f"{c}.npz") for c in split["train"]]
+    hot_suv = config.hot_suv if config.hard_negatives > 0 else None
+    train_data = [load_cached(cache_dir / f"{c}.npz", hot_suv=hot_suv) for c in split["train"]]
     val_data = [load_cached(cache_dir / f"{c}.npz") for c in split["val"]]
     log.info("fold %d: %d train / %d val cases, cached in %.1f s (rank %d of %d)", config.fold, len(train_data),
              len(val_data), time.perf_counter() - t0, dist.rank, dist.world)  # fmt: skip
@@ -325,8 +360,9 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast_dtype = training_precision(config.precision, device)
+    use_scaler = autocast_dtype == torch.float16  # bf16 needs no loss scaling
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     loss_fn = GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True, weight=list(config.focal_weight))
     transform = train_transforms(config)
     start_epoch, best = 0, -1.0
@@ -348,7 +384,9 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
             log_path.unlink()
     model = network
     if dist.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if use_amp else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     dataset = Dataset(train_data, transform=transform)
     sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed,
@@ -381,7 +419,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
             for batch in loader:
                 x, y = batch["image"].to(device), batch["label"].to(device)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, enabled=use_amp):
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     loss = loss_fn(model(x), y)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -419,6 +457,18 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         torch.save(network.state_dict(), best_path)
     dist.barrier()
     return fold_dir
+
+
+def training_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for training; None = fp32. "auto": fp16 (with loss scaling) on CUDA as
+    the paper, bf16 on CPUs with native bf16 (about 1.7x faster on this project's CPU)."""
+    if name not in ("auto", "fp32"):
+        raise ValueError(f"training precision must be 'auto' or 'fp32', got {name!r}")
+    if name == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
 
 
 def init_checkpoint(path: str | Path, fold: int) -> Path:

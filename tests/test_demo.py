@@ -37,3 +37,27 @@ def test_demo_weights_find_every_lesion_of_the_demo_study(study):
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(ROOT / "test/label" / f"{CASE}.mha")))
     m = case_metrics(label, mask, voxel_volume_ml=float(np.prod(pet.GetSpacing())) / 1000)
     assert m.fnv_ml == 0.0 and m.gt_lesions == 4
+
+
+def heldout_mean_dsc(model_dir, *, n_per_tracer: int = 10) -> dict[str, float]:
+    """The issue's acceptance check: held-out phantoms (seeds 900 FDG / 901 PSMA, never used
+    in training, the training grid), five-fold ensemble, mean challenge DSC per tracer."""
+    from petseg.metrics import case_metrics
+    from petseg.phantom import make_study
+
+    predictor = Predictor.from_model_dir(model_dir, device="cpu")
+    scores: dict[str, list[float]] = {"fdg": [], "psma": []}
+    for tracer, seed in (("fdg", 900), ("psma", 901)):
+        for index in range(n_per_tracer):
+            s = make_study(tracer=tracer, seed=seed, index=index, shape=(64, 56, 128), spacing=(6.0, 6.0, 5.5))
+            mask = predictor.predict(sitk.Cast(s.ct, sitk.sitkFloat32), s.pet)
+            m = case_metrics(sitk.GetArrayFromImage(s.label), sitk.GetArrayFromImage(mask),
+                             voxel_volume_ml=float(np.prod(s.pet.GetSpacing())) / 1000)  # fmt: skip
+            scores[tracer].append(m.dsc)
+    return {"all": float(np.mean(scores["fdg"] + scores["psma"])), **{k: float(np.mean(v)) for k, v in scores.items()}}
+
+
+def test_demo_weights_reach_dsc_0_8_on_heldout_phantoms():
+    dsc = heldout_mean_dsc(ROOT / "weights")
+    assert dsc["all"] >= 0.8, dsc
+    assert min(dsc["fdg"], dsc["psma"]) >= 0.7, dsc

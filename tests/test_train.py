@@ -17,7 +17,17 @@ from conftest import TINY_NETWORK
 from petseg.cli import main
 from petseg.phantom import make_cohort
 from petseg.settings import Settings
-from petseg.train import TrainConfig, assemble, make_splits, patient_of, train_fold, train_transforms
+from petseg.inference import cpu_supports_bf16
+from petseg.train import (
+    TrainConfig,
+    assemble,
+    load_cached,
+    make_splits,
+    patient_of,
+    train_fold,
+    train_transforms,
+    training_precision,
+)
 
 GRID = dict(shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
 
@@ -69,6 +79,74 @@ def test_augmentation_keeps_labels_binary_and_lesion_volume():
     assert min(ratios) > 0.6
 
 
+def _two_blob_case(tmp_path):
+    """A lesion (SUV 6) in one corner and a hot organ (SUV 12, not labelled) in the other."""
+    zz, yy, xx = np.mgrid[:64, :64, :64]
+    lesion = (xx - 12) ** 2 + (yy - 12) ** 2 + (zz - 12) ** 2 <= 5**2
+    organ = (xx - 50) ** 2 + (yy - 50) ** 2 + (zz - 50) ** 2 <= 6**2
+    pet = np.full((64, 64, 64), 0.5, np.float32)
+    pet[lesion], pet[organ] = 6.0, 12.0
+    ct = np.full((64, 64, 64), 0.52, np.float32)
+    path = tmp_path / "case.npz"
+    np.savez(path, image=np.stack([ct, pet]), label=lesion.astype(np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    "ratios, allowed",
+    [((0.0, 0.0, 1.0), {"organ"}), ((1.0, 0.0, 1.0), {"organ", "lesion"}), ((1.0, 0.0, 0.0), {"lesion"})],
+)
+def test_patch_centres_follow_lesion_background_and_hot_ratios(tmp_path, ratios, allowed):
+    """(pos, neg, hard) ratios: hot-background patches hold the unlabelled organ and no lesion."""
+    pos, neg, hard = ratios
+    config = TrainConfig(data_dir=".", out_dir=".", patch_size=(16, 16, 16), augment=False, pos_neg=(pos, neg),
+                         hard_negatives=hard, hot_suv=3.0)  # fmt: skip
+    case = load_cached(_two_blob_case(tmp_path), hot_suv=config.hot_suv if hard > 0 else None)
+    if hard > 0:
+        assert set(np.unique(case["sampling"]).tolist()) == {0, 1, 2}
+    transform = train_transforms(config)
+    seen = set()
+    for seed in range(10):
+        transform.set_random_state(seed)
+        out = transform(dict(case))
+        out = out[0] if isinstance(out, list) else out
+        assert set(out) == {"image", "label"} and tuple(out["image"].shape) == (2, 16, 16, 16)
+        pet_max, lesion_voxels = float(out["image"][1].max()), float(out["label"].sum())
+        kind = "lesion" if lesion_voxels > 0 else "organ" if pet_max == 12.0 else "background"
+        if kind == "lesion":
+            assert pet_max == 6.0  # the two blobs are too far apart to share a patch
+        seen.add(kind)
+    assert seen == allowed  # never a background-centred patch when its ratio is 0
+
+
+def test_gamma_is_drawn_per_channel_and_keeps_the_ct_range():
+    """CT in [0, 1] beside PET up to SUV 20: a gamma over both channels' joint range would
+    push soft tissue (0.5) to ~1.5; per channel the CT stays near [0, 1]."""
+    config = TrainConfig(data_dir=".", out_dir=".", patch_size=(24, 24, 24))
+    transform = train_transforms(config)
+    ct = np.full((24, 24, 24), 0.5, np.float32)
+    ct[:, :, :4] = 0.0
+    ct[:, :, -4:] = 1.0
+    pet = np.linspace(0.0, 20.0, 24**3, dtype=np.float32).reshape(24, 24, 24)
+    changed = 0
+    for seed in range(20):
+        transform.set_random_state(seed)
+        out = transform({"image": np.stack([ct, pet]), "label": np.zeros((1, 24, 24, 24), np.float32)})
+        out = out[0] if isinstance(out, list) else out
+        soft = torch.as_tensor(out["image"][0])[4:-4, 4:-4, 8:-8]
+        assert float(soft.median()) < 0.8, f"seed {seed}: soft tissue moved to {float(soft.median()):.2f}"
+        changed += abs(float(soft.median()) - 0.5) > 0.02
+    assert changed > 0  # the CT was augmented at all
+
+
+def test_training_precision():
+    assert training_precision("fp32", torch.device("cpu")) is None
+    assert training_precision("auto", torch.device("cuda")) == torch.float16
+    assert training_precision("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_supports_bf16() else None)
+    with pytest.raises(ValueError, match="'fp8'"):
+        training_precision("fp8", torch.device("cpu"))
+
+
 def test_train_two_folds_resume_and_assemble(phantom_data, tmp_path):
     run = tmp_path / "run"
     for fold in range(2):
@@ -114,7 +192,7 @@ def test_train_and_assemble_cli(phantom_data, tmp_path):
     args = ["train", "-d", str(phantom_data), "-o", str(tmp_path / "run"), "--folds", "2", "--fold", "-1",
             "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "32", "32", "--channels", "4", "8",
             "--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32",
-            "--device", "cpu"]  # fmt: skip
+            "--hard-negatives", "1", "--hot-suv", "2.5", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     assert main(["assemble", str(tmp_path / "run"), "-o", str(tmp_path / "model")]) == 0
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
