@@ -166,7 +166,7 @@ def train_transforms(config: TrainConfig):
             RandCropByLabelClassesd(
                 keys=keys, label_key="sampling", spatial_size=config.patch_size, num_classes=3,
                 ratios=[config.pos_neg[1], config.pos_neg[0], config.hard_negatives], warn=False,
-            ),  # fmt: skip
+            ),
             DeleteItemsd(keys="sampling"),
         ]
     else:
@@ -175,7 +175,7 @@ def train_transforms(config: TrainConfig):
             RandCropByPosNegLabeld(
                 keys=keys, label_key="label", spatial_size=config.patch_size, pos=config.pos_neg[0],
                 neg=config.pos_neg[1],
-            ),  # fmt: skip
+            ),
         ]
     if config.augment:
         steps += [
