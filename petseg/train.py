@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from petseg.errors import InputError
 from petseg.inference import FoldAverage, cpu_supports_bf16, foreground_probability, resolve_device
-from petseg.io import image_suffix, list_images, read_image, strip_suffix
+from petseg.io import atomic_path, image_suffix, list_images, read_image, strip_suffix
 from petseg.metrics import case_metrics
 from petseg.model import ModelFolder, build_network, load_state_dict, read_state_dict, write_model_folder
 from petseg.preprocess import preprocess
@@ -297,8 +298,6 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     twin.set_ylim(0, 1)
     fig.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
-    from petseg.io import atomic_path
-
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
@@ -499,6 +498,15 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
             states[int(fold_dir.name.split("_")[1])] = torch.load(best, map_location="cpu", weights_only=True)
     if not states:
         raise InputError(run_dir, "no fold_K/best.pt found")
-    return write_model_folder(
+    folder = write_model_folder(
         model_dir, state_dicts=states, network=meta["network"], settings=settings, description=description
     )
+    # provenance beside the weights: the split and each fold's log and curves
+    extras = [(run_dir / "splits_final.json", "splits_final.json")]
+    for fold in states:
+        extras += [(run_dir / f"fold_{fold}" / name, f"fold{fold}_{name}") for name in ("log.csv", "curves.png")]
+    for source, name in extras:
+        if source.is_file():
+            with atomic_path(Path(model_dir) / name) as tmp:
+                shutil.copyfile(source, tmp)
+    return folder

@@ -159,6 +159,9 @@ def test_train_two_folds_resume_and_assemble(phantom_data, tmp_path):
 
     model = assemble(run, tmp_path / "model")
     assert [f.fold for f in model.folds] == [0, 1]
+    for name in ("splits_final.json", "fold0_log.csv", "fold1_log.csv", "fold0_curves.png", "fold1_curves.png"):
+        assert (tmp_path / "model" / name).is_file(), name
+    assert (tmp_path / "model" / "fold1_log.csv").read_text() == (run / "fold_1" / "log.csv").read_text()
     assert model.settings.target_spacing == (4.0, 4.0, 4.0)
     ct = next((phantom_data / "imagesTr").glob("*_0000.nii.gz"))
     pet = ct.with_name(ct.name.replace("_0000", "_0001"))
