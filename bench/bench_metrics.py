@@ -49,7 +49,7 @@ def main() -> None:
         g, p = Labelled.of(gt), Labelled.of(pred)  # one labelling pass per mask
         m = labelled_metrics(g, p, voxel_volume_ml=ml)
         for labelled in (g, p):
-            totals(lesion_table(labelled, pet, voxel_volume_ml=ml), voxel_volume_ml=ml)
+            totals(lesion_table(labelled, pet, voxel_volume_ml=ml))
         times.append(time.perf_counter() - t0)
     print(f"grid {tuple(args.shape)}, {m.gt_lesions} GT lesions, {m.pred_lesions} predicted")
     print(f"DSC {m.dsc:.4f}  FPV {m.fpv_ml:.2f} ml  FNV {m.fnv_ml:.2f} ml")

@@ -70,14 +70,16 @@ def _make_predictor(args: argparse.Namespace):
     )
 
 
-def _extras(args: argparse.Namespace, *, name: str, mask_path: Path, pet) -> None:
-    """--qc and --report for one case (``pet`` an image or a path)."""
+def _extras(args: argparse.Namespace, *, name: str, mask, pet) -> None:
+    """--qc and --report for one case (``mask`` and ``pet`` images or paths)."""
     if not (args.qc or args.report):
         return
+    import SimpleITK as sitk
+
     from petseg.io import read_image
 
-    pet = read_image(pet, role="PET") if not hasattr(pet, "GetSize") else pet
-    mask = read_image(mask_path, role="mask")
+    pet = pet if isinstance(pet, sitk.Image) else read_image(pet, role="PET")
+    mask = mask if isinstance(mask, sitk.Image) else read_image(mask, role="mask")
     if args.qc:
         from petseg.qc import render_qc
 
@@ -103,7 +105,7 @@ def _predict(args: argparse.Namespace) -> int:
         log.info("case %s", case.name)
         try:
             predictor.predict_files(ct=case.ct, pet=case.pet, output=output)
-            _extras(args, name=case.name, mask_path=output, pet=case.pet)
+            _extras(args, name=case.name, mask=output, pet=case.pet)
         except InputError as err:  # a bad case does not stop the others
             log.error("%s", err)
             failed.append(case.name)
@@ -127,7 +129,7 @@ def _predict_dicom(args: argparse.Namespace) -> int:
     log.info("wrote %s", mask_path)
     if args.dicom_seg:
         log.info("wrote %s", write_dicom_seg(mask, pet_datasets, Path(args.output) / f"{name}_seg.dcm"))
-    _extras(args, name=name, mask_path=mask_path, pet=pet)
+    _extras(args, name=name, mask=mask, pet=pet)
     return 0
 
 

@@ -91,7 +91,7 @@ def evaluate_case(
         pet = sitk.GetArrayViewFromImage(pet_img)
         for role, other in (("gt", "pred"), ("pred", "gt")):
             table = lesion_table(labelled[role], pet, voxel_volume_ml=ml)
-            stats = totals(table, voxel_volume_ml=ml)
+            stats = totals(table)
             result.extra.update({f"{role}_{k}": v for k, v in asdict(stats).items()})
             detected = labelled[role].touching(labelled[other].labels)[1:]
             for i in range(labelled[role].count):

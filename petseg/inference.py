@@ -132,15 +132,13 @@ class FoldAverage(torch.nn.Module):
             raise ModelError("networks", "at least one network is needed")
         self.settings = settings or Settings(fold_batchnorm=False, channels_last=False)
         self.networks = torch.nn.ModuleList([prepare_network(n, settings=self.settings) for n in networks])
-        self.active_folds = len(self.networks)
-        self.mirrors = MIRRORS if self.settings.tta else MIRRORS[:1]
-        self.budget: Budget | None = None
+        self.reset()
 
     def reset(self, budget: Budget | None = None) -> None:
         """Before each study: all folds and mirrorings again, and a new budget."""
         self.active_folds = len(self.networks)
-        self.mirrors = MIRRORS if self.settings.tta else MIRRORS[:1]
-        self.budget = budget
+        self.mirrors: tuple[tuple[int, ...], ...] = MIRRORS if self.settings.tta else MIRRORS[:1]
+        self.budget: Budget | None = budget
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()

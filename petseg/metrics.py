@@ -104,7 +104,8 @@ def lesion_table(labelled: Labelled, pet: np.ndarray, *, voxel_volume_ml: float)
     return {"mtv_ml": sizes * voxel_volume_ml, "suv_mean": sums / sizes, "suv_max": maxima[1:]}
 
 
-def totals(table: dict[str, np.ndarray], *, voxel_volume_ml: float) -> LesionStats:
+def totals(table: dict[str, np.ndarray]) -> LesionStats:
+    """The study's totals from ``lesion_table`` (TLG = sum of MTV x SUVmean)."""
     mtv = table["mtv_ml"]
     if len(mtv) == 0:
         return LesionStats(0, 0.0, 0.0, math.nan, math.nan)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from petseg.errors import ModelError
-from petseg.io import write_text
+from petseg.io import atomic_path, write_text
 from petseg.settings import PAPER_NETWORK, Settings
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,8 @@ def write_model_folder(
     for fold, state in sorted(state_dicts.items()):
         name = f"fold{fold}.pt"
         load_state_dict(probe, state, source=f"fold {fold}")  # refuse a mismatch before writing
-        tmp = out_dir / f".{name}.partial"
-        torch.save(dict(state), tmp)
-        os.replace(tmp, out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            torch.save(dict(state), tmp)
         entries.append({"fold": fold, "file": name, "sha256": sha256_file(out_dir / name)})
     meta = {
         "format": FORMAT,

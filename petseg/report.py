@@ -19,7 +19,7 @@ def lesion_report(mask: sitk.Image, pet: sitk.Image, *, case: str) -> dict:
     labelled = Labelled.of(sitk.GetArrayViewFromImage(mask) > 0)
     ml = voxel_ml(pet)
     table = lesion_table(labelled, sitk.GetArrayViewFromImage(pet), voxel_volume_ml=ml)
-    stats = totals(table, voxel_volume_ml=ml)
+    stats = totals(table)
     lesions = []
     if labelled.count:
         flat = np.flatnonzero(labelled.labels)

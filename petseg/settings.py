@@ -23,8 +23,8 @@ PAPER_NETWORK: dict[str, Any] = {
     "act": "PRELU",
 }
 
-CHANNELS = ("CT", "PET")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # network input order: 0 = CT, 1 = PET
+CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

@@ -124,28 +124,31 @@ def cache_case(case: str, paths: tuple[Path, Path, Path], cache_dir: Path, setti
         return out
     ct, pet, label = (read_image(p, role=r) for p, r in zip(paths, ("CT", "PET", "label")))
     prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(paths[0]), pet_source=str(paths[1]))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{case}.{os.getpid()}.partial.npz"  # parallel fold jobs share the cache
-    np.savez(tmp, image=prep.image, label=prep.label)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:  # a unique temp name: parallel fold jobs share the cache
+        np.savez(tmp, image=prep.image, label=prep.label)
     return out
 
 
 def load_cached(path: Path, *, hot_suv: float | None = None) -> dict[str, np.ndarray]:
-    """A cached case; with ``hot_suv`` also its patch-sampling map (0 background, 1 lesion,
-    2 hot background: PET >= hot_suv outside the label)."""
+    """A cached case; with ``hot_suv`` (training cases) also its patch-sampling map."""
     with np.load(path) as data:
         case = {"image": data["image"], "label": data["label"][None].astype(np.float32)}
-    if hot_suv is not None:
-        lesion = case["label"][0] > 0.5
-        sampling = lesion.astype(np.uint8)
-        sampling[(case["image"][1] >= hot_suv) & ~lesion] = 2
-        case["sampling"] = sampling[None]
-    return case
+    return case if hot_suv is None else with_sampling_map(case, hot_suv=hot_suv)
+
+
+def with_sampling_map(case: dict[str, Any], *, hot_suv: float) -> dict[str, Any]:
+    """Add the map ``train_transforms`` draws patch centres from: 0 background, 1 lesion,
+    2 hot background (PET >= hot_suv outside the label). Built once per case, not per patch."""
+    lesion = np.asarray(case["label"][0]) > 0.5
+    sampling = lesion.astype(np.uint8)
+    sampling[(np.asarray(case["image"][1]) >= hot_suv) & ~lesion] = 2
+    return {**case, "sampling": sampling[None]}
 
 
 def train_transforms(config: TrainConfig):
-    """Random patches and the paper's augmentations; labels always nearest-neighbour."""
+    """Random patches and the paper's augmentations; labels always nearest-neighbour. Cases
+    carry a sampling map (``with_sampling_map``); patch centres are background, lesion and
+    hot background in the ratio NEG : POS : hard_negatives."""
     from monai.transforms import (
         Compose,
         ConcatItemsd,
@@ -154,30 +157,20 @@ def train_transforms(config: TrainConfig):
         Rand3DElasticd,
         RandAdjustContrastd,
         RandCropByLabelClassesd,
-        RandCropByPosNegLabeld,
         RandGaussianNoised,
         SpatialPadd,
         SplitDimd,
     )
 
     keys = ["image", "label"]
-    if config.hard_negatives > 0:  # cases carry a "sampling" map (load_cached with hot_suv)
-        steps = [
-            SpatialPadd(keys=[*keys, "sampling"], spatial_size=config.patch_size),
-            RandCropByLabelClassesd(
-                keys=keys, label_key="sampling", spatial_size=config.patch_size, num_classes=3,
-                ratios=[config.pos_neg[1], config.pos_neg[0], config.hard_negatives], warn=False,
-            ),
-            DeleteItemsd(keys="sampling"),
-        ]
-    else:
-        steps = [
-            SpatialPadd(keys=keys, spatial_size=config.patch_size),
-            RandCropByPosNegLabeld(
-                keys=keys, label_key="label", spatial_size=config.patch_size, pos=config.pos_neg[0],
-                neg=config.pos_neg[1],
-            ),
-        ]
+    steps = [
+        SpatialPadd(keys=[*keys, "sampling"], spatial_size=config.patch_size),
+        RandCropByLabelClassesd(  # centres: background, lesion, hot background (load_cached's map)
+            keys=keys, label_key="sampling", spatial_size=config.patch_size, num_classes=3,
+            ratios=[config.pos_neg[1], config.pos_neg[0], config.hard_negatives], warn=False,
+        ),
+        DeleteItemsd(keys="sampling"),
+    ]
     if config.augment:
         steps += [
             Rand3DElasticd(  # one resampling for translation, axial rotation, scaling and elastic
@@ -253,7 +246,7 @@ def validate(
     and FNV per case (challenge definitions, on the network grid), gathered from all ranks:
     mean DSC over lesion-positive cases, mean FPV over negatives, mean FNV over positives."""
     network.eval()
-    ensemble = FoldAverage([network])  # an fp32 copy of the network as it is now
+    ensemble = FoldAverage([network])  # the training network itself (no BatchNorm folding, no copy)
     voxel_volume = float(np.prod(settings.target_spacing)) / 1000.0
     mine = []
     for case in cases[dist.rank :: dist.world]:
@@ -347,8 +340,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
         for case in split["train"] + split["val"]:
             cache_case(case, cases[case], cache_dir, config.settings)
     dist.barrier()
-    hot_suv = config.hot_suv if config.hard_negatives > 0 else None
-    train_data = [load_cached(cache_dir / f"{c}.npz", hot_suv=hot_suv) for c in split["train"]]
+    train_data = [load_cached(cache_dir / f"{c}.npz", hot_suv=config.hot_suv) for c in split["train"]]
     val_data = [load_cached(cache_dir / f"{c}.npz") for c in split["val"]]
     log.info("fold %d: %d train / %d val cases, cached in %.1f s (rank %d of %d)", config.fold, len(train_data),
              len(val_data), time.perf_counter() - t0, dist.rank, dist.world)  # fmt: skip
@@ -360,8 +352,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
     autocast_dtype = training_precision(config.precision, device)
-    use_scaler = autocast_dtype == torch.float16  # bf16 needs no loss scaling
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)  # bf16: no scaling
     loss_fn = GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True, weight=list(config.focal_weight))
     transform = train_transforms(config)
     start_epoch, best = 0, -1.0
@@ -447,7 +438,6 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
                     last_path,
                 )  # fmt: skip
                 if "val_dsc" in row:
-                    fh.flush()
                     plot_curves(log_path, fold_dir / "curves.png")
     finally:
         if fh is not None:

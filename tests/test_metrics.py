@@ -82,11 +82,11 @@ def test_lesion_measures_by_construction():
     np.testing.assert_allclose(table["mtv_ml"][order], [8 * ML, 27 * ML])
     np.testing.assert_allclose(table["suv_max"][order], [4.0, 9.0])
     np.testing.assert_allclose(table["suv_mean"][order], [4.0, (26 * 2 + 9) / 27])
-    stats = totals(table, voxel_volume_ml=ML)
+    stats = totals(table)
     assert stats.count == 2 and stats.tmtv_ml == pytest.approx(35 * ML)
     assert stats.tlg == pytest.approx(ML * (8 * 4 + 26 * 2 + 9))
     assert stats.suv_max == 9.0 and stats.suv_mean == pytest.approx((8 * 4 + 26 * 2 + 9) / 35)
-    none = totals(lesion_table(Labelled.of(empty()), pet, voxel_volume_ml=ML), voxel_volume_ml=ML)
+    none = totals(lesion_table(Labelled.of(empty()), pet, voxel_volume_ml=ML))
     assert none.count == 0 and none.tmtv_ml == 0.0 and math.isnan(none.suv_max)
 
 

@@ -27,6 +27,7 @@ from petseg.train import (
     train_fold,
     train_transforms,
     training_precision,
+    with_sampling_map,
 )
 
 GRID = dict(shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
@@ -69,7 +70,7 @@ def test_augmentation_keeps_labels_binary_and_lesion_volume():
     ratios = []
     for seed in range(12):
         transform.set_random_state(seed)
-        out = transform({"image": image.copy(), "label": label.copy()})
+        out = transform(with_sampling_map({"image": image.copy(), "label": label.copy()}, hot_suv=config.hot_suv))
         out = out[0] if isinstance(out, list) else out
         values = torch.unique(torch.as_tensor(out["label"]))
         assert set(values.tolist()) <= {0.0, 1.0}
@@ -101,9 +102,8 @@ def test_patch_centres_follow_lesion_background_and_hot_ratios(tmp_path, ratios,
     pos, neg, hard = ratios
     config = TrainConfig(data_dir=".", out_dir=".", patch_size=(16, 16, 16), augment=False, pos_neg=(pos, neg),
                          hard_negatives=hard, hot_suv=3.0)  # fmt: skip
-    case = load_cached(_two_blob_case(tmp_path), hot_suv=config.hot_suv if hard > 0 else None)
-    if hard > 0:
-        assert set(np.unique(case["sampling"]).tolist()) == {0, 1, 2}
+    case = load_cached(_two_blob_case(tmp_path), hot_suv=config.hot_suv)
+    assert set(np.unique(case["sampling"]).tolist()) == {0, 1, 2}
     transform = train_transforms(config)
     seen = set()
     for seed in range(10):
@@ -131,7 +131,8 @@ def test_gamma_is_drawn_per_channel_and_keeps_the_ct_range():
     changed = 0
     for seed in range(20):
         transform.set_random_state(seed)
-        out = transform({"image": np.stack([ct, pet]), "label": np.zeros((1, 24, 24, 24), np.float32)})
+        case = {"image": np.stack([ct, pet]), "label": np.zeros((1, 24, 24, 24), np.float32)}
+        out = transform(with_sampling_map(case, hot_suv=config.hot_suv))
         out = out[0] if isinstance(out, list) else out
         soft = torch.as_tensor(out["image"][0])[4:-4, 4:-4, 8:-8]
         assert float(soft.median()) < 0.8, f"seed {seed}: soft tissue moved to {float(soft.median()):.2f}"
