@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from petseg import gc
-from petseg.cli import add_speed_options, setup_logging
+from petseg.cli import add_speed_options, setup_logging, speed_overrides
 from petseg.errors import PetsegError
 from petseg.predictor import Predictor
 
@@ -29,14 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        predictor = Predictor.from_model_dir(
-            args.model_dir,
-            device=args.device,
-            precision=args.precision,
-            tta=args.tta or None,
-            time_budget_s=args.time_budget,
-            compile=args.compile or None,
-        )
+        predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
         gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
     except PetsegError as err:
         print(f"process.py: error: {err}", file=sys.stderr)

@@ -59,15 +59,9 @@ def _make_predictor(args: argparse.Namespace):
     from petseg.predictor import Predictor
 
     return Predictor.from_model_dir(
-        args.model_dir,
-        device=args.device,
-        sw_batch_size=args.sw_batch_size,
-        precision=args.precision,
-        tta=args.tta or None,
-        time_budget_s=args.time_budget,
-        compile=args.compile or None,
-        progress=args.verbose,
-    )
+        args.model_dir, device=args.device, sw_batch_size=args.sw_batch_size, progress=args.verbose,
+        **speed_overrides(args),
+    )  # fmt: skip
 
 
 def _extras(args: argparse.Namespace, *, name: str, mask, pet) -> None:
@@ -269,6 +263,12 @@ def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float 
     p.add_argument("--time-budget", type=float, metavar="SECONDS", default=time_budget_default,
                    help=f"drop mirrorings, then folds, if the ensemble would overrun (default {default})")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+
+
+def speed_overrides(args: argparse.Namespace) -> dict:
+    """``Settings`` overrides from the options of :func:`add_speed_options` (None = model.json's)."""
+    return {"precision": args.precision, "tta": args.tta or None, "time_budget_s": args.time_budget,
+            "compile": args.compile or None}  # fmt: skip
 
 
 def add_dicom_options(p: argparse.ArgumentParser) -> None:

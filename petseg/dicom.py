@@ -89,16 +89,18 @@ def _read_datasets(series: Series) -> list:
     return [pydicom.dcmread(p) for p in series.files]
 
 
-def _sort_slices(datasets: list, *, source: str) -> tuple[list, np.ndarray]:
-    """Slices ordered along the normal; returns them and the 3x3 direction (columns x, y, z)."""
+def _sort_slices(datasets: list, *, source: str) -> tuple[list, np.ndarray, np.ndarray]:
+    """Slices ordered along the normal; returns them, the 3x3 direction (columns x, y, z)
+    and each slice's position along the normal (mm)."""
     iop = np.asarray(datasets[0].ImageOrientationPatient, float)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     for ds in datasets:
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
             raise InputError(source, "slices have different orientations")
-    ordered = sorted(datasets, key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
-    return ordered, np.stack([row, col, normal], axis=1)
+    position = [float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)) for ds in datasets]
+    order = np.argsort(position, kind="stable")
+    return [datasets[i] for i in order], np.stack([row, col, normal], axis=1), np.asarray(position)[order]
 
 
 def volume_from_datasets(datasets: list, *, source: str) -> tuple[sitk.Image, list]:
@@ -106,8 +108,7 @@ def volume_from_datasets(datasets: list, *, source: str) -> tuple[sitk.Image, li
     the datasets in the volume's slice order."""
     if len(datasets) < 2:
         raise InputError(source, f"a volume needs at least 2 slices, found {len(datasets)}")
-    ordered, direction = _sort_slices(datasets, source=source)
-    positions = np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), direction[:, 2]) for ds in ordered])
+    ordered, direction, positions = _sort_slices(datasets, source=source)
     gaps = np.diff(positions)
     spacing = float(np.median(gaps)) if len(gaps) else 0.0
     # scanners round positions (3.19-3.29 mm gaps around 3.27 mm are real); a missing slice is not
