@@ -21,7 +21,6 @@ COPY --chown=user:user petseg /opt/app/petseg
 RUN python -m pip install --no-cache-dir --no-deps /opt/app
 
 COPY --chown=user:user weights /opt/app/weights
-COPY --chown=user:user resources /opt/app/resources
 COPY --chown=user:user process.py /opt/app/
 
 USER 1001:1001

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from petseg import gc
-from petseg.cli import add_speed_options, setup_logging, speed_overrides
-from petseg.errors import PetsegError
+from petseg.frontend import add_speed_options, run_guarded, setup_logging, speed_overrides
 from petseg.predictor import Predictor
 
 HERE = Path(__file__).resolve().parent
@@ -28,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     add_speed_options(parser, time_budget_default=GC_TIME_BUDGET_S)
     args = parser.parse_args(argv)
     setup_logging()
-    try:
+
+    def job() -> int:
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
         gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
-    except PetsegError as err:
-        print(f"process.py: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_guarded("process.py", job)
 
 
 if __name__ == "__main__":

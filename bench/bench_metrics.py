@@ -1,6 +1,6 @@
 """Time the challenge metrics + lesion measures on a whole-body mask pair with 100+ lesions.
 
-    python bench/bench_metrics.py [--shape 400 400 326] [--lesions 150]
+python bench/bench_metrics.py [--shape 400 400 326] [--lesions 150]
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     print(f"grid {tuple(args.shape)}, {m.gt_lesions} GT lesions, {m.pred_lesions} predicted")
     print(f"DSC {m.dsc:.4f}  FPV {m.fpv_ml:.2f} ml  FNV {m.fnv_ml:.2f} ml")
-    print(f"metrics + lesion measures of both masks: best {min(times):.2f} s, mean {np.mean(times):.2f} s "
-          f"over {args.repeat} runs")  # fmt: skip
+    print(
+        f"metrics + lesion measures of both masks: best {min(times):.2f} s, mean {np.mean(times):.2f} s "
+        f"over {args.repeat} runs"
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,13 @@ def run(label, fn, device):
         timings = fn()
         total = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    return {"label": label, **{s: timings.get(s, 0.0) for s in STAGES}, "total": total,
-            "peak_rss_mb": rss.above_start, "peak_gpu_mb": gpu}  # fmt: skip
+    return {
+        "label": label,
+        **{s: timings.get(s, 0.0) for s in STAGES},
+        "total": total,
+        "peak_rss_mb": rss.above_start,
+        "peak_gpu_mb": gpu,
+    }
 
 
 def main() -> None:
@@ -116,8 +121,9 @@ def main() -> None:
     else:
         networks, base = random_paper_networks(args.folds), Settings()
         weights = f"random paper-size UNet ({args.folds} folds)"
-    settings = base.with_overrides(device=str(device), precision=args.precision, sw_batch_size=args.sw_batch_size,
-                                   tta=args.tta or None)  # fmt: skip
+    settings = base.with_overrides(
+        device=str(device), precision=args.precision, sw_batch_size=args.sw_batch_size, tta=args.tta or None
+    )
     study = make_study(tracer=args.tracer, seed=args.seed, shape=tuple(args.shape), spacing=tuple(args.spacing))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,9 +136,15 @@ def main() -> None:
         rows, masks = [], {}
 
         if not args.skip_baseline:
-            rows.append(run("baseline (seed path, fp32)",
-                            lambda: seed_predict(ct, pet, tmp / "seed.mha", networks, device=device,
-                                                 roi_size=settings.roi_size), device))  # fmt: skip
+            rows.append(
+                run(
+                    "baseline (seed path, fp32)",
+                    lambda: seed_predict(
+                        ct, pet, tmp / "seed.mha", networks, device=device, roi_size=settings.roi_size
+                    ),
+                    device,
+                )
+            )
             masks["baseline"] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "seed.mha")))
 
         def petseg_run(s, name):
@@ -148,22 +160,33 @@ def main() -> None:
             masks["fp32"] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "fp32.mha")))
 
     print(f"machine: {device} ({torch.get_num_threads()} threads, torch {torch.__version__}); weights: {weights}")
-    print(f"study: PET {tuple(args.shape)} at {tuple(args.spacing)} mm; network grid after body crop "
-          f"{prep.record.network.size}: {windows} windows of {settings.roi_size} per fold")  # fmt: skip
-    header = f"{'pipeline':28s}" + "".join(f"{s:>11s}" for s in (*STAGES, "total")) + f"{'peak RSS':>11s}{'peak GPU':>11s}"
+    print(
+        f"study: PET {tuple(args.shape)} at {tuple(args.spacing)} mm; network grid after body crop "
+        f"{prep.record.network.size}: {windows} windows of {settings.roi_size} per fold"
+    )
+    header = (
+        f"{'pipeline':28s}" + "".join(f"{s:>11s}" for s in (*STAGES, "total")) + f"{'peak RSS':>11s}{'peak GPU':>11s}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['label']:28s}" + "".join(f"{r[s]:10.2f}s" for s in (*STAGES, "total"))
-              + f"{r['peak_rss_mb']:9.0f}MB{r['peak_gpu_mb']:9.0f}MB")  # fmt: skip
+        print(
+            f"{r['label']:28s}"
+            + "".join(f"{r[s]:10.2f}s" for s in (*STAGES, "total"))
+            + f"{r['peak_rss_mb']:9.0f}MB{r['peak_gpu_mb']:9.0f}MB"
+        )
     summary = {"rows": rows, "windows_per_fold": windows, "network_grid": prep.record.network.size}
     if "baseline" in masks:
         ratio = rows[0]["total"] / rows[1]["total"]
         summary.update(speedup=ratio, dice_baseline_petseg=dice(masks["baseline"] > 0, masks["petseg"] > 0))
-        print(f"speed-up petseg vs baseline: {ratio:.2f}x; Dice(baseline, petseg) = {summary['dice_baseline_petseg']:.4f}")
+        print(
+            f"speed-up petseg vs baseline: {ratio:.2f}x; Dice(baseline, petseg) = {summary['dice_baseline_petseg']:.4f}"
+        )
     if "fp32" in masks:
         summary["dice_fast_fp32"] = dice(masks["fp32"] > 0, masks["petseg"] > 0)
-        print(f"Dice(petseg {settings.precision}, petseg fp32) = {summary['dice_fast_fp32']:.4f} "
-              f"({int((masks['fp32'] > 0).sum())} vs {int((masks['petseg'] > 0).sum())} lesion voxels)")  # fmt: skip
+        print(
+            f"Dice(petseg {settings.precision}, petseg fp32) = {summary['dice_fast_fp32']:.4f} "
+            f"({int((masks['fp32'] > 0).sum())} vs {int((masks['petseg'] > 0).sum())} lesion voxels)"
+        )
     if args.flops:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -172,8 +195,10 @@ def main() -> None:
             networks[0].eval()(window)
         per_window = counter.get_total_flops()
         summary["flop_per_window"] = per_window
-        print(f"FLOP per window per fold: {per_window / 1e9:.0f} G; per study ({windows} windows x "
-              f"{len(networks)} folds): {per_window * windows * len(networks) / 1e12:.1f} T")  # fmt: skip
+        print(
+            f"FLOP per window per fold: {per_window / 1e9:.0f} G; per study ({windows} windows x "
+            f"{len(networks)} folds): {per_window * windows * len(networks) / 1e12:.1f} T"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=float))
 

@@ -20,9 +20,14 @@ import torch
 
 
 def seed_predict(
-    ct_path: Path, pet_path: Path, out_path: Path, networks: Sequence[torch.nn.Module], *, device: torch.device,
+    ct_path: Path,
+    pet_path: Path,
+    out_path: Path,
+    networks: Sequence[torch.nn.Module],
+    *,
+    device: torch.device,
     roi_size=(192, 192, 192),
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     from monai.data import MetaTensor
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import (
@@ -48,15 +53,17 @@ def seed_predict(
 
         t = time.perf_counter()
         keys = ["ct", "pet"]
-        pre = Compose([
-            LoadImaged(keys=keys),
-            EnsureChannelFirstd(keys=keys),
-            ScaleIntensityRanged(keys=["ct"], a_min=-1024, a_max=1024, b_min=0, b_max=1, clip=True),
-            CropForegroundd(keys=keys, source_key="ct"),
-            Orientationd(keys=keys, axcodes="RAS"),
-            Spacingd(keys=keys, pixdim=(2.0, 2.0, 2.0), mode=("bilinear", "bilinear")),
-            ConcatItemsd(keys=keys, name="image", dim=0),
-        ])  # fmt: skip
+        pre = Compose(
+            [
+                LoadImaged(keys=keys),
+                EnsureChannelFirstd(keys=keys),
+                ScaleIntensityRanged(keys=["ct"], a_min=-1024, a_max=1024, b_min=0, b_max=1, clip=True),
+                CropForegroundd(keys=keys, source_key="ct"),
+                Orientationd(keys=keys, axcodes="RAS"),
+                Spacingd(keys=keys, pixdim=(2.0, 2.0, 2.0), mode=("bilinear", "bilinear")),
+                ConcatItemsd(keys=keys, name="image", dim=0),
+            ]
+        )
         data = pre({"ct": str(scratch / "CTres.nii.gz"), "pet": str(scratch / "SUV.nii.gz")})
         timings["preprocess"] = time.perf_counter() - t
 
@@ -72,10 +79,12 @@ def seed_predict(
 
         t = time.perf_counter()
         data["pred"] = MetaTensor(prob.cpu(), meta=data["pet"].meta, applied_operations=data["pet"].applied_operations)
-        post = Compose([
-            Invertd(keys="pred", transform=pre, orig_keys="pet", nearest_interp=False, to_tensor=True),
-            AsDiscreted(keys="pred", argmax=True),
-        ])  # fmt: skip
+        post = Compose(
+            [
+                Invertd(keys="pred", transform=pre, orig_keys="pet", nearest_interp=False, to_tensor=True),
+                AsDiscreted(keys="pred", argmax=True),
+            ]
+        )
         mask = np.asarray(post(data)["pred"][0]).astype(np.uint8)
         timings["restore"] = time.perf_counter() - t
 

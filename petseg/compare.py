@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.io import image_suffix, same_grid
+from petseg.geometry import same_grid
+from petseg.layout import image_suffix
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
+from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,14 @@ def find_series(folder: str | Path) -> list[Series]:
         if "SeriesInstanceUID" in ds:
             groups[str(ds.SeriesInstanceUID)].append((path, ds))
     return [
-        Series(uid, str(items[0][1].get("Modality", "")), str(items[0][1].get("SeriesDescription", "")),
-               tuple(p for p, _ in items))
+        Series(
+            uid,
+            str(items[0][1].get("Modality", "")),
+            str(items[0][1].get("SeriesDescription", "")),
+            tuple(p for p, _ in items),
+        )
         for uid, items in sorted(groups.items())
-    ]  # fmt: skip
+    ]
 
 
 def select_series(folder: str | Path, *, modality: str, uid: str | None = None, option: str = "--series") -> Series:
@@ -113,7 +118,9 @@ def volume_from_datasets(datasets: list, *, source: str) -> tuple[sitk.Image, li
     spacing = float(np.median(gaps)) if len(gaps) else 0.0
     # scanners round positions (3.19-3.29 mm gaps around 3.27 mm are real); a missing slice is not
     if gaps.min() <= 0 or np.abs(gaps - spacing).max() > 0.1 * spacing:
-        raise InputError(source, f"slice spacing is not uniform ({gaps.min():.3f}-{gaps.max():.3f} mm) or slices repeat")
+        raise InputError(
+            source, f"slice spacing is not uniform ({gaps.min():.3f}-{gaps.max():.3f} mm) or slices repeat"
+        )
     slices = []
     for ds in ordered:
         slope = float(ds.get("RescaleSlope", 1.0))
@@ -161,7 +168,9 @@ def suv_factor(datasets: list, *, source: str) -> float:
     try:
         info = ds.RadiopharmaceuticalInformationSequence[0]
     except (AttributeError, IndexError):
-        raise InputError(source, "no Radiopharmaceutical Information Sequence: dose and injection time unknown") from None
+        raise InputError(
+            source, "no Radiopharmaceutical Information Sequence: dose and injection time unknown"
+        ) from None
     dose = float(info.get("RadionuclideTotalDose") or 0.0)
     half_life = float(info.get("RadionuclideHalfLife") or 0.0)
     if dose <= 0:
@@ -269,17 +278,24 @@ def study_name(pet_datasets: list) -> str:
 
 
 def convert_dicom(
-    *, pet_dir: str | Path, ct_dir: str | Path, output: str | Path, pet_uid: str | None = None,
+    *,
+    pet_dir: str | Path,
+    ct_dir: str | Path,
+    output: str | Path,
+    pet_uid: str | None = None,
     ct_uid: str | None = None,
-) -> list[Path]:  # fmt: skip
+    settings: Settings | None = None,
+) -> list[Path]:
     """Write ``SUV.nii.gz``, ``CT.nii.gz`` and ``CTres.nii.gz`` (CT on the PET grid), like the
-    autoPET data release."""
+    autoPET data release; outside the CT, ``settings.ct_fill_hu``)."""
     from petseg.io import write_image
-    from petseg.preprocess import Grid
+    from petseg.preprocess import ct_on_pet_grid
 
     suv, _ = read_pet_suv(pet_dir, uid=pet_uid)
     ct = read_ct(ct_dir, uid=ct_uid)
-    ctres = Grid.of(suv).resample(ct, interpolator=sitk.sitkLinear, default=-1024.0)
+    ctres, _ = ct_on_pet_grid(ct, suv, settings=settings or Settings())
     output = Path(output)
-    return [write_image(img, output / name) for img, name in ((suv, "SUV.nii.gz"), (ct, "CT.nii.gz"),
-                                                                (ctres, "CTres.nii.gz"))]  # fmt: skip
+    return [
+        write_image(img, output / name)
+        for img, name in ((suv, "SUV.nii.gz"), (ct, "CT.nii.gz"), (ctres, "CTres.nii.gz"))
+    ]

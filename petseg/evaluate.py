@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from petseg.errors import InputError
-from petseg.io import list_images, read_image, strip_suffix, write_text
+from petseg.io import read_image
+from petseg.layout import index_images, strip_suffix
 from petseg.metrics import Labelled, check_same_grid, labelled_metrics, lesion_table, totals, voxel_ml
 
 log = logging.getLogger(__name__)
@@ -46,27 +46,10 @@ def group_of(case: str, groups: dict[str, str] | None = None) -> str:
     return next((g for g in ("fdg", "psma") if lower.startswith(g)), "other")
 
 
-def _index(path: Path, *, role: str, pet: bool = False) -> dict[str, Path]:
-    """case name -> file, for a file or a folder. PET files may carry the nnU-Net _0001 suffix."""
-    if path.is_file():
-        return {strip_suffix(path): path}
-    if not path.is_dir():
-        raise InputError(path, f"{role} not found")
-    out = {}
-    for file in list_images(path):
-        name = strip_suffix(file)
-        if pet and name.endswith("_0001"):
-            name = name[: -len("_0001")]
-        out[name] = file
-    if not out:
-        raise InputError(path, f"no {role} images found")
-    return out
-
-
 def match_cases(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
     if gt.is_file() and pred.is_file():
         return [(strip_suffix(gt), gt, pred)]
-    gts, preds = _index(gt, role="ground truth"), _index(pred, role="prediction")
+    gts, preds = index_images(gt, role="ground truth"), index_images(pred, role="prediction")
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise InputError(pred, f"no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
@@ -80,8 +63,10 @@ def evaluate_case(
     pred_img = read_image(pred_path, role="prediction")
     check_same_grid(gt_img, pred_img, gt_source=str(gt_path), pred_source=str(pred_path))
     ml = voxel_ml(gt_img)
-    labelled = {"gt": Labelled.of(sitk.GetArrayViewFromImage(gt_img) > 0),
-                "pred": Labelled.of(sitk.GetArrayViewFromImage(pred_img) > 0)}  # fmt: skip
+    labelled = {
+        "gt": Labelled.of(sitk.GetArrayViewFromImage(gt_img) > 0),
+        "pred": Labelled.of(sitk.GetArrayViewFromImage(pred_img) > 0),
+    }
     m = labelled_metrics(labelled["gt"], labelled["pred"], voxel_volume_ml=ml)
     result = CaseResult(case, m.dsc, m.fpv_ml, m.fnv_ml, m.gt_lesions, m.pred_lesions, group)
     lesions: list[dict] = []
@@ -95,9 +80,17 @@ def evaluate_case(
             result.extra.update({f"{role}_{k}": v for k, v in asdict(stats).items()})
             detected = labelled[role].touching(labelled[other].labels)[1:]
             for i in range(labelled[role].count):
-                lesions.append({"case": case, "mask": role, "lesion": i + 1, "mtv_ml": table["mtv_ml"][i],
-                                "suv_mean": table["suv_mean"][i], "suv_max": table["suv_max"][i],
-                                "detected" if role == "gt" else "true_positive": bool(detected[i])})  # fmt: skip
+                lesions.append(
+                    {
+                        "case": case,
+                        "mask": role,
+                        "lesion": i + 1,
+                        "mtv_ml": table["mtv_ml"][i],
+                        "suv_mean": table["suv_mean"][i],
+                        "suv_max": table["suv_max"][i],
+                        "detected" if role == "gt" else "true_positive": bool(detected[i]),
+                    }
+                )
     return result, lesions
 
 
@@ -110,7 +103,7 @@ def evaluate(
 ) -> tuple[list[CaseResult], list[dict]]:
     """Evaluate one prediction (file or folder) against the ground truth."""
     cases = match_cases(Path(gt), Path(pred))
-    pets = _index(Path(pet), role="PET", pet=True) if pet else {}
+    pets = index_images(pet, role="PET", channel=1) if pet else {}
     results, lesions = [], []
     for case, gt_path, pred_path in tqdm(cases, desc="evaluate", unit="case", disable=len(cases) < 2):
         if pet and case not in pets:
@@ -143,36 +136,17 @@ def rank(summaries: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
     groups = sorted({g for s in summaries.values() for g in s if g != "all"})
     scores = {n: [] for n in names}
     for g in groups:
-        def values(key, sign):
-            return [sign * summaries[n].get(g, {}).get(key, math.nan) for n in names]
-
-        # NaN (metric undefined in this group) ranks last
-        r = {key: rankdata(np.nan_to_num(values(key, sign), nan=np.inf), method="min")
-             for key, sign in (("dsc", -1), ("fpv_ml", 1), ("fnv_ml", 1))}  # fmt: skip
+        r = {}
+        for key, sign in (("dsc", -1), ("fpv_ml", 1), ("fnv_ml", 1)):
+            values = [sign * summaries[n].get(g, {}).get(key, math.nan) for n in names]
+            r[key] = rankdata(np.nan_to_num(values, nan=np.inf), method="min")  # NaN (undefined) ranks last
         for i, n in enumerate(names):
             scores[n].append(0.5 * r["dsc"][i] + 0.25 * r["fpv_ml"][i] + 0.25 * r["fnv_ml"][i])
-    table = [{"prediction": n, "score": float(np.mean(scores[n])), **{f"score_{g}": s for g, s in zip(groups, scores[n])}}
-             for n in names]  # fmt: skip
+    table = [
+        {"prediction": n, "score": float(np.mean(scores[n])), **{f"score_{g}": s for g, s in zip(groups, scores[n])}}
+        for n in names
+    ]
     return sorted(table, key=lambda row: row["score"])
-
-
-def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """CSV with the union of keys, first-seen order (so ``case,dsc,fpv_ml,fnv_ml`` lead)."""
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
-    return write_text(buffer.getvalue(), path)
-
-
-def _fmt(value):
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else f"{float(value):.6g}"
-    return value
 
 
 def read_groups(path: str | Path) -> dict[str, str]:

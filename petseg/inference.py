@@ -30,7 +30,7 @@ MIRRORS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU. A CUDA request without CUDA falls back to CPU with a warning."""
+    """ "auto" -> CUDA when available, else CPU. A CUDA request without CUDA falls back to CPU with a warning."""
     name = (name or "auto").lower()
     if name not in ("auto", "cpu") and not name.startswith("cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
@@ -50,7 +50,9 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(name: str, device_type: str) -> torch.dtype | None:
-    """Autocast dtype for ``name`` on a device type; None means fp32."""
+    """Autocast dtype for ``name`` on a device type, for inference and training alike; None
+    means fp32. "auto": bf16 where the device has it natively (CUDA Ampere and newer, CPUs with
+    AVX512-BF16/AMX), fp16 on older GPUs (training then scales the loss), else fp32."""
     if name == "fp32":
         return None
     if name == "bf16":
@@ -178,14 +180,23 @@ class FoldAverage(torch.nn.Module):
 
         if projected() > left_seconds and len(self.mirrors) > 1:
             self.mirrors = MIRRORS[:1]
-            log.warning("time budget: dropping test-time mirroring (%.0f s left for %d window batches)",
-                        left_seconds, left_calls)  # fmt: skip
+            log.warning(
+                "time budget: dropping test-time mirroring (%.0f s left for %d window batches)",
+                left_seconds,
+                left_calls,
+            )
         if projected() > left_seconds and self.active_folds > 1:
             keep = max(1, int(left_seconds // (left_calls * budget.pass_seconds)))
             if keep < self.active_folds:
-                log.warning("time budget: using %d of %d folds for the remaining %d window batches "
-                            "(%.0f s left, %.2f s per fold and batch)", keep, len(self.networks), left_calls,
-                            left_seconds, budget.pass_seconds)  # fmt: skip
+                log.warning(
+                    "time budget: using %d of %d folds for the remaining %d window batches "
+                    "(%.0f s left, %.2f s per fold and batch)",
+                    keep,
+                    len(self.networks),
+                    left_calls,
+                    left_seconds,
+                    budget.pass_seconds,
+                )
                 self.active_folds = keep
 
 
@@ -206,18 +217,15 @@ def oom_ladder(sw_batch_size: int, device: torch.device) -> list[tuple[int, torc
 
 
 def foreground_probability(
-    image: np.ndarray,
-    ensemble: FoldAverage,
-    *,
-    settings: Settings,
-    device: torch.device,
-    deadline: float | None = None,
+    image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
 ) -> np.ndarray:
-    """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32.
+    """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32, with the
+    ensemble's settings (window, overlap, window batch, precision, mirroring).
 
     On out-of-memory, retries down :func:`oom_ladder`, logging each step; never crashes for
     memory unless even the CPU run fails.
     """
+    settings = ensemble.settings
     inputs = torch.from_numpy(np.ascontiguousarray(image))[None]
     steps = oom_ladder(settings.sw_batch_size, device)
     for attempt, (batch, sw_device, out_device) in enumerate(steps):
@@ -250,6 +258,9 @@ def foreground_probability(
             log.warning(
                 "out of memory (window batch %d, network on %s, aggregation on %s): retrying with "
                 "window batch %d, network on %s, aggregation on %s",
-                batch, sw_device, out_device, *nxt,
-            )  # fmt: skip
+                batch,
+                sw_device,
+                out_device,
+                *nxt,
+            )
     raise AssertionError("unreachable")

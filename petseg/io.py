@@ -1,11 +1,14 @@
-"""Reading, validating and atomically writing images with SimpleITK."""
+"""Reading and validating images; atomic writes of images, text and CSV tables."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,26 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
+from petseg.layout import image_suffix
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-
-
-def image_suffix(path: str | Path) -> str:
-    """The image extension of ``path`` (".nii.gz" counts as one), or "" if not an image name."""
-    name = Path(path).name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def strip_suffix(path: str | Path) -> str:
-    """File name without its image extension: ``a/b.nii.gz`` -> ``b``."""
-    name = Path(path).name
-    suffix = image_suffix(name)
-    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
 
 
 def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
@@ -127,36 +113,21 @@ def write_text(text: str, path: str | Path) -> Path:
     return path
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted; hidden files are ignored."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """CSV with the union of keys in first-seen order (so ``case,dsc,...`` lead); floats to 6
+    significant digits, NaN as "nan". Written atomically."""
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return write_text(buffer.getvalue(), path)
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, *, tol: float = 1e-4) -> bool:
-    """True when both images share size, spacing, origin and direction (within ``tol``)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    )
-
-
-def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned physical bounding box (min, max) of the image's voxel extent (edges, not centres)."""
-    size = np.asarray(image.GetSize())
-    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
-    corners = corners * size - 0.5
-    points = np.array([image.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
-    return points.min(axis=0), points.max(axis=0)
-
-
-def overlap_fraction(fixed: sitk.Image, moving: sitk.Image) -> float:
-    """Fraction of ``fixed``'s bounding box volume that ``moving``'s bounding box covers."""
-    lo_f, hi_f = physical_bounds(fixed)
-    lo_m, hi_m = physical_bounds(moving)
-    inter = np.clip(np.minimum(hi_f, hi_m) - np.maximum(lo_f, lo_m), 0, None)
-    return float(np.prod(inter) / np.prod(hi_f - lo_f))
+def _csv_value(value):
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else f"{float(value):.6g}"
+    return value

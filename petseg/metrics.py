@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
-from petseg.io import same_grid
+from petseg.geometry import same_grid
 
 CONNECTIVITY = 18
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,54 @@ import torch
 
 from petseg.errors import ModelError
 from petseg.io import atomic_path, write_text
-from petseg.settings import PAPER_NETWORK, Settings
+from petseg.settings import CHANNELS, PAPER_NETWORK, Settings
 
 log = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
 FORMAT = "petseg-model/1"
 NETWORK_CLASS = "monai.networks.nets.UNet"
+
+
+def model_sections(settings: Settings) -> dict[str, dict[str, Any]]:
+    """model.json's (and train.json's) "preprocessing" and "inference" sections, with the
+    network's input channels, which belong to the model, not to a run's settings."""
+    sections = settings.model_sections()
+    sections["preprocessing"]["channels"] = list(CHANNELS)
+    return sections
+
+
+def read_json(path: Path, *, missing: str) -> dict:
+    """model.json or train.json; ``missing`` is the message when the file is not there."""
+    if not path.is_file():
+        raise ModelError(path, missing)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(path, f"cannot be parsed as JSON ({err})") from None
+
+
+def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
+    """The one reader of "preprocessing" and "inference" sections (model.json, train.json)."""
+    try:
+        preprocessing = dict(meta["preprocessing"])
+        channels = preprocessing.pop("channels", list(CHANNELS))
+        if list(channels) != list(CHANNELS):
+            raise ValueError(f"input channels {channels!r} are not supported; expected {list(CHANNELS)!r}")
+        return Settings.from_model_sections({"preprocessing": preprocessing, "inference": meta["inference"]})
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ModelError(source, f"invalid model description ({type(err).__name__}: {err})") from None
+
+
+def network_kwargs(*, channels: Sequence[int] | None = None, num_res_units: int | None = None) -> dict[str, Any]:
+    """The paper's UNet arguments with other widths (stride 2 between levels) or residual units."""
+    network = dict(PAPER_NETWORK)
+    if channels:
+        network["channels"] = list(channels)
+        network["strides"] = [2] * (len(channels) - 1)
+    if num_res_units is not None:
+        network["num_res_units"] = num_res_units
+    return network
 
 
 def build_network(kwargs: Mapping[str, Any]) -> torch.nn.Module:
@@ -74,24 +116,17 @@ class ModelFolder:
         meta_path = path / MODEL_JSON
         if not path.is_dir():
             raise ModelError(path, "model folder not found")
-        if not meta_path.is_file():
-            raise ModelError(meta_path, "missing: not a petseg model folder")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelError(meta_path, f"cannot be parsed as JSON ({err})") from None
+        meta = read_json(meta_path, missing="missing: not a petseg model folder")
         try:
             if meta.get("format") != FORMAT:
                 raise ModelError(meta_path, f"format is {meta.get('format')!r}, expected {FORMAT!r}")
             if meta["network"]["class"] != NETWORK_CLASS:
                 raise ModelError(meta_path, f"unsupported network class {meta['network']['class']!r}")
             network = dict(meta["network"]["kwargs"])
-            settings = Settings().with_overrides(**meta["preprocessing"], **meta["inference"])
             folds = tuple(Fold(int(f["fold"]), str(f["file"]), str(f["sha256"])) for f in meta["folds"])
-        except ModelError:
-            raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelError(meta_path, f"invalid model description ({type(err).__name__}: {err})") from None
+        settings = parse_sections(meta, source=meta_path)
         if not folds:
             raise ModelError(meta_path, "lists no folds")
         for fold in folds:
@@ -99,13 +134,10 @@ class ModelFolder:
                 raise ModelError(path / fold.file, f"checkpoint of fold {fold.fold} is missing")
         return cls(path, network, settings, folds, str(meta.get("description", "")))
 
-    def load_networks(self, *, folds: Sequence[int] | None = None, verify: bool = True) -> list[torch.nn.Module]:
+    def load_networks(self, *, verify: bool = True) -> list[torch.nn.Module]:
         """One network per fold (CPU, eval mode), checksums verified first."""
-        chosen = [f for f in self.folds if folds is None or f.fold in folds]
-        if not chosen:
-            raise ModelError(self.path, f"none of folds {list(folds or [])} is in this model folder")
         networks = []
-        for fold in chosen:
+        for fold in self.folds:
             file = self.path / fold.file
             if verify:
                 actual = sha256_file(file)
@@ -172,7 +204,7 @@ def write_model_folder(
         "format": FORMAT,
         "description": description,
         "network": {"class": NETWORK_CLASS, "kwargs": dict(network), "parameters": count_parameters(probe)},
-        **settings.model_sections(),
+        **model_sections(settings),
         "folds": entries,
         **(dict(extra) if extra else {}),
     }
@@ -217,3 +249,31 @@ def default_model_dir() -> Path | None:
         return Path(env)
     candidate = Path(__file__).resolve().parents[1] / "weights"
     return candidate if (candidate / MODEL_JSON).is_file() else None
+
+
+def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "") -> ModelFolder:
+    """Collect ``fold_K/best.pt`` of a training run into one model folder (network and
+    settings from the run's ``train.json``), with the run's split and each fold's log and
+    curves beside the weights."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "train.json"
+    meta = read_json(meta_path, missing="missing: not a petseg training run")
+    settings = parse_sections(meta, source=meta_path)
+    states = {}
+    for fold_dir in sorted(run_dir.glob("fold_*")):
+        best = fold_dir / "best.pt"
+        if best.is_file():
+            states[int(fold_dir.name.split("_")[1])] = read_state_dict(best)
+    if not states:
+        raise ModelError(run_dir, "no fold_K/best.pt found")
+    folder = write_model_folder(
+        model_dir, state_dicts=states, network=meta["network"], settings=settings, description=description
+    )
+    extras = [(run_dir / "splits_final.json", "splits_final.json")]
+    for fold in states:
+        extras += [(run_dir / f"fold_{fold}" / name, f"fold{fold}_{name}") for name in ("log.csv", "curves.png")]
+    for source, name in extras:
+        if source.is_file():
+            with atomic_path(Path(model_dir) / name) as tmp:
+                shutil.copyfile(source, tmp)
+    return folder

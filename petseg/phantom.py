@@ -18,23 +18,66 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
 from petseg.io import write_image
+from petseg.layout import gc_paths, training_paths
 
 TRACERS = ("fdg", "psma")
 
 # tissue classes, painted in this order (later wins)
 AIR, SOFT, LUNG, LIVER, HEART, BRAIN, KIDNEY, BLADDER, BONE, SALIVARY, TABLE = range(11)
-HU = {AIR: -1000, SOFT: 30, LUNG: -850, LIVER: 55, HEART: 40, BRAIN: 35, KIDNEY: 35, BLADDER: 10,
-      BONE: 650, SALIVARY: 30, TABLE: 300}  # fmt: skip
+HU = {
+    AIR: -1000,
+    SOFT: 30,
+    LUNG: -850,
+    LIVER: 55,
+    HEART: 40,
+    BRAIN: 35,
+    KIDNEY: 35,
+    BLADDER: 10,
+    BONE: 650,
+    SALIVARY: 30,
+    TABLE: 300,
+}
 SUV = {
-    "fdg": {AIR: 0.0, SOFT: 0.7, LUNG: 0.4, LIVER: 2.2, HEART: 4.0, BRAIN: 8.0, KIDNEY: 3.0, BLADDER: 12.0,
-            BONE: 1.2, SALIVARY: 1.5, TABLE: 0.0},
-    "psma": {AIR: 0.0, SOFT: 0.4, LUNG: 0.2, LIVER: 5.0, HEART: 1.0, BRAIN: 0.3, KIDNEY: 25.0, BLADDER: 20.0,
-             BONE: 0.6, SALIVARY: 14.0, TABLE: 0.0},
-}  # fmt: skip
+    "fdg": {
+        AIR: 0.0,
+        SOFT: 0.7,
+        LUNG: 0.4,
+        LIVER: 2.2,
+        HEART: 4.0,
+        BRAIN: 8.0,
+        KIDNEY: 3.0,
+        BLADDER: 12.0,
+        BONE: 1.2,
+        SALIVARY: 1.5,
+        TABLE: 0.0,
+    },
+    "psma": {
+        AIR: 0.0,
+        SOFT: 0.4,
+        LUNG: 0.2,
+        LIVER: 5.0,
+        HEART: 1.0,
+        BRAIN: 0.3,
+        KIDNEY: 25.0,
+        BLADDER: 20.0,
+        BONE: 0.6,
+        SALIVARY: 14.0,
+        TABLE: 0.0,
+    },
+}
 LESION_SITES = ("node", "bone", "lung", "liver")
 # lymph-node stations in body-relative coordinates (fractions of FOV width, depth, length)
-NODE_STATIONS = [(0.0, 0.05, 0.15), (0.06, 0.06, 0.0), (-0.06, 0.06, 0.0), (0.1, 0.0, -0.1), (-0.1, 0.0, -0.1),
-                 (0.28, 0.0, 0.22), (-0.28, 0.0, 0.22), (0.08, 0.0, 0.33), (-0.08, 0.0, 0.33)]  # fmt: skip
+NODE_STATIONS = [
+    (0.0, 0.05, 0.15),
+    (0.06, 0.06, 0.0),
+    (-0.06, 0.06, 0.0),
+    (0.1, 0.0, -0.1),
+    (-0.1, 0.0, -0.1),
+    (0.28, 0.0, 0.22),
+    (-0.28, 0.0, 0.22),
+    (0.08, 0.0, 0.33),
+    (-0.08, 0.0, 0.33),
+]
 
 
 @dataclass(frozen=True)
@@ -237,20 +280,14 @@ def write_study(study: Study, out_dir: str | Path, *, layout: str = "nnunet") ->
     """
     out_dir = Path(out_dir)
     if layout == "nnunet":
-        paths = [
-            out_dir / "imagesTr" / f"{study.case_id}_0000.nii.gz",
-            out_dir / "imagesTr" / f"{study.case_id}_0001.nii.gz",
-            out_dir / "labelsTr" / f"{study.case_id}.nii.gz",
-        ]
+        paths = training_paths(out_dir, study.case_id)
     elif layout == "gc":
-        name = case_uuid(study.case_id)
-        root = out_dir / study.case_id
-        paths = [root / "images" / "ct" / f"{name}.mha", root / "images" / "pet" / f"{name}.mha", root / "label" / f"{name}.mha"]
+        paths = gc_paths(out_dir / study.case_id, case_uuid(study.case_id))
     else:
         raise ValueError(f"layout must be 'nnunet' or 'gc', got {layout!r}")
     for image, path in zip((study.ct, study.pet, study.label), paths):
         write_image(image, path)
-    return paths
+    return list(paths)
 
 
 def make_cohort(

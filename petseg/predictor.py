@@ -16,7 +16,7 @@ from petseg.errors import ModelError
 from petseg.inference import FoldAverage, foreground_probability, resolve_device, resolve_precision
 from petseg.io import read_image, write_image
 from petseg.model import ModelFolder, default_model_dir
-from petseg.preprocess import probability_to_mask, preprocess, restore
+from petseg.preprocess import preprocess, probability_to_mask, restore
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ class Predictor:
         self.ensemble = FoldAverage(list(networks), settings=self.settings).to(self.device).eval()
         self.timings: dict[str, float] = {}
         dtype = resolve_precision(self.settings.precision, self.device.type)
-        log.info("predictor: %d fold(s) on %s, %s%s", len(self.ensemble.networks), self.device,
-                 "fp32" if dtype is None else str(dtype).replace("torch.", ""), ", TTA" if self.settings.tta else "")  # fmt: skip
+        precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
+        tta = ", TTA" if self.settings.tta else ""
+        log.info("predictor: %d fold(s) on %s, %s%s", len(self.ensemble.networks), self.device, precision, tta)
 
     @classmethod
     def from_model_dir(
@@ -63,35 +64,36 @@ class Predictor:
     def predict_probability(
         self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET"
     ) -> sitk.Image:
-        """Mean foreground probability on the PET's native grid (float32)."""
-        start = time.monotonic()
-        deadline = None if self.settings.time_budget_s is None else start + self.settings.time_budget_s
-        with timed("preprocess", self.timings):
-            prep = preprocess(ct, pet, settings=self.settings, ct_source=ct_source, pet_source=pet_source)
-        log.info(
-            "network grid %s (crop %s of %s)", prep.record.network.size, prep.record.cropped.size, prep.record.native.size
-        )
-        with timed("network", self.timings):
-            probability = foreground_probability(
-                prep.image, self.ensemble, settings=self.settings, device=self.device, deadline=deadline
-            )
-        with timed("restore", self.timings):
-            return restore(probability, prep.record)
+        """Mean foreground probability on the PET's native grid (float32). ``timings`` then
+        holds this study's seconds per stage."""
+        self.timings = {}
+        return self._probability(ct, pet, ct_source=ct_source, pet_source=pet_source)
 
     def predict(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET") -> sitk.Image:
         """uint8 {0, 1} lesion mask on the PET's native grid."""
-        probability = self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source)
-        return probability_to_mask(probability)
+        return probability_to_mask(self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source))
 
     def predict_files(self, *, ct: str | Path, pet: str | Path, output: str | Path) -> Path:
-        """Read, predict, write atomically; returns the output path. Nothing is written on error."""
+        """Read, predict, write the mask atomically; returns its path. Nothing is written on error."""
         self.timings = {}
         with timed("read", self.timings):
             ct_image = read_image(ct, role="CT")
             pet_image = read_image(pet, role="PET")
-        mask = self.predict(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet))
+        mask = probability_to_mask(self._probability(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet)))
         with timed("write", self.timings):
             write_image(mask, output)
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
         return Path(output)
+
+    def _probability(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str) -> sitk.Image:
+        start = time.monotonic()
+        deadline = None if self.settings.time_budget_s is None else start + self.settings.time_budget_s
+        with timed("preprocess", self.timings):
+            prep = preprocess(ct, pet, settings=self.settings, ct_source=ct_source, pet_source=pet_source)
+        record = prep.record
+        log.info("network grid %s (crop %s of %s)", record.network.size, record.cropped.size, record.native.size)
+        with timed("network", self.timings):
+            probability = foreground_probability(prep.image, self.ensemble, device=self.device, deadline=deadline)
+        with timed("restore", self.timings):
+            return restore(probability, record)

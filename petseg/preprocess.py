@@ -19,62 +19,19 @@ undoes steps 5, 4 and 3 in reverse order and returns an image on the PET's nativ
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
-from petseg.io import check_intensities, overlap_fraction, same_grid
+from petseg.geometry import Grid, array_to_image, image_to_array, overlap_fraction, same_grid
+from petseg.io import check_intensities
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RAS = "RAS"  # DICOMOrient's code: axis 0 increases towards Right, 1 Anterior, 2 Superior
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Geometry of a 3D image: size (x, y, z), spacing, origin and direction (row-major 3x3)."""
-
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> Grid:
-        return cls(
-            tuple(int(s) for s in image.GetSize()),
-            tuple(float(s) for s in image.GetSpacing()),
-            tuple(float(o) for o in image.GetOrigin()),
-            tuple(float(d) for d in image.GetDirection()),
-        )
-
-    def stamp(self, image: sitk.Image) -> sitk.Image:
-        """Give ``image`` (same size) exactly this geometry."""
-        if tuple(image.GetSize()) != self.size:
-            raise ValueError(f"image size {image.GetSize()} does not match grid size {self.size}")
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    def resample(self, image: sitk.Image, *, interpolator: int, default: float = 0.0) -> sitk.Image:
-        """``image`` resampled onto this grid (physical space, identity transform)."""
-        f = sitk.ResampleImageFilter()
-        f.SetSize(self.size)
-        f.SetOutputSpacing(self.spacing)
-        f.SetOutputOrigin(self.origin)
-        f.SetOutputDirection(self.direction)
-        f.SetInterpolator(interpolator)
-        f.SetDefaultPixelValue(default)
-        f.SetOutputPixelType(image.GetPixelID())
-        return f.Execute(image)
-
-    @property
-    def orientation(self) -> str:
-        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
 
 
 @dataclass(frozen=True)
@@ -89,9 +46,6 @@ class Record:
     network: Grid  # step 5: the grid of the network array
     resampled: bool  # step 5 was needed
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class Preprocessed:
@@ -100,21 +54,6 @@ class Preprocessed:
     image: np.ndarray
     record: Record
     label: np.ndarray | None = None
-
-
-# --- the one place where SimpleITK's (z, y, x) meets MONAI's (x, y, z) -------------------
-
-
-def image_to_array(image: sitk.Image) -> np.ndarray:
-    """SimpleITK image -> array indexed (x, y, z) (vector images: (C, x, y, z))."""
-    array = sitk.GetArrayFromImage(image)
-    axes = (3, 2, 1, 0) if image.GetNumberOfComponentsPerPixel() > 1 else (2, 1, 0)
-    return np.ascontiguousarray(array.transpose(axes))
-
-
-def array_to_image(array: np.ndarray, grid: Grid) -> sitk.Image:
-    """Array indexed (x, y, z) -> SimpleITK image on ``grid``."""
-    return grid.stamp(sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0))))
 
 
 # --- forward ------------------------------------------------------------------------------
@@ -163,18 +102,6 @@ def body_box(hu_zyx: np.ndarray, spacing: tuple[float, float, float], *, setting
     return tuple(start), tuple(b - a for a, b in zip(start, stop))
 
 
-def spacing_grid(grid: Grid, spacing: tuple[float, float, float]) -> Grid:
-    """A grid with ``spacing``, the same direction and field-of-view centre, covering the same extent."""
-    size_in = np.asarray(grid.size, dtype=float)
-    sp_in = np.asarray(grid.spacing)
-    sp_out = np.asarray(spacing, dtype=float)
-    size_out = np.maximum(1, np.round(size_in * sp_in / sp_out)).astype(int)
-    rot = np.asarray(grid.direction).reshape(3, 3)
-    centre = np.asarray(grid.origin) + rot @ ((size_in - 1) * sp_in / 2)
-    origin = centre - rot @ ((size_out - 1) * sp_out / 2)
-    return Grid(tuple(int(s) for s in size_out), tuple(float(s) for s in sp_out), tuple(origin.tolist()), grid.direction)
-
-
 def _crop(image: sitk.Image, index: tuple, size: tuple) -> sitk.Image:
     if tuple(size) == tuple(image.GetSize()):
         return image
@@ -202,7 +129,7 @@ def preprocess(
 
     cropped = _crop(stack, crop_index, crop_size)
     oriented = sitk.DICOMOrient(cropped, RAS)
-    target = spacing_grid(Grid.of(oriented), settings.target_spacing)
+    target = Grid.of(oriented).with_spacing(settings.target_spacing)
     resampled = not np.allclose(oriented.GetSpacing(), settings.target_spacing, atol=1e-3)
     network = target.resample(oriented, interpolator=sitk.sitkLinear) if resampled else oriented
     record = Record(

@@ -44,10 +44,19 @@ def render_qc(
     if gt is not None:
         outlines["ground truth"] = (mip_views(_lps_array(gt)[0] > 0), "lime")
     aspect = {"coronal": sz / sx, "sagittal": sz / sy}
-    fig, axes = plt.subplots(1, 2, figsize=(8, 8), gridspec_kw={"width_ratios": [pet_zyx.shape[2] * sx, pet_zyx.shape[1] * sy]})
+    fig, axes = plt.subplots(
+        1, 2, figsize=(8, 8), gridspec_kw={"width_ratios": [pet_zyx.shape[2] * sx, pet_zyx.shape[1] * sy]}
+    )
     for ax, view in zip(axes, ("coronal", "sagittal")):
-        ax.imshow(pets[view], cmap="gray_r", vmin=suv_window[0], vmax=suv_window[1], origin="lower",
-                  aspect=aspect[view], interpolation="nearest")  # fmt: skip
+        ax.imshow(
+            pets[view],
+            cmap="gray_r",
+            vmin=suv_window[0],
+            vmax=suv_window[1],
+            origin="lower",
+            aspect=aspect[view],
+            interpolation="nearest",
+        )
         for label, (views, colour) in outlines.items():
             if views[view].any():
                 ax.contour(views[view].astype(float), levels=[0.5], colors=colour, linewidths=0.8)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.evaluate import write_csv
-from petseg.io import write_text
+from petseg.io import write_csv, write_text
 from petseg.metrics import Labelled, lesion_table, totals, voxel_ml
 
 
@@ -30,13 +29,17 @@ def lesion_report(mask: sitk.Image, pet: sitk.Image, *, case: str) -> dict:
         for i in range(labelled.count):
             index = (float(means[2][i]), float(means[1][i]), float(means[0][i]))  # (x, y, z)
             centre = pet.TransformContinuousIndexToPhysicalPoint(index)
-            lesions.append({
-                "lesion": i + 1,
-                "centroid_x_mm": round(centre[0], 2), "centroid_y_mm": round(centre[1], 2),
-                "centroid_z_mm": round(centre[2], 2),
-                "volume_ml": float(table["mtv_ml"][i]), "suv_max": float(table["suv_max"][i]),
-                "suv_mean": float(table["suv_mean"][i]),
-            })  # fmt: skip
+            lesions.append(
+                {
+                    "lesion": i + 1,
+                    "centroid_x_mm": round(centre[0], 2),
+                    "centroid_y_mm": round(centre[1], 2),
+                    "centroid_z_mm": round(centre[2], 2),
+                    "volume_ml": float(table["mtv_ml"][i]),
+                    "suv_max": float(table["suv_max"][i]),
+                    "suv_mean": float(table["suv_mean"][i]),
+                }
+            )
     return {
         "case": case,
         "lesion_count": stats.count,
@@ -54,7 +57,16 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     case = report["case"]
     json_path = write_text(json.dumps(report, indent=2) + "\n", out_dir / f"{case}_lesions.json")
-    rows = report["lesions"] or [{"lesion": "", "centroid_x_mm": "", "centroid_y_mm": "", "centroid_z_mm": "",
-                                  "volume_ml": "", "suv_max": "", "suv_mean": ""}]  # fmt: skip
+    rows = report["lesions"] or [
+        {
+            "lesion": "",
+            "centroid_x_mm": "",
+            "centroid_y_mm": "",
+            "centroid_z_mm": "",
+            "volume_ml": "",
+            "suv_max": "",
+            "suv_mean": "",
+        }
+    ]
     csv_path = write_csv([{"case": case, **row} for row in rows], out_dir / f"{case}_lesions.csv")
     return [json_path, csv_path]

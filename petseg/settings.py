@@ -8,7 +8,8 @@ The model folder's ``model.json`` provides the defaults that belong to the train
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # The paper's network (autoPET III, MONAI residual UNet): 19,223,525 trainable parameters.
@@ -70,7 +71,6 @@ class Settings:
     tta: bool = False
     time_budget_s: float | None = None
     progress: bool = False
-    channels: tuple[str, ...] = field(default=CHANNELS)
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
@@ -90,11 +90,9 @@ class Settings:
             raise ValueError(f"time_budget_s must be positive or None, got {self.time_budget_s!r}")
         if self.body_margin_mm < 0:
             raise ValueError(f"body_margin_mm must be >= 0, got {self.body_margin_mm!r}")
-        if tuple(self.channels) != CHANNELS:
-            raise ValueError(f"channels must be {CHANNELS!r} (0 = CT, 1 = PET), got {self.channels!r}")
 
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
-    PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm", "channels")
+    PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm")
     INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s")
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -104,6 +102,12 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
         return dataclasses.replace(self, **clean)
+
+    @classmethod
+    def from_model_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> Settings:
+        """Settings from model.json's (or train.json's) "preprocessing" and "inference"
+        sections. Raises KeyError for a missing section, ValueError for unknown keys or bad values."""
+        return cls().with_overrides(**sections["preprocessing"], **sections["inference"])
 
     def model_sections(self) -> dict[str, dict[str, Any]]:
         """model.json's "preprocessing" and "inference" sections (JSON-ready)."""

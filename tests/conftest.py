@@ -86,7 +86,9 @@ def blob_study(
         ct_sp = np.array([1.7, 1.9, 2.5])
         half = np.abs(np.asarray(direction)) @ (np.asarray(size) * np.asarray(spacing)) / 2 + 10
         ct_size = np.ceil(2 * half / ct_sp).astype(int)
-        ct_image = make_image(np.full(tuple(ct_size), 40.0, np.float32), spacing=ct_sp, origin=centre - half, direction=np.eye(3))
+        ct_image = make_image(
+            np.full(tuple(ct_size), 40.0, np.float32), spacing=ct_sp, origin=centre - half, direction=np.eye(3)
+        )
     return ct_image, pet_image
 
 

@@ -6,8 +6,10 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.cli import main
+from petseg.layout import find_cases
+
 from conftest import blob_study
-from petseg.cli import find_cases, main
 
 
 def _nnunet_folder(root, cases=("psma_a_1", "fdg_b_2"), ext=".nii.gz"):
@@ -21,8 +23,22 @@ def _nnunet_folder(root, cases=("psma_a_1", "fdg_b_2"), ext=".nii.gz"):
 
 def test_predict_an_nnunet_folder_writes_one_mask_per_case(tiny_model_dir, tmp_path):
     src = _nnunet_folder(tmp_path / "in")
-    assert main(["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "-i",
+                str(src),
+                "-o",
+                str(tmp_path / "out"),
+                "--model-dir",
+                str(tiny_model_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["fdg_b_2.nii.gz", "psma_a_1.nii.gz"]
     mask = sitk.ReadImage(str(tmp_path / "out" / "fdg_b_2.nii.gz"))
@@ -30,8 +46,22 @@ def test_predict_an_nnunet_folder_writes_one_mask_per_case(tiny_model_dir, tmp_p
 
 
 def test_predict_a_grand_challenge_folder(gc_input, tiny_model_dir, tmp_path):
-    assert main(["predict", "-i", str(gc_input), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "-i",
+                str(gc_input),
+                "-o",
+                str(tmp_path / "out"),
+                "--model-dir",
+                str(tiny_model_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["3f1c0a6e-case.mha"]
 
 
@@ -41,8 +71,9 @@ def test_a_bad_case_does_not_stop_the_others(tiny_model_dir, tmp_path, caplog):
     zero = sitk.GetImageFromArray(np.zeros(pet.GetSize()[::-1], np.float32))
     zero.CopyInformation(pet)
     sitk.WriteImage(zero, str(src / "fdg_b_2_0001.mha"))
-    code = main(["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
-                 "--device", "cpu"])  # fmt: skip
+    code = main(
+        ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir), "--device", "cpu"]
+    )
     assert code == 1
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["psma_a_1.mha"]
     assert "fdg_b_2_0001.mha: PET is all zero" in caplog.text
@@ -68,8 +99,23 @@ def test_find_cases_ignores_other_files(tmp_path):
 
 
 def test_phantom_command_is_deterministic(tmp_path):
-    args = ["phantom", "-n", "2", "--seed", "4", "--tracer", "psma", "--shape", "24", "20", "40",
-            "--spacing", "8", "9", "10"]  # fmt: skip
+    args = [
+        "phantom",
+        "-n",
+        "2",
+        "--seed",
+        "4",
+        "--tracer",
+        "psma",
+        "--shape",
+        "24",
+        "20",
+        "40",
+        "--spacing",
+        "8",
+        "9",
+        "10",
+    ]
     assert main([*args, "-o", str(tmp_path / "a")]) == 0
     assert main([*args, "-o", str(tmp_path / "b")]) == 0
     names = sorted(p.name for p in (tmp_path / "a" / "imagesTr").iterdir())
@@ -88,7 +134,24 @@ def test_module_entry_point_and_help():
 
 
 def test_predict_with_qc_writes_a_picture_per_case(gc_input, tiny_model_dir, tmp_path):
-    assert main(["predict", "-i", str(gc_input), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir),
-                 "--device", "cpu", "--qc", "--precision", "fp32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "-i",
+                str(gc_input),
+                "-o",
+                str(tmp_path / "out"),
+                "--model-dir",
+                str(tiny_model_dir),
+                "--device",
+                "cpu",
+                "--qc",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["3f1c0a6e-case.mha", "3f1c0a6e-case_qc.png"]
     assert (tmp_path / "out" / "3f1c0a6e-case_qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import ROOT, dice
 from petseg.predictor import Predictor
+
+from conftest import ROOT, dice
 
 CASE = "cf0bf476-0047-52f9-a5ed-ab8fccfba24d"
 
@@ -20,8 +21,9 @@ def study():
 @pytest.mark.parametrize("precision", ["bf16", "auto"])
 def test_fast_path_matches_the_fp32_reference_with_the_demo_weights(study, precision):
     ct, pet = study
-    ref = Predictor.from_model_dir(ROOT / "weights", device="cpu", precision="fp32", fold_batchnorm=False,
-                                   channels_last=False).predict(ct, pet)  # fmt: skip
+    ref = Predictor.from_model_dir(
+        ROOT / "weights", device="cpu", precision="fp32", fold_batchnorm=False, channels_last=False
+    ).predict(ct, pet)
     fast = Predictor.from_model_dir(ROOT / "weights", device="cpu", precision=precision).predict(ct, pet)
     ref_arr, fast_arr = sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(fast)
     assert ref_arr.any()
@@ -51,8 +53,11 @@ def heldout_mean_dsc(model_dir, *, n_per_tracer: int = 10) -> dict[str, float]:
         for index in range(n_per_tracer):
             s = make_study(tracer=tracer, seed=seed, index=index, shape=(64, 56, 128), spacing=(6.0, 6.0, 5.5))
             mask = predictor.predict(sitk.Cast(s.ct, sitk.sitkFloat32), s.pet)
-            m = case_metrics(sitk.GetArrayFromImage(s.label), sitk.GetArrayFromImage(mask),
-                             voxel_volume_ml=float(np.prod(s.pet.GetSpacing())) / 1000)  # fmt: skip
+            m = case_metrics(
+                sitk.GetArrayFromImage(s.label),
+                sitk.GetArrayFromImage(mask),
+                voxel_volume_ml=float(np.prod(s.pet.GetSpacing())) / 1000,
+            )
             scores[tracer].append(m.dsc)
     return {"all": float(np.mean(scores["fdg"] + scores["psma"])), **{k: float(np.mean(v)) for k, v in scores.items()}}
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED
-from dicom_helpers import write_series
 from petseg.cli import main
 from petseg.dicom import find_series, read_ct, read_pet_suv
 from petseg.errors import InputError
+
+from conftest import SHARED
+from dicom_helpers import write_series
 
 SHAPE = (6, 10, 12)  # (z, y, x)
 ACTIVITY = np.linspace(1000.0, 30000.0, np.prod(SHAPE)).reshape(SHAPE)  # Bq/ml
@@ -148,8 +149,20 @@ def _phantom_dicom(tmp_path):
 
 def test_convert_dicom_writes_the_autopet_files(tmp_path):
     study = _phantom_dicom(tmp_path)
-    assert main(["convert-dicom", "--pet-dicom", str(tmp_path / "pet"), "--ct-dicom", str(tmp_path / "ct"),
-                 "-o", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert-dicom",
+                "--pet-dicom",
+                str(tmp_path / "pet"),
+                "--ct-dicom",
+                str(tmp_path / "ct"),
+                "-o",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["CT.nii.gz", "CTres.nii.gz", "SUV.nii.gz"]
     suv = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "SUV.nii.gz")))
     np.testing.assert_allclose(suv, sitk.GetArrayFromImage(study.pet), atol=2e-3)
@@ -161,11 +174,33 @@ def test_predict_dicom_writes_mask_dicom_seg_and_report(tmp_path, tiny_model_dir
 
     _phantom_dicom(tmp_path)
     out = tmp_path / "out"
-    assert main(["predict", "--pet-dicom", str(tmp_path / "pet"), "--ct-dicom", str(tmp_path / "ct"), "-o", str(out),
-                 "--model-dir", str(tiny_model_dir), "--device", "cpu", "--dicom-seg", "--report"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--pet-dicom",
+                str(tmp_path / "pet"),
+                "--ct-dicom",
+                str(tmp_path / "ct"),
+                "-o",
+                str(out),
+                "--model-dir",
+                str(tiny_model_dir),
+                "--device",
+                "cpu",
+                "--dicom-seg",
+                "--report",
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["PH001_20200101.nii.gz", "PH001_20200101_lesions.csv", "PH001_20200101_lesions.json",
-                     "PH001_20200101_seg.dcm"]  # fmt: skip
+    assert names == [
+        "PH001_20200101.nii.gz",
+        "PH001_20200101_lesions.csv",
+        "PH001_20200101_lesions.json",
+        "PH001_20200101_seg.dcm",
+    ]
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "PH001_20200101.nii.gz")))
     seg = hd.seg.segread(out / "PH001_20200101_seg.dcm")
     pet_series_uid = pydicom.dcmread(next((tmp_path / "pet").iterdir())).SeriesInstanceUID

@@ -51,8 +51,22 @@ def folders(tmp_path):
 
 def test_folder_evaluation_csv_and_summary(folders, capsys):
     out = folders / "results.csv"
-    assert main(["evaluate", "--gt", str(folders / "gt"), "--pred", str(folders / "pred"), "--pet",
-                 str(folders / "pet"), "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--gt",
+                str(folders / "gt"),
+                "--pred",
+                str(folders / "pred"),
+                "--pet",
+                str(folders / "pet"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out)))
     assert open(out).readline().startswith("case,dsc,fpv_ml,fnv_ml")
     a, b = rows
@@ -114,16 +128,42 @@ def test_multiple_predictions_are_ranked(folders, capsys):
     gt, _ = masks()
     write(gt, folders / "perfect" / "fdg_a_1.nii.gz")
     write(np.zeros_like(gt), folders / "perfect" / "psma_b_1.nii.gz")
-    assert main(["evaluate", "--gt", str(folders / "gt"), "--pred", str(folders / "pred"), "--pred",
-                 str(folders / "perfect")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--gt",
+                str(folders / "gt"),
+                "--pred",
+                str(folders / "pred"),
+                "--pred",
+                str(folders / "perfect"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert text.index(f"1. {folders / 'perfect'}") < text.index(f"2. {folders / 'pred'}")
 
 
 def test_qc_png(folders, tmp_path):
     out = tmp_path / "qc.png"
-    assert main(["qc", "--pet", str(folders / "pet" / "fdg_a_1_0001.nii.gz"), "--mask", str(folders / "pred" / "fdg_a_1.nii.gz"),
-                 "--gt", str(folders / "gt" / "fdg_a_1.nii.gz"), "-o", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "qc",
+                "--pet",
+                str(folders / "pet" / "fdg_a_1_0001.nii.gz"),
+                "--mask",
+                str(folders / "pred" / "fdg_a_1.nii.gz"),
+                "--gt",
+                str(folders / "gt" / "fdg_a_1.nii.gz"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     import matplotlib.image
 
     picture = matplotlib.image.imread(out)

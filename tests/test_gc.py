@@ -22,7 +22,17 @@ OUT_SLUG = "images/automated-petct-lesion-segmentation"
 
 def run_process(input_dir, output_dir, model_dir, *extra):
     return process.main(
-        ["--input", str(input_dir), "--output", str(output_dir), "--model-dir", str(model_dir), "--device", "cpu", *extra]
+        [
+            "--input",
+            str(input_dir),
+            "--output",
+            str(output_dir),
+            "--model-dir",
+            str(model_dir),
+            "--device",
+            "cpu",
+            *extra,
+        ]
     )
 
 
@@ -67,10 +77,22 @@ def test_autopet4_interface_tolerates_clicks(gc_input, tiny_model_dir, tmp_path)
 def test_process_runs_as_a_script_with_a_real_exit_code(gc_input, tiny_model_dir, tmp_path):
     shutil.rmtree(gc_input / "images" / "pet")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "process.py"), "--input", str(gc_input), "--output", str(tmp_path / "o"),
-         "--model-dir", str(tiny_model_dir), "--device", "cpu"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "process.py"),
+            "--input",
+            str(gc_input),
+            "--output",
+            str(tmp_path / "o"),
+            "--model-dir",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
     assert errors == [f"process.py: error: {gc_input / 'images' / 'pet'}: no PET image found"]
@@ -161,8 +183,19 @@ def far_away_ct(root):
     return path, "CT and PET"
 
 
-BAD_INPUTS = [missing_ct, empty_pet_folder, two_pets, image_2d, image_4d, not_an_image, truncated, nan_pet, inf_pet,
-              zero_pet, far_away_ct]  # fmt: skip
+BAD_INPUTS = [
+    missing_ct,
+    empty_pet_folder,
+    two_pets,
+    image_2d,
+    image_4d,
+    not_an_image,
+    truncated,
+    nan_pet,
+    inf_pet,
+    zero_pet,
+    far_away_ct,
+]
 
 
 @pytest.mark.parametrize("damage", BAD_INPUTS, ids=lambda f: f.__name__)

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL, Oracle, blob_study, dice
 from petseg.inference import FoldAverage, foreground_probability, resolve_precision
 from petseg.model import build_network
 from petseg.predictor import Predictor
 from petseg.settings import PAPER_NETWORK, Settings
+
+from conftest import SMALL, Oracle, blob_study, dice
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -29,8 +30,8 @@ def test_paper_network_fast_path_agrees_with_fp32_on_the_gpu():
     ref_s = Settings(roi_size=(96, 96, 96), precision="fp32", fold_batchnorm=False, channels_last=False)
     fast_s = Settings(roi_size=(96, 96, 96))
     cuda = torch.device("cuda")
-    ref = foreground_probability(image, FoldAverage([net], settings=ref_s).to(cuda), settings=ref_s, device=cuda)
-    fast = foreground_probability(image, FoldAverage([net], settings=fast_s).to(cuda), settings=fast_s, device=cuda)
+    ref = foreground_probability(image, FoldAverage([net], settings=ref_s).to(cuda), device=cuda)
+    fast = foreground_probability(image, FoldAverage([net], settings=fast_s).to(cuda), device=cuda)
     assert resolve_precision("auto", "cuda") in (torch.bfloat16, torch.float16)
     assert np.abs(fast - ref).max() < 0.05
     assert dice(fast > 0.5, ref > 0.5) > 0.98

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_NETWORK
 from petseg.inference import (
     MIRRORS,
     FoldAverage,
@@ -19,6 +18,8 @@ from petseg.inference import (
 )
 from petseg.model import build_network
 from petseg.settings import Settings
+
+from conftest import TINY_NETWORK
 
 CPU = torch.device("cpu")
 REF = Settings(roi_size=(16, 16, 16), sw_batch_size=4, precision="fp32", fold_batchnorm=False, channels_last=False)
@@ -64,9 +65,9 @@ def test_precision_resolution():
 def test_fast_path_agrees_with_fp32_reference():
     net = trained_like({**TINY_NETWORK, "channels": [4, 8, 16], "strides": [2, 2]})
     image = np.random.default_rng(0).normal(size=(2, 20, 18, 24)).astype(np.float32)
-    ref = foreground_probability(image, FoldAverage([net], settings=REF), settings=REF, device=CPU)
+    ref = foreground_probability(image, FoldAverage([net], settings=REF), device=CPU)
     fast = Settings(roi_size=(16, 16, 16), sw_batch_size=4, precision="bf16")
-    got = foreground_probability(image, FoldAverage([net], settings=fast), settings=fast, device=CPU)
+    got = foreground_probability(image, FoldAverage([net], settings=fast), device=CPU)
     assert np.abs(got - ref).max() < 0.05  # bf16 keeps ~3 significant digits
 
 
@@ -89,16 +90,16 @@ def test_window_count_matches_monai():
     net = Counting()
     image = np.zeros((2, 40, 16, 30), np.float32)
     settings = REF.with_overrides(sw_batch_size=1)
-    foreground_probability(image, FoldAverage([net], settings=settings), settings=settings, device=CPU)
+    foreground_probability(image, FoldAverage([net], settings=settings), device=CPU)
     assert len(net.batches) == window_count((40, 16, 30), settings) == 4 * 1 * 3
 
 
 def test_out_of_memory_steps_down_the_window_batch(caplog):
     image = np.random.default_rng(1).normal(size=(2, 40, 40, 20)).astype(np.float32)
-    expected = foreground_probability(image, FoldAverage([Counting()], settings=REF), settings=REF, device=CPU)
+    expected = foreground_probability(image, FoldAverage([Counting()], settings=REF), device=CPU)
     flaky = Counting(fail_above=1)
     with caplog.at_level(logging.WARNING):
-        got = foreground_probability(image, FoldAverage([flaky], settings=REF), settings=REF, device=CPU)
+        got = foreground_probability(image, FoldAverage([flaky], settings=REF), device=CPU)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert "out of memory (window batch 4" in caplog.text and "retrying with window batch 2" in caplog.text
     assert flaky.batches[-1] == 1
@@ -106,8 +107,14 @@ def test_out_of_memory_steps_down_the_window_batch(caplog):
 
 def test_oom_ladder_ends_on_the_cpu():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert oom_ladder(8, cuda) == [(8, cuda, cuda), (4, cuda, cuda), (2, cuda, cuda), (1, cuda, cuda),
-                                   (1, cuda, cpu), (1, cpu, cpu)]  # fmt: skip
+    assert oom_ladder(8, cuda) == [
+        (8, cuda, cuda),
+        (4, cuda, cuda),
+        (2, cuda, cuda),
+        (1, cuda, cuda),
+        (1, cuda, cpu),
+        (1, cpu, cpu),
+    ]
     assert oom_ladder(3, cpu) == [(3, cpu, cpu), (1, cpu, cpu)]
 
 
@@ -115,8 +122,7 @@ def test_out_of_memory_everywhere_is_raised_not_swallowed():
     image = np.zeros((2, 16, 16, 16), np.float32)
     settings = REF.with_overrides(sw_batch_size=1)
     with pytest.raises(torch.OutOfMemoryError):
-        foreground_probability(image, FoldAverage([Counting(fail_above=0)], settings=settings), settings=settings,
-                               device=CPU)  # fmt: skip
+        foreground_probability(image, FoldAverage([Counting(fail_above=0)], settings=settings), device=CPU)
 
 
 def test_time_budget_drops_folds_but_finishes(caplog):
@@ -128,12 +134,12 @@ def test_time_budget_drops_folds_but_finishes(caplog):
     # the first window batch (4 folds) plus room for about 1.5 folds over the rest
     deadline = time.monotonic() + 4 * 0.03 + (calls - 1) * 0.03 * 1.5
     with caplog.at_level(logging.WARNING):
-        out = foreground_probability(image, ensemble, settings=settings, device=CPU, deadline=deadline)
+        out = foreground_probability(image, ensemble, device=CPU, deadline=deadline)
     assert out.shape == (64, 16, 16) and np.isfinite(out).all()
     assert "time budget: using 1 of 4 folds" in caplog.text
     assert len(folds[3].batches) < calls <= len(folds[0].batches)
     # the next study starts with every fold again
-    foreground_probability(image, ensemble, settings=settings, device=CPU)
+    foreground_probability(image, ensemble, device=CPU)
     assert len(folds[3].batches) >= calls
 
 
@@ -144,8 +150,7 @@ def test_time_budget_drops_mirroring_before_folds(caplog):
     calls = window_count(image.shape[1:], settings)
     deadline = time.monotonic() + calls * 0.02 * 2 * 6  # 6x what both folds need; 8 mirrorings need 8x
     with caplog.at_level(logging.WARNING):
-        foreground_probability(image, FoldAverage(folds, settings=settings), settings=settings, device=CPU,
-                               deadline=deadline)  # fmt: skip
+        foreground_probability(image, FoldAverage(folds, settings=settings), device=CPU, deadline=deadline)
     assert "dropping test-time mirroring" in caplog.text
     assert "folds" not in caplog.text.split("dropping test-time mirroring")[1]
 
@@ -156,11 +161,11 @@ def test_tta_makes_the_ensemble_mirror_equivariant():
     ensemble = FoldAverage([net], settings=settings)
     image = np.random.default_rng(3).normal(size=(2, 16, 16, 16)).astype(np.float32)  # exactly one window
     flipped = np.ascontiguousarray(image[:, ::-1, :, ::-1])
-    a = foreground_probability(image, ensemble, settings=settings, device=CPU)
-    b = foreground_probability(flipped, ensemble, settings=settings, device=CPU)
+    a = foreground_probability(image, ensemble, device=CPU)
+    b = foreground_probability(flipped, ensemble, device=CPU)
     np.testing.assert_allclose(b, a[::-1, :, ::-1], atol=1e-5)
     plain = FoldAverage([net], settings=REF)
-    c = foreground_probability(image, plain, settings=REF, device=CPU)
-    d = foreground_probability(flipped, plain, settings=REF, device=CPU)
+    c = foreground_probability(image, plain, device=CPU)
+    d = foreground_probability(flipped, plain, device=CPU)
     assert np.abs(d - c[::-1, :, ::-1]).max() > 1e-3  # without TTA the network is not equivariant
     assert len(MIRRORS) == 8

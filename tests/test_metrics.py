@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import SHARED
 from petseg.metrics import Labelled, case_metrics, lesion_table, totals
+
+from conftest import SHARED
 
 ML = 2.0 * 3.0 * 4.0 / 1000.0  # anisotropic voxel (2 x 3 x 4 mm) = 0.024 ml
 

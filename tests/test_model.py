@@ -8,7 +8,6 @@ import SimpleITK as sitk
 import torch
 
 import petseg
-from conftest import DIRECTIONS, TINY_NETWORK, make_image
 from petseg.cli import main
 from petseg.model import (
     MODEL_JSON,
@@ -20,6 +19,8 @@ from petseg.model import (
     write_model_folder,
 )
 from petseg.settings import PAPER_NETWORK, Settings
+
+from conftest import DIRECTIONS, TINY_NETWORK, make_image
 
 
 def test_paper_network_has_19223525_trainable_parameters():
@@ -131,6 +132,15 @@ def test_model_json_describes_the_folder(tmp_path):
     assert meta["preprocessing"]["channels"] == ["CT", "PET"]
     assert len(meta["folds"][0]["sha256"]) == 64
     assert len(folder.load_networks()) == 1
+
+
+def test_model_json_with_other_input_channels_is_refused(tmp_path):
+    folder = _tiny_folder(tmp_path)
+    meta = json.loads((folder.path / MODEL_JSON).read_text())
+    meta["preprocessing"]["channels"] = ["PET", "CT"]
+    (folder.path / MODEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(petseg.ModelError, match=r"input channels \['PET', 'CT'\] are not supported"):
+        ModelFolder.open(folder.path)
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path):

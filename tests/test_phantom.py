@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import DIRECTIONS
+from petseg.geometry import Grid
 from petseg.phantom import BRAIN, KIDNEY, SALIVARY, Anatomy, case_uuid, make_study, write_study
-from petseg.preprocess import Grid
+
+from conftest import DIRECTIONS
 
 SMALL = dict(shape=(40, 32, 80), spacing=(10.0, 10.0, 9.0))
 
@@ -52,8 +53,10 @@ def _organ_suv(study, organ):
     """Mean noiseless SUV over an organ, found from the analytic anatomy."""
     pet = sitk.GetArrayFromImage(study.pet)
     size, sp = study.pet.GetSize(), study.pet.GetSpacing()
-    anatomy = Anatomy(np.asarray(study.pet.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size])),
-                      np.asarray(size) * np.asarray(sp))  # fmt: skip
+    anatomy = Anatomy(
+        np.asarray(study.pet.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size])),
+        np.asarray(size) * np.asarray(sp),
+    )
     from petseg.phantom import _grid_points
 
     tissue = anatomy.tissues(_grid_points(size, sp, study.pet.GetOrigin(), np.eye(3), slice(None))).reshape(pet.shape)

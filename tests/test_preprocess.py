@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import DIRECTIONS, blob_study, make_image, physical_points
 from petseg.errors import InputError
-from petseg.preprocess import Grid, body_box, forward_label, preprocess, restore, scale_ct, spacing_grid
+from petseg.geometry import Grid
+from petseg.preprocess import body_box, forward_label, preprocess, restore, scale_ct
 from petseg.settings import Settings
+
+from conftest import DIRECTIONS, blob_study, make_image, physical_points
 
 ISO2 = Settings(body_margin_mm=4.0)
 
@@ -74,9 +76,9 @@ def test_resampling_round_trip_of_a_smooth_field(name, spacing):
     np.testing.assert_allclose(back[core], field[core], atol=2e-3)
 
 
-def test_spacing_grid_keeps_the_field_of_view_centre():
+def test_with_spacing_keeps_the_field_of_view_centre():
     grid = Grid((10, 20, 7), (3.0, 1.0, 5.0), (4.0, -2.0, 9.0), tuple(DIRECTIONS["oblique"].reshape(-1)))
-    out = spacing_grid(grid, (2.0, 2.0, 2.0))
+    out = grid.with_spacing((2.0, 2.0, 2.0))
     assert out.size == (15, 10, 18)
 
     def centre(g):

@@ -6,14 +6,19 @@ import SimpleITK as sitk
 import torch
 
 import petseg
+from petseg.geometry import Grid
+
 from conftest import DIRECTIONS, SMALL, Oracle, blob_study, dice
-from petseg.preprocess import Grid
 
 
 @pytest.mark.parametrize("name", DIRECTIONS)
 @pytest.mark.parametrize(
     "spacing, origin",
-    [((3.1, 2.4, 4.3), (-37.5, 120.0, -400.2)), ((4.07, 4.07, 2.0), (201.3, -96.0, 15.0)), ((1.6, 2.2, 1.3), (0.5, 0.5, 0.5))],
+    [
+        ((3.1, 2.4, 4.3), (-37.5, 120.0, -400.2)),
+        ((4.07, 4.07, 2.0), (201.3, -96.0, 15.0)),
+        ((1.6, 2.2, 1.3), (0.5, 0.5, 0.5)),
+    ],
 )
 def test_oracle_round_trip_on_the_native_grid(name, spacing, origin):
     ct, pet = blob_study(spacing=spacing, origin=origin, direction=DIRECTIONS[name], radius=15.0)

@@ -13,22 +13,23 @@ import SimpleITK as sitk
 import torch
 
 import petseg
-from conftest import TINY_NETWORK
 from petseg.cli import main
+from petseg.inference import cpu_supports_bf16, resolve_precision
+from petseg.model import assemble
 from petseg.phantom import make_cohort
 from petseg.settings import Settings
-from petseg.inference import cpu_supports_bf16
 from petseg.train import (
     TrainConfig,
-    assemble,
     load_cached,
     make_splits,
     patient_of,
     train_fold,
     train_transforms,
-    training_precision,
+    validate,
     with_sampling_map,
 )
+
+from conftest import TINY_NETWORK
 
 GRID = dict(shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
 
@@ -43,10 +44,17 @@ def phantom_data(tmp_path_factory):
 
 def _config(data, out, **kw):
     return TrainConfig(
-        data_dir=data, out_dir=out, n_folds=2, epochs=2, batch_size=2, patch_size=(32, 32, 32), val_every=1,
-        network=dict(TINY_NETWORK), settings=Settings(target_spacing=(4.0, 4.0, 4.0), roi_size=(32, 32, 32)),
-        device="cpu", **kw,
-    )  # fmt: skip
+        data_dir=data,
+        out_dir=out,
+        n_folds=2,
+        epochs=2,
+        batch_size=2,
+        patch_size=(32, 32, 32),
+        val_every=1,
+        network=dict(TINY_NETWORK),
+        settings=Settings(target_spacing=(4.0, 4.0, 4.0), roi_size=(32, 32, 32), device="cpu"),
+        **kw,
+    )
 
 
 def test_splits_keep_patients_together_and_are_seeded():
@@ -100,8 +108,15 @@ def _two_blob_case(tmp_path):
 def test_patch_centres_follow_lesion_background_and_hot_ratios(tmp_path, ratios, allowed):
     """(pos, neg, hard) ratios: hot-background patches hold the unlabelled organ and no lesion."""
     pos, neg, hard = ratios
-    config = TrainConfig(data_dir=".", out_dir=".", patch_size=(16, 16, 16), augment=False, pos_neg=(pos, neg),
-                         hard_negatives=hard, hot_suv=3.0)  # fmt: skip
+    config = TrainConfig(
+        data_dir=".",
+        out_dir=".",
+        patch_size=(16, 16, 16),
+        augment=False,
+        pos_neg=(pos, neg),
+        hard_negatives=hard,
+        hot_suv=3.0,
+    )
     case = load_cached(_two_blob_case(tmp_path), hot_suv=config.hot_suv)
     assert set(np.unique(case["sampling"]).tolist()) == {0, 1, 2}
     transform = train_transforms(config)
@@ -140,12 +155,35 @@ def test_gamma_is_drawn_per_channel_and_keeps_the_ct_range():
     assert changed > 0  # the CT was augmented at all
 
 
-def test_training_precision():
-    assert training_precision("fp32", torch.device("cpu")) is None
-    assert training_precision("auto", torch.device("cuda")) == torch.float16
-    assert training_precision("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_supports_bf16() else None)
-    with pytest.raises(ValueError, match="'fp8'"):
-        training_precision("fp8", torch.device("cpu"))
+def test_one_precision_resolver_for_training_and_inference(monkeypatch):
+    """auto: bf16 where native (CPU with AVX512-BF16/AMX, CUDA Ampere+), fp16 on older GPUs (the
+    trainer then scales the loss), else fp32; explicit names are taken as they are."""
+    assert resolve_precision("fp32", "cpu") is None and resolve_precision("fp16", "cpu") == torch.float16
+    assert resolve_precision("auto", "cpu") == (torch.bfloat16 if cpu_supports_bf16() else None)
+    for native, expected in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto", "cuda") == expected
+
+
+def test_validation_runs_at_the_runs_precision(monkeypatch):
+    """validate() uses the training Settings' precision, not a default autocast."""
+    import petseg.inference
+
+    seen = []
+    real = petseg.inference.resolve_precision
+
+    def spy(name, device_type):
+        seen.append(name)
+        return real(name, device_type)
+
+    monkeypatch.setattr(petseg.inference, "resolve_precision", spy)
+    from petseg.model import build_network
+
+    net = build_network(TINY_NETWORK)
+    case = {"image": np.zeros((2, 16, 16, 16), np.float32), "label": np.zeros((1, 16, 16, 16), np.float32)}
+    settings = Settings(roi_size=(16, 16, 16), target_spacing=(4.0, 4.0, 4.0), precision="fp32")
+    validate(net, [case], settings=settings, device=torch.device("cpu"))
+    assert seen and set(seen) == {"fp32"}
 
 
 def test_train_two_folds_resume_and_assemble(phantom_data, tmp_path):
@@ -193,10 +231,44 @@ def test_resume_equals_an_uninterrupted_run(phantom_data, tmp_path):
 
 
 def test_train_and_assemble_cli(phantom_data, tmp_path):
-    args = ["train", "-d", str(phantom_data), "-o", str(tmp_path / "run"), "--folds", "2", "--fold", "-1",
-            "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "32", "32", "--channels", "4", "8",
-            "--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32",
-            "--hard-negatives", "1", "--hot-suv", "2.5", "--device", "cpu"]  # fmt: skip
+    args = [
+        "train",
+        "-d",
+        str(phantom_data),
+        "-o",
+        str(tmp_path / "run"),
+        "--folds",
+        "2",
+        "--fold",
+        "-1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "32",
+        "32",
+        "--channels",
+        "4",
+        "8",
+        "--num-res-units",
+        "1",
+        "--target-spacing",
+        "4",
+        "4",
+        "4",
+        "--roi-size",
+        "32",
+        "32",
+        "32",
+        "--hard-negatives",
+        "1",
+        "--hot-suv",
+        "2.5",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert main(["assemble", str(tmp_path / "run"), "-o", str(tmp_path / "model")]) == 0
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
@@ -206,12 +278,53 @@ def test_train_and_assemble_cli(phantom_data, tmp_path):
 def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_data, tmp_path):
     """DDP on the CPU (gloo): both ranks train and validate their half; rank 0 writes alone."""
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "petseg",
-           "train", "-d", str(phantom_data), "-o", str(run), "--folds", "2", "--fold", "0", "--epochs", "2",
-           "--val-every", "1", "--batch-size", "1", "--patch-size", "32", "32", "32", "--channels", "4", "8",
-           "--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32",
-           "--device", "cpu"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "petseg",
+        "train",
+        "-d",
+        str(phantom_data),
+        "-o",
+        str(run),
+        "--folds",
+        "2",
+        "--fold",
+        "0",
+        "--epochs",
+        "2",
+        "--val-every",
+        "1",
+        "--batch-size",
+        "1",
+        "--patch-size",
+        "32",
+        "32",
+        "32",
+        "--channels",
+        "4",
+        "8",
+        "--num-res-units",
+        "1",
+        "--target-spacing",
+        "4",
+        "4",
+        "4",
+        "--roi-size",
+        "32",
+        "32",
+        "32",
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 of 2" in result.stderr and "rank 0 of 2" in result.stderr
     with open(run / "fold_0" / "log.csv", newline="") as fh:

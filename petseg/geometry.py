@@ -1,0 +1,108 @@
+"""Grids and the one conversion between SimpleITK images and MONAI-ordered arrays.
+
+SimpleITK indexes voxel arrays (z, y, x); MONAI and the network use (x, y, z). Every
+conversion between the two goes through :func:`image_to_array` / :func:`array_to_image`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a 3D image: size (x, y, z), spacing, origin and direction (row-major 3x3)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        return cls(
+            tuple(int(s) for s in image.GetSize()),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    def stamp(self, image: sitk.Image) -> sitk.Image:
+        """Give ``image`` (same size) exactly this geometry."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"image size {image.GetSize()} does not match grid size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def resample(self, image: sitk.Image, *, interpolator: int, default: float = 0.0) -> sitk.Image:
+        """``image`` resampled onto this grid (physical space, identity transform)."""
+        f = sitk.ResampleImageFilter()
+        f.SetSize(self.size)
+        f.SetOutputSpacing(self.spacing)
+        f.SetOutputOrigin(self.origin)
+        f.SetOutputDirection(self.direction)
+        f.SetInterpolator(interpolator)
+        f.SetDefaultPixelValue(default)
+        f.SetOutputPixelType(image.GetPixelID())
+        return f.Execute(image)
+
+    def with_spacing(self, spacing: tuple[float, float, float]) -> Grid:
+        """A grid with ``spacing``, the same direction and field-of-view centre, covering the same extent."""
+        size_in = np.asarray(self.size, dtype=float)
+        sp_in = np.asarray(self.spacing)
+        sp_out = np.asarray(spacing, dtype=float)
+        size_out = np.maximum(1, np.round(size_in * sp_in / sp_out)).astype(int)
+        rot = np.asarray(self.direction).reshape(3, 3)
+        centre = np.asarray(self.origin) + rot @ ((size_in - 1) * sp_in / 2)
+        origin = centre - rot @ ((size_out - 1) * sp_out / 2)
+        return Grid(
+            tuple(int(s) for s in size_out), tuple(float(s) for s in sp_out), tuple(origin.tolist()), self.direction
+        )
+
+    @property
+    def orientation(self) -> str:
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, *, tol: float = 1e-4) -> bool:
+    """True when both images share size, spacing, origin and direction (within ``tol``)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounding box (min, max) of the image's voxel extent (edges, not centres)."""
+    size = np.asarray(image.GetSize())
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
+    corners = corners * size - 0.5
+    points = np.array([image.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
+    return points.min(axis=0), points.max(axis=0)
+
+
+def overlap_fraction(fixed: sitk.Image, moving: sitk.Image) -> float:
+    """Fraction of ``fixed``'s bounding box volume that ``moving``'s bounding box covers."""
+    lo_f, hi_f = physical_bounds(fixed)
+    lo_m, hi_m = physical_bounds(moving)
+    inter = np.clip(np.minimum(hi_f, hi_m) - np.maximum(lo_f, lo_m), 0, None)
+    return float(np.prod(inter) / np.prod(hi_f - lo_f))
+
+
+def image_to_array(image: sitk.Image) -> np.ndarray:
+    """SimpleITK image -> array indexed (x, y, z) (vector images: (C, x, y, z))."""
+    array = sitk.GetArrayFromImage(image)
+    axes = (3, 2, 1, 0) if image.GetNumberOfComponentsPerPixel() > 1 else (2, 1, 0)
+    return np.ascontiguousarray(array.transpose(axes))
+
+
+def array_to_image(array: np.ndarray, grid: Grid) -> sitk.Image:
+    """Array indexed (x, y, z) -> SimpleITK image on ``grid``."""
+    return grid.stamp(sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0))))

@@ -1,0 +1,174 @@
+"""Which cases a folder holds and what their files are called: the one owner of naming rules.
+
+Three layouts:
+- **nnU-Net** (and the autoPET release): ``<case>_0000.<ext>`` = CT, ``<case>_0001.<ext>`` =
+  PET; training data in ``imagesTr/`` with masks ``labelsTr/<case>.<ext>``.
+- **Grand Challenge**: ``images/ct/<uuid>.mha`` and ``images/pet/<uuid>.mha``, one study per
+  input folder; the output mask is ``images/<slug>/<uuid>.mha``.
+- single files, matched by name without extension (evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from petseg.errors import InputError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+CHANNEL_SUFFIXES = ("_0000", "_0001")  # nnU-Net channel files: 0 = CT, 1 = PET (the network's order)
+IMAGES_TR, LABELS_TR = "imagesTr", "labelsTr"
+GC_CT, GC_PET = Path("images/ct"), Path("images/pet")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One study: its name, CT and PET files, the extension outputs take, and the label if known."""
+
+    name: str
+    ct: Path
+    pet: Path
+    suffix: str
+    label: Path | None = None
+
+
+def image_suffix(path: str | Path) -> str:
+    """The image extension of ``path`` (".nii.gz" counts as one), or "" if not an image name."""
+    name = Path(path).name.lower()
+    return next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix)), "")
+
+
+def strip_suffix(path: str | Path) -> str:
+    """File name without its image extension: ``a/b.nii.gz`` -> ``b``."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted; hidden files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+
+
+# --- nnU-Net / autoPET release ------------------------------------------------------------
+
+
+def channel_paths(folder: Path, case: str, suffix: str) -> tuple[Path, Path]:
+    """(CT, PET) file names of ``case`` in an nnU-Net images folder."""
+    ct, pet = (folder / f"{case}{channel}{suffix}" for channel in CHANNEL_SUFFIXES)
+    return ct, pet
+
+
+def training_paths(root: Path, case: str, suffix: str = ".nii.gz") -> tuple[Path, Path, Path]:
+    """(CT, PET, label) of ``case`` in an autoPET/nnU-Net training folder."""
+    return (*channel_paths(root / IMAGES_TR, case, suffix), root / LABELS_TR / f"{case}{suffix}")
+
+
+def _nnunet_cases(folder: Path, *, with_labels: Path | None = None) -> list[Case]:
+    cases = []
+    for ct in list_images(folder):
+        stem, suffix = strip_suffix(ct), image_suffix(ct)
+        if not stem.endswith(CHANNEL_SUFFIXES[0]):
+            continue
+        name = stem[: -len(CHANNEL_SUFFIXES[0])]
+        pet = channel_paths(folder, name, suffix)[1]
+        if not pet.is_file():
+            raise InputError(pet, f"PET of case {name} not found (expected beside its CT {ct.name})")
+        label = None
+        if with_labels is not None:
+            label = with_labels / f"{name}{suffix}"
+            if not label.is_file():
+                raise InputError(label, f"missing for training case {name}")
+        cases.append(Case(name, ct, pet, suffix, label))
+    return cases
+
+
+def find_training_cases(data_dir: str | Path) -> dict[str, Case]:
+    """case name -> Case (label included) of an autoPET/nnU-Net training folder."""
+    data_dir = Path(data_dir)
+    cases = _nnunet_cases(data_dir / IMAGES_TR, with_labels=data_dir / LABELS_TR)
+    if not cases:
+        raise InputError(data_dir / IMAGES_TR, "no training cases (<id>_0000 / <id>_0001 + labelsTr/<id>)")
+    return {case.name: case for case in cases}
+
+
+def index_images(path: str | Path, *, role: str, channel: int | None = None) -> dict[str, Path]:
+    """case name -> file, for a single file or a folder; with ``channel``, a trailing nnU-Net
+    channel suffix (e.g. ``_0001`` of PET files) is not part of the case name."""
+    path = Path(path)
+    if path.is_file():
+        return {strip_suffix(path): path}
+    if not path.is_dir():
+        raise InputError(path, f"{role} not found")
+    out = {}
+    for file in list_images(path):
+        name = strip_suffix(file)
+        if channel is not None and name.endswith(CHANNEL_SUFFIXES[channel]):
+            name = name[: -len(CHANNEL_SUFFIXES[channel])]
+        out[name] = file
+    if not out:
+        raise InputError(path, f"no {role} images found")
+    return out
+
+
+# --- Grand Challenge ---------------------------------------------------------------------
+
+
+def is_gc_input(folder: Path) -> bool:
+    return (folder / GC_CT).is_dir() or (folder / GC_PET).is_dir()
+
+
+def find_one(folder: Path, role: str) -> Path:
+    """The single image in ``folder``; errors name the folder and what was found."""
+    images = list_images(folder)
+    if not folder.is_dir() or not images:
+        raise InputError(folder, f"no {role} image found")
+    if len(images) > 1:
+        names = ", ".join(p.name for p in images)
+        raise InputError(folder, f"expected exactly one {role} image, found {len(images)}: {names}")
+    return images[0]
+
+
+def find_gc_case(input_dir: str | Path) -> Case:
+    """The study of a Grand Challenge input folder; named by the CT's uuid, written as .mha."""
+    input_dir = Path(input_dir)
+    ct = find_one(input_dir / GC_CT, "CT")
+    pet = find_one(input_dir / GC_PET, "PET")
+    return Case(strip_suffix(ct), ct, pet, ".mha")
+
+
+def gc_paths(root: Path, uuid: str) -> tuple[Path, Path, Path]:
+    """(CT, PET, label) of a Grand Challenge input folder (the label beside it, for tests)."""
+    return root / GC_CT / f"{uuid}.mha", root / GC_PET / f"{uuid}.mha", root / "label" / f"{uuid}.mha"
+
+
+def gc_output_path(case: Case, output_dir: str | Path, slug: str) -> Path:
+    """``images/<slug>/<uuid>.mha``, uuid = the CT file's stem, as the organizers' baseline does."""
+    return Path(output_dir) / "images" / slug / f"{case.name}.mha"
+
+
+# --- either ------------------------------------------------------------------------------
+
+
+def find_cases(input_dir: str | Path) -> list[Case]:
+    """Cases of an nnU-Net-named folder or of a Grand Challenge input folder."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(input_dir, "input folder not found")
+    if is_gc_input(input_dir):
+        return [find_gc_case(input_dir)]
+    cases = _nnunet_cases(input_dir)
+    if not cases:
+        raise InputError(
+            input_dir,
+            "no cases found: expected <case>_0000.<ext> (CT) + <case>_0001.<ext> (PET), or images/ct + images/pet",
+        )
+    return cases
+
+
+def output_path(case: Case, output_dir: str | Path) -> Path:
+    """Where ``petseg predict`` writes the mask of ``case``: ``<output>/<case><ext>``."""
+    return Path(output_dir) / f"{case.name}{case.suffix}"

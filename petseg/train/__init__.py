@@ -1,0 +1,35 @@
+"""Training one fold of the residual UNet on the autoPET layout.
+
+- ``config``: :class:`TrainConfig`, the paper's defaults;
+- ``data``: splits by patient, the preprocessed-case cache, patch-sampling maps;
+- ``transforms``: random patches and augmentations;
+- ``distributed``: torchrun's process group;
+- ``loop``: :func:`train_fold` (setup, resume, epochs, validation, checkpoints);
+- ``plots``: loss and validation curves.
+
+Assembling the folds into a model folder is :func:`petseg.model.assemble`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "TrainConfig": "petseg.train.config",
+    "load_cached": "petseg.train.data",
+    "make_splits": "petseg.train.data",
+    "patient_of": "petseg.train.data",
+    "with_sampling_map": "petseg.train.data",
+    "train_fold": "petseg.train.loop",
+    "validate": "petseg.train.loop",
+    "train_transforms": "petseg.train.transforms",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:  # lazy, like the top-level package: the CLI imports this package
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'petseg.train' has no attribute {name!r}")

@@ -1,0 +1,116 @@
+"""``petseg train`` and ``petseg assemble``: options and handlers."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from petseg.model import network_kwargs
+    from petseg.settings import Settings
+    from petseg.train import TrainConfig, train_fold
+
+    settings = Settings(device=args.device, precision=args.precision).with_overrides(
+        target_spacing=args.target_spacing, roi_size=args.roi_size, sw_batch_size=args.sw_batch_size
+    )
+    config = TrainConfig(
+        data_dir=args.data,
+        out_dir=args.output,
+        fold=args.fold,
+        n_folds=args.folds,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patch_size=tuple(args.patch_size),
+        lr=args.lr,
+        val_every=args.val_every,
+        augment=not args.no_augment,
+        network=network_kwargs(channels=args.channels, num_res_units=args.num_res_units),
+        settings=settings,
+        splits_file=args.splits,
+        num_workers=args.num_workers,
+        sync_batchnorm=args.sync_batchnorm,
+        init_from=args.init_from,
+        pos_neg=tuple(args.pos_neg),
+        hard_negatives=args.hard_negatives,
+        hot_suv=args.hot_suv,
+        focal_weight=tuple(args.focal_weight),
+    )
+    for fold in range(args.folds) if args.fold == -1 else [args.fold]:
+        train_fold(dataclasses.replace(config, fold=fold), resume=args.resume)
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from petseg.model import assemble
+
+    folder = assemble(args.run, args.output, description=args.description)
+    print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
+    return 0
+
+
+def add_train_commands(sub) -> None:
+    """Register ``train`` and ``assemble`` on the ``petseg`` subcommand parser."""
+    p = sub.add_parser("train", help="train fold K (or all folds with --fold -1)")
+    p.add_argument("-d", "--data", required=True, type=Path, help="folder with imagesTr/ and labelsTr/")
+    p.add_argument("-o", "--output", required=True, type=Path, help="run folder (cache, splits, fold_K/)")
+    p.add_argument("--fold", type=int, default=0, help="fold to train; -1 trains all folds one after another")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--splits", type=Path, help="nnU-Net splits_final.json to use instead of a seeded split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--patch-size", type=int, nargs=3, default=(128, 128, 128))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-every", type=int, default=10)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--channels", type=int, nargs="+", help="UNet widths (default: the paper's)")
+    p.add_argument("--num-res-units", type=int)
+    p.add_argument("--target-spacing", type=float, nargs=3)
+    p.add_argument("--roi-size", type=int, nargs=3, help="validation sliding window")
+    p.add_argument("--sw-batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from fold_K/last.pt")
+    p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs (under torchrun)")
+    p.add_argument("--init-from", type=Path, help="start from a state dict or a model folder's fold K (fine-tuning)")
+    p.add_argument(
+        "--pos-neg",
+        type=float,
+        nargs=2,
+        default=(1.0, 1.0),
+        metavar=("POS", "NEG"),
+        help="ratio of lesion- to background-centred patches (default 1 1)",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight, on the POS/NEG scale, of patches centred on hot background "
+        "(PET >= --hot-suv outside the label: brain, bladder, kidneys...); default 0 = off",
+    )
+    p.add_argument("--hot-suv", type=float, default=3.0, help="SUV that makes background 'hot' (default 3)")
+    p.add_argument(
+        "--focal-weight",
+        type=float,
+        nargs=2,
+        default=(1.0, 100.0),
+        metavar=("BG", "FG"),
+        help="class weights of the focal term (default: the paper's 1 100)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="autocast (default auto: bf16 where the device has it natively, fp16 with loss scaling on older GPUs)",
+    )
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")
+    p.add_argument("run", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--description", default="")
+    p.set_defaults(func=_assemble)

@@ -1,0 +1,43 @@
+"""The training run's parameters; inference-side knobs (grid, window, device, precision) live
+in the run's :class:`~petseg.settings.Settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from petseg.settings import PAPER_NETWORK, Settings
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults are the paper's; everything can be set.
+
+    ``settings`` gives the preprocessing (the same as at inference), the validation window,
+    the device and the autocast precision (``Settings.precision``; "auto" trains in bf16
+    where the device has it natively, in fp16 with loss scaling on older GPUs, else fp32).
+    """
+
+    data_dir: Path
+    out_dir: Path
+    fold: int = 0
+    n_folds: int = 5
+    seed: int = 0
+    epochs: int = 400
+    batch_size: int = 4
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+    lr: float = 1e-3
+    focal_weight: tuple[float, float] = (1.0, 100.0)
+    pos_neg: tuple[float, float] = (1.0, 1.0)  # foreground/background patch centres
+    # patches centred on "hot" background (PET SUV >= hot_suv outside the label: brain, heart,
+    # kidneys, bladder, salivary glands, where false positives come from); relative to pos_neg
+    hard_negatives: float = 0.0
+    hot_suv: float = 3.0
+    val_every: int = 10
+    augment: bool = True
+    network: dict = field(default_factory=lambda: dict(PAPER_NETWORK))
+    settings: Settings = field(default_factory=Settings)
+    splits_file: Path | None = None
+    sync_batchnorm: bool = False  # DDP only
+    init_from: Path | None = None  # start from these weights: a state dict, or a model folder (its fold K)
+    num_workers: int = 0

@@ -1,0 +1,77 @@
+"""Training data: splits by patient, the preprocessed-case cache, patch-sampling maps.
+
+Every case goes once through the engine's own ``preprocess`` (same crop, same grid as at
+inference) and is cached as ``<run>/cache/<case>.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petseg.errors import InputError
+from petseg.io import atomic_path, read_image
+from petseg.layout import Case
+from petseg.preprocess import preprocess
+from petseg.settings import Settings
+
+
+def patient_of(case: str) -> str:
+    """``fdg_<patient>_<date>`` -> ``fdg_<patient>``: studies of one patient share a fold."""
+    return case.rsplit("_", 1)[0] if case.count("_") >= 2 else case
+
+
+def make_splits(cases: list[str], *, n_folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """nnU-Net style ``[{"train": [...], "val": [...]}, ...]``, grouped by patient, seeded."""
+    patients = sorted({patient_of(c) for c in cases})
+    if len(patients) < n_folds:
+        raise ValueError(f"{len(patients)} patients cannot make {n_folds} folds")
+    random.Random(seed).shuffle(patients)
+    fold_of = {p: i % n_folds for i, p in enumerate(patients)}
+    splits = []
+    for k in range(n_folds):
+        val = sorted(c for c in cases if fold_of[patient_of(c)] == k)
+        splits.append({"train": sorted(c for c in cases if fold_of[patient_of(c)] != k), "val": val})
+    return splits
+
+
+def load_splits(path: str | Path, cases: list[str]) -> list[dict[str, list[str]]]:
+    splits = json.loads(Path(path).read_text())
+    known = set(cases)
+    for k, split in enumerate(splits):
+        missing = sorted((set(split["train"]) | set(split["val"])) - known)
+        if missing:
+            raise InputError(path, f"fold {k} names {len(missing)} unknown case(s), e.g. {missing[0]}")
+    return splits
+
+
+def cache_case(case: Case, cache_dir: Path, settings: Settings) -> Path:
+    """Preprocess once with the engine's own pipeline; later epochs read the .npz."""
+    out = cache_dir / f"{case.name}.npz"
+    if out.is_file():
+        return out
+    ct, pet, label = (read_image(p, role=r) for p, r in zip((case.ct, case.pet, case.label), ("CT", "PET", "label")))
+    prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(case.ct), pet_source=str(case.pet))
+    with atomic_path(out) as tmp:  # a unique temp name: parallel fold jobs share the cache
+        np.savez(tmp, image=prep.image, label=prep.label)
+    return out
+
+
+def load_cached(path: Path, *, hot_suv: float | None = None) -> dict[str, np.ndarray]:
+    """A cached case; with ``hot_suv`` (training cases) also its patch-sampling map."""
+    with np.load(path) as data:
+        case = {"image": data["image"], "label": data["label"][None].astype(np.float32)}
+    return case if hot_suv is None else with_sampling_map(case, hot_suv=hot_suv)
+
+
+def with_sampling_map(case: dict[str, Any], *, hot_suv: float) -> dict[str, Any]:
+    """Add the map ``train_transforms`` draws patch centres from: 0 background, 1 lesion,
+    2 hot background (PET >= hot_suv outside the label). Built once per case, not per patch."""
+    lesion = np.asarray(case["label"][0]) > 0.5
+    sampling = lesion.astype(np.uint8)
+    sampling[(np.asarray(case["image"][1]) >= hot_suv) & ~lesion] = 2
+    return {**case, "sampling": sampling[None]}

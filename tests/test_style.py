@@ -1,0 +1,39 @@
+"""House rules that a reviewer would otherwise check by hand."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SOURCES = ["petseg", "process.py", "bench", "tests"]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_ruff_is_clean(command):
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff not installed (pip install -e '.[test]')")
+    result = subprocess.run([ruff, *command, *SOURCES], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_cli_and_package_import_no_heavy_dependencies():
+    """`petseg --help` must not wait for torch: the package and the CLI import it lazily."""
+    code = (
+        "import sys, petseg, petseg.cli, petseg.frontend, petseg.layout, petseg.train; "
+        "print(sorted(m for m in ('torch', 'monai', 'SimpleITK', 'cc3d', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_public_names_resolve():
+    import petseg
+
+    for name in petseg.__all__:
+        assert getattr(petseg, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        petseg.nope  # noqa: B018
