@@ -37,3 +37,12 @@ def test_public_names_resolve():
         assert getattr(petseg, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         petseg.nope  # noqa: B018
+
+
+def test_every_subpackage_is_shipped():
+    """A non-editable install (the container's) only gets the packages pyproject lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "petseg").rglob("__init__.py")}
+    assert found == listed
