@@ -5,12 +5,11 @@ A thin handler over ``petseg.gc``; weights come from ``weights/`` beside this fi
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from petseg import gc
-from petseg.frontend import add_speed_options, run_guarded, setup_logging, speed_overrides
+from petseg.frontend import ArgumentParser, add_speed_options, run_guarded, setup_logging, speed_overrides
 from petseg.predictor import Predictor
 
 HERE = Path(__file__).resolve().parent
@@ -18,7 +17,7 @@ GC_TIME_BUDGET_S = 270.0  # autoPET III allowed 5 minutes per case; keep 30 s fo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--input", type=Path, default=Path("/input"))
     parser.add_argument("--output", type=Path, default=Path("/output"))
     parser.add_argument("--model-dir", type=Path, default=HERE / "weights")

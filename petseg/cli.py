@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from petseg.errors import InputError
-from petseg.frontend import add_speed_options, run_guarded, setup_logging, speed_overrides
+from petseg.errors import ConfigError, InputError, OutputError
+from petseg.frontend import ArgumentParser, add_speed_options, positive, run_guarded, setup_logging, speed_overrides
 from petseg.train.cli import add_train_commands
 
 log = logging.getLogger("petseg")
@@ -24,7 +24,7 @@ def _make_predictor(args: argparse.Namespace):
         args.model_dir,
         device=args.device,
         sw_batch_size=args.sw_batch_size,
-        progress=args.verbose,
+        progress=getattr(args, "verbose", False),
         **speed_overrides(args),
     )
 
@@ -53,25 +53,31 @@ def _predict(args: argparse.Namespace) -> int:
     if args.pet_dicom or args.ct_dicom:
         return _predict_dicom(args)
     if args.dicom_seg:
-        raise InputError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
+        raise ConfigError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
     if args.input is None:
-        raise InputError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
+        raise ConfigError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
+    from petseg.io import check_output_folder
     from petseg.layout import find_cases, output_path
 
-    cases = find_cases(args.input)
-    predictor = _make_predictor(args)
-    failed = []
+    cases, problems = find_cases(args.input)
+    check_output_folder(args.output)
+    failed = [f"{Path(p.source).name} ({p.problem})" for p in problems]
+    for problem in problems:  # an incomplete case does not stop the others
+        log.error("skipped: %s", problem)
+    predictor = _make_predictor(args) if cases else None
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
         output = output_path(case, args.output)
         log.info("case %s", case.name)
         try:
             predictor.predict_files(ct=case.ct, pet=case.pet, output=output)
             _extras(args, name=case.name, mask=output, pet=case.pet)
-        except InputError as err:  # a bad case does not stop the others
-            log.error("%s", err)
+        except (InputError, OutputError) as err:  # a bad case does not stop the others
+            log.error("case %s failed: %s", case.name, err)
             failed.append(case.name)
+    done = len(cases) + len(problems) - len(failed)
+    log.info("%d of %d case(s) done", done, len(cases) + len(problems))
     if failed:
-        log.error("%d of %d case(s) failed: %s", len(failed), len(cases), ", ".join(failed))
+        log.error("%d case(s) failed: %s", len(failed), "; ".join(failed))
         return 1
     return 0
 
@@ -81,7 +87,7 @@ def _predict_dicom(args: argparse.Namespace) -> int:
     from petseg.io import write_image
 
     if not (args.pet_dicom and args.ct_dicom):
-        raise InputError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
+        raise ConfigError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
     pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
     ct = read_ct(args.ct_dicom, uid=args.ct_series)
     mask = _make_predictor(args).predict(ct, pet, ct_source=str(args.ct_dicom), pet_source=str(args.pet_dicom))
@@ -192,10 +198,16 @@ def add_dicom_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and window progress bars")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    # -v/-q before or after the subcommand; SUPPRESS keeps a subcommand from resetting the other
+    common = ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only"
+    )
+    parser = ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub_add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: sub_add(*a, parents=[common], **kw)
 
     p = sub.add_parser("predict", help="segment every case of a folder, or one DICOM study")
     p.add_argument("-i", "--input", type=Path, help="nnU-Net-named folder or Grand Challenge input")
@@ -203,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (one mask per case)")
     p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
-    p.add_argument("--sw-batch-size", type=int, help="windows per network call (default from model.json)")
+    p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call (default from model.json)")
     add_speed_options(p)
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
     p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")
@@ -228,42 +240,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, type=Path)
     p.add_argument("--gt", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--suv-window", type=float, nargs=2, default=(0.0, 10.0))
+    p.add_argument("--suv-window", type=float, nargs=2, default=(0.0, 10.0), metavar=("LOW", "HIGH"))
     p.add_argument("--title")
     p.set_defaults(func=_qc)
 
     p = sub.add_parser("import-weights", help="turn the authors' fold checkpoints into a model folder")
     p.add_argument("files", nargs="+", type=Path, help="state dicts, e.g. fold0_model_ep=0284.pth ...")
     p.add_argument("-o", "--output", required=True, type=Path, help="model folder to write")
-    p.add_argument("--channels", type=int, nargs="+", help="UNet widths (default: the paper's 32 64 128 256 512)")
+    p.add_argument(
+        "--channels", type=positive(int), nargs="+", help="UNet widths (default: the paper's 32 64 128 256 512)"
+    )
     p.set_defaults(func=_import_weights)
 
     add_train_commands(sub)
 
     p = sub.add_parser("phantom", help="write synthetic whole-body PET/CT studies with labels")
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("-n", type=int, default=1, help="number of studies")
+    p.add_argument("-n", type=positive(int), default=1, help="number of studies")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tracer", choices=("fdg", "psma"), default="fdg")
     p.add_argument("--layout", choices=("nnunet", "gc"), default="nnunet")
-    p.add_argument("--shape", type=int, nargs=3, default=(80, 64, 160), metavar=("X", "Y", "Z"))
-    p.add_argument("--spacing", type=float, nargs=3, default=(5.0, 5.0, 4.5), metavar=("X", "Y", "Z"))
-    p.add_argument("--ct-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="CT on its own grid")
-    p.add_argument("--lesions", type=int, help="lesions per study (default: random 1-6)")
+    p.add_argument("--shape", type=positive(int), nargs=3, default=(80, 64, 160), metavar=("X", "Y", "Z"))
+    p.add_argument("--spacing", type=positive(float), nargs=3, default=(5.0, 5.0, 4.5), metavar=("X", "Y", "Z"))
+    p.add_argument("--ct-spacing", type=positive(float), nargs=3, metavar=("X", "Y", "Z"), help="CT on its own grid")
+    p.add_argument("--lesions", type=positive(int), help="lesions per study (default: random 1-6)")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("compare", help="compare an output folder with the expected one (test.sh)")
     p.add_argument("expected", type=Path)
     p.add_argument("actual", type=Path)
-    p.add_argument("--min-dice", type=float, default=0.99)
+    p.add_argument("--min-dice", type=fraction, default=0.99)
     p.set_defaults(func=_compare)
     return parser
 
 
+def fraction(text: str) -> float:
+    value = positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(verbose=args.verbose, quiet=args.quiet)
-    return run_guarded("petseg", lambda: args.func(args))
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    setup_logging(verbose=verbose, quiet=quiet)
+    return run_guarded("petseg", lambda: args.func(args), verbose=verbose)
 
 
 if __name__ == "__main__":

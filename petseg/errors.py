@@ -1,4 +1,8 @@
-"""Exceptions that carry a one-line, user-facing message."""
+"""Exceptions that carry a one-line, user-facing message naming the file or value at fault.
+
+Only the front end (``petseg.frontend.run_guarded``) turns them into a line on stderr and a
+non-zero exit code; library code raises them and never names command-line flags.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,23 @@ from pathlib import Path
 class PetsegError(Exception):
     """Base class: its message is shown to the user as one line, without a traceback."""
 
-
-class InputError(PetsegError):
-    """An input image (or input folder) is missing, unreadable or unusable."""
-
     def __init__(self, source: str | Path, problem: str) -> None:
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+class InputError(PetsegError):
+    """An input image (or input folder) is missing, unreadable, implausible or unusable."""
 
 
 class ModelError(PetsegError):
     """The model folder or a checkpoint cannot be used."""
 
-    def __init__(self, source: str | Path, problem: str) -> None:
-        self.source = str(source)
-        self.problem = problem
-        super().__init__(f"{self.source}: {problem}")
+
+class OutputError(PetsegError):
+    """An output cannot be written (permissions, full disk, a clash with an existing path)."""
+
+
+class ConfigError(PetsegError, ValueError):
+    """A setting or option has a value that cannot work; ``source`` names the setting."""

@@ -1,5 +1,10 @@
-"""What the ``petseg`` CLI and the Grand Challenge ``process.py`` share: logging, the speed
-options, and the error edge (a :class:`PetsegError` becomes one line on stderr and exit code 1)."""
+"""What the ``petseg`` CLI and the Grand Challenge ``process.py`` share: the argument parser,
+logging, the speed options, and the error edge (a user's mistake or a failing environment
+becomes one line on stderr and a non-zero exit code, never a traceback).
+
+Routine log lines go to stdout and only warnings and errors to stderr: Grand Challenge marks
+a job that wrote to stderr as having warnings.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,59 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
+
+log = logging.getLogger("petseg")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``prog: error: argument --x: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _CurrentStream(logging.StreamHandler):
+    """Writes to whatever sys.stdout / sys.stderr is at the time (tests swap them)."""
+
+    def __init__(self, name: str, *, below: int | None = None) -> None:
+        super().__init__()
+        self._name = name
+        if below is not None:
+            self.addFilter(lambda record: record.levelno < below)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self._name)
+        super().emit(record)
 
 
 def setup_logging(*, verbose: bool = False, quiet: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    """petseg's log: INFO (DEBUG with ``verbose``) and below to stdout, WARNING and up to stderr."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    for handler in [h for h in log.handlers if isinstance(h, _CurrentStream)]:
+        log.removeHandler(handler)
+    errors = _CurrentStream("stderr")
+    errors.setLevel(logging.WARNING)
+    for handler in (_CurrentStream("stdout", below=logging.WARNING), errors):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def positive(kind: type) -> Callable[[str], int | float]:
+    """argparse ``type=`` for a number > 0, with the value named in the error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float | None = None) -> None:
@@ -25,7 +78,7 @@ def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float 
     default = "from model.json" if time_budget_default is None else f"{time_budget_default:g}"
     p.add_argument(
         "--time-budget",
-        type=float,
+        type=positive(float),
         metavar="SECONDS",
         default=time_budget_default,
         help=f"drop mirrorings, then folds, if the ensemble would overrun (default {default})",
@@ -43,12 +96,28 @@ def speed_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def run_guarded(prog: str, command: Callable[[], int]) -> int:
-    """Run ``command``; a user-facing error ends as ``<prog>: error: <message>`` and exit code 1."""
+def run_guarded(prog: str, command: Callable[[], int], *, verbose: bool = False) -> int:
+    """Run ``command``. A :class:`PetsegError` (a bad input, option, model folder or output),
+    an operating-system error (permissions, full disk) or running out of memory ends as
+    ``<prog>: error: <message>`` on stderr and exit code 1; ``verbose`` adds the traceback."""
     from petseg.errors import PetsegError
 
     try:
         return command()
-    except PetsegError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except (PetsegError, OSError, MemoryError) as err:
+        if verbose:
+            log.exception("traceback")
+        print(f"{prog}: error: {describe(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def describe(err: BaseException) -> str:
+    """One line for an error: the message of ours, ``<file>: <reason>`` for an OS error."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or type(err).__name__}"
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    return " ".join(str(err).split()) or type(err).__name__

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from petseg.io import write_text
+from petseg.io import atomic_paths, check_output_folder, save_image
 from petseg.layout import find_gc_case, gc_output_path
-from petseg.predictor import Predictor
+from petseg.predictor import Predictor, timed
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,18 @@ def run(
     """Process one Grand Challenge job; returns the files written (nothing is written on error)."""
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
+    check_output_folder(output_dir)
     if spec.clicks_file and (Path(input_dir) / spec.clicks_file).is_file():
         log.info("%s present: ignored (this model uses no clicks)", spec.clicks_file)
-    mask_path = gc_output_path(case, output_dir, spec.output_slug)
-    written = [predictor.predict_files(ct=case.ct, pet=case.pet, output=mask_path)]
+    mask = predictor.predict_paths(ct=case.ct, pet=case.pet)
+    outputs = {gc_output_path(case, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:
-        written.append(write_text(json.dumps(False), Path(output_dir) / "data-centric-model.json"))
-    return written
+        outputs = {Path(output_dir) / "data-centric-model.json": json.dumps(False), **outputs}
+    with timed("write", predictor.timings), atomic_paths(list(outputs)) as temps:  # all or nothing, mask last
+        for tmp, (target, content) in zip(temps, outputs.items()):
+            if isinstance(content, str):
+                tmp.write_text(content)
+            else:
+                save_image(content, tmp, target=target)
+    predictor.log_written(list(outputs)[-1], mask)
+    return list(outputs)

@@ -88,14 +88,6 @@ def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return points.min(axis=0), points.max(axis=0)
 
 
-def overlap_fraction(fixed: sitk.Image, moving: sitk.Image) -> float:
-    """Fraction of ``fixed``'s bounding box volume that ``moving``'s bounding box covers."""
-    lo_f, hi_f = physical_bounds(fixed)
-    lo_m, hi_m = physical_bounds(moving)
-    inter = np.clip(np.minimum(hi_f, hi_m) - np.maximum(lo_f, lo_m), 0, None)
-    return float(np.prod(inter) / np.prod(hi_f - lo_f))
-
-
 def image_to_array(image: sitk.Image) -> np.ndarray:
     """SimpleITK image -> array indexed (x, y, z) (vector images: (C, x, y, z))."""
     array = sitk.GetArrayFromImage(image)

@@ -21,7 +21,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from petseg.errors import ModelError
-from petseg.settings import Settings
+from petseg.settings import Settings, check_device
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ MIRRORS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3
 
 def resolve_device(name: str) -> torch.device:
     """ "auto" -> CUDA when available, else CPU. A CUDA request without CUDA falls back to CPU with a warning."""
-    name = (name or "auto").lower()
-    if name not in ("auto", "cpu") and not name.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
+    name = check_device(name)
     if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():

@@ -1,4 +1,10 @@
-"""Reading and validating images; atomic writes of images, text and CSV tables."""
+"""Reading images (with their checks) and writing outputs that cannot lie.
+
+A write goes to a temporary file beside the target, is checked (not empty; an image must
+read back), flushed to disk, and only then renamed onto the target. Several outputs of one
+job can be published together (:func:`atomic_paths`): all or none. Temporary files of a
+killed earlier run are removed the next time the same target is written.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import io
 import logging
 import math
 import os
-import tempfile
+import secrets
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,50 +22,57 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.errors import InputError
+from petseg.checks import check_geometry, nifti_nonfinite
+from petseg.errors import InputError, OutputError
 from petseg.layout import image_suffix
 
 log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+MIN_FREE_BYTES = 1 << 20  # refuse to start a write with less than 1 MiB free
+
+
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """ITK's MetaIO prints its own lines straight to file descriptor 2; our message replaces them."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
     """Read a 3D scalar image as float32; errors name the file and the problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, f"{role} file not found")
+    if path.is_dir():
+        raise InputError(path, f"{role}: expected an image file, found a folder")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, f"{role} file is not readable (permission denied)")
     try:
-        image = sitk.ReadImage(str(path))
+        with _quiet_native_stderr():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(path, f"cannot be read as an image ({_first_itk_line(err)})") from None
-    check_geometry(image, source=path)
-    return sitk.Cast(image, sitk.sitkFloat32)
-
-
-def check_geometry(image: sitk.Image, *, source: str | Path) -> None:
-    """Reject images that are not 3D scalar volumes with a usable grid."""
-    dim = image.GetDimension()
-    if dim != 3:
-        raise InputError(source, f"expected a 3D image, got a {dim}D image of size {image.GetSize()}")
-    if image.GetNumberOfComponentsPerPixel() != 1:
+        detail = _first_itk_line(err)
+        detail = "" if "no such file" in detail.lower() else f": {detail}"
         raise InputError(
-            source, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel"
-        )
-    if min(image.GetSize()) < 2:
-        raise InputError(source, f"expected a 3D volume, got size {image.GetSize()} (a single slice)")
-    if min(image.GetSpacing()) <= 0:
-        raise InputError(source, f"spacing must be positive, got {image.GetSpacing()}")
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-        raise InputError(source, "direction matrix is not orthonormal")
-
-
-def check_intensities(array: np.ndarray, *, source: str | Path, role: str) -> None:
-    """Reject NaN/inf anywhere, and an all-zero PET."""
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise InputError(source, f"{role} contains {int(array.size - finite.sum())} NaN or infinite voxels")
-    if role == "PET" and not np.any(array):
-        raise InputError(source, "PET is all zero")
+            path, f"cannot be read as an image (truncated, corrupt or not an image file{detail})"
+        ) from None
+    check_geometry(image, source=path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        bad = nifti_nonfinite(path)
+        if bad:
+            raise InputError(path, f"{role} contains {bad} NaN or infinite voxels")
+    return sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _first_itk_line(err: Exception) -> str:
@@ -70,25 +84,64 @@ def _first_itk_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` on success.
+# --- writing ------------------------------------------------------------------------------
 
-    On any exception the temporary file is removed, so no half-written output remains.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = image_suffix(path) or path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+
+def _pid_alive(pid: int) -> bool:
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(target: Path) -> None:
+    """Remove temporary files of ``target`` left by a killed run (their writer process is gone)."""
+    for stale in target.parent.glob(f".{target.name}.*{PARTIAL}*"):
+        parts = stale.name[len(target.name) + 2 :].split(".")
+        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            stale.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted run", stale)
+
+
+def check_output_folder(folder: str | Path) -> None:
+    """Fail early, before any network work, when ``folder`` cannot hold outputs: it or an
+    ancestor is a file, or the first existing ancestor is not writable. Creates nothing."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(existing, "is a file; expected an output folder")
+    if not os.access(existing, os.W_OK):
+        raise OutputError(existing, "output folder is not writable (permission denied)")
+
+
+def _prepare_target(path: Path) -> None:
+    if path.is_dir():
+        raise OutputError(path, "is a folder; cannot write a file there")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(path.parent, "is a file; expected an output folder") from None
+    except OSError as err:
+        raise OutputError(path.parent, f"cannot create the output folder ({err.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(path.parent, "output folder is not writable (permission denied)")
+    free = shutil.disk_usage(path.parent).free
+    if free < MIN_FREE_BYTES:
+        raise OutputError(path.parent, f"no space left for outputs ({free} bytes free)")
+    remove_stale_partials(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -97,20 +150,77 @@ def _umask() -> int:
     return mask
 
 
+@contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside ``paths``; when the block succeeds, each is checked (not empty),
+    flushed to disk and renamed onto its target, in the given order (put the main output
+    last). On any failure every temporary file and every target already renamed by this call
+    is removed, so the job leaves all of its outputs or none."""
+    targets = [Path(p) for p in paths]
+    for target in targets:
+        _prepare_target(target)
+    temps = [
+        t.parent / f".{t.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}{image_suffix(t) or t.suffix}"
+        for t in targets
+    ]
+    published: list[Path] = []
+    try:
+        yield temps
+        for tmp, target in zip(temps, targets):
+            if not tmp.is_file() or tmp.stat().st_size == 0:
+                raise OutputError(target, "write failed: nothing was written (disk full?)")
+            _fsync(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+            published.append(target)
+        for folder in {t.parent for t in targets}:
+            _fsync(folder)
+    except OSError as err:
+        for target in published:
+            target.unlink(missing_ok=True)
+        raise OutputError(err.filename or targets[-1], f"write failed ({err.strerror or err})") from None
+    except BaseException:
+        for target in published:
+            target.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """One temporary path for ``path``; see :func:`atomic_paths`."""
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+def save_image(image: sitk.Image, path: Path, *, target: str | Path, compress: bool = True) -> None:
+    """Write ``image`` to ``path`` (the temporary file of ``target``) and read it back:
+    SimpleITK's writers do not report a full disk, but a truncated file does not read back."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=compress)
+        with _quiet_native_stderr():
+            back = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise OutputError(target, f"write failed, is the disk full? ({_first_itk_line(err)})") from None
+    if back.GetSize() != image.GetSize():
+        raise OutputError(target, "write failed: the file does not read back with the image's size")
+
+
 def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
-    """Write an image atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
+    """Write an image atomically (checked temporary file, then rename)."""
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
-    return path
+        save_image(image, tmp, target=path, compress=compress)
+    return Path(path)
 
 
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically."""
-    path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-    return path
+    return Path(path)
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:

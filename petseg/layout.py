@@ -10,6 +10,7 @@ Three layouts:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,29 +68,37 @@ def training_paths(root: Path, case: str, suffix: str = ".nii.gz") -> tuple[Path
     return (*channel_paths(root / IMAGES_TR, case, suffix), root / LABELS_TR / f"{case}{suffix}")
 
 
-def _nnunet_cases(folder: Path, *, with_labels: Path | None = None) -> list[Case]:
-    cases = []
-    for ct in list_images(folder):
-        stem, suffix = strip_suffix(ct), image_suffix(ct)
-        if not stem.endswith(CHANNEL_SUFFIXES[0]):
+def _nnunet_cases(folder: Path, *, labels: Path | None = None) -> tuple[list[Case], list[InputError]]:
+    """The complete cases of an nnU-Net images folder, and one error per incomplete case."""
+    cases, problems = [], []
+    ct_suffix, pet_suffix = CHANNEL_SUFFIXES
+    for image in list_images(folder):
+        stem, suffix = strip_suffix(image), image_suffix(image)
+        if stem.endswith(pet_suffix) and not channel_paths(folder, stem[: -len(pet_suffix)], suffix)[0].is_file():
+            name = stem[: -len(pet_suffix)]
+            problems.append(InputError(image, f"CT of case {name} not found (expected {name}{ct_suffix}{suffix})"))
+        if not stem.endswith(ct_suffix):
             continue
-        name = stem[: -len(CHANNEL_SUFFIXES[0])]
+        name = stem[: -len(ct_suffix)]
         pet = channel_paths(folder, name, suffix)[1]
         if not pet.is_file():
-            raise InputError(pet, f"PET of case {name} not found (expected beside its CT {ct.name})")
-        label = None
-        if with_labels is not None:
-            label = with_labels / f"{name}{suffix}"
-            if not label.is_file():
-                raise InputError(label, f"missing for training case {name}")
-        cases.append(Case(name, ct, pet, suffix, label))
-    return cases
+            problems.append(InputError(pet, f"PET of case {name} not found (expected beside its CT {image.name})"))
+            continue
+        label = None if labels is None else labels / f"{name}{suffix}"
+        if label is not None and not label.is_file():
+            problems.append(InputError(label, f"missing for training case {name}"))
+            continue
+        cases.append(Case(name, image, pet, suffix, label))
+    return cases, problems
 
 
 def find_training_cases(data_dir: str | Path) -> dict[str, Case]:
-    """case name -> Case (label included) of an autoPET/nnU-Net training folder."""
+    """case name -> Case (label included) of an autoPET/nnU-Net training folder; every case
+    must be complete (a training run does not silently drop data)."""
     data_dir = Path(data_dir)
-    cases = _nnunet_cases(data_dir / IMAGES_TR, with_labels=data_dir / LABELS_TR)
+    cases, problems = _nnunet_cases(data_dir / IMAGES_TR, labels=data_dir / LABELS_TR)
+    if problems:
+        raise problems[0]
     if not cases:
         raise InputError(data_dir / IMAGES_TR, "no training cases (<id>_0000 / <id>_0001 + labelsTr/<id>)")
     return {case.name: case for case in cases}
@@ -153,20 +162,23 @@ def gc_output_path(case: Case, output_dir: str | Path, slug: str) -> Path:
 # --- either ------------------------------------------------------------------------------
 
 
-def find_cases(input_dir: str | Path) -> list[Case]:
-    """Cases of an nnU-Net-named folder or of a Grand Challenge input folder."""
+def find_cases(input_dir: str | Path) -> tuple[list[Case], list[InputError]]:
+    """Cases of an nnU-Net-named folder or of a Grand Challenge input folder, and one error per
+    incomplete case (a batch runs the others). No case at all is an error."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
-        raise InputError(input_dir, "input folder not found")
+        raise InputError(input_dir, "input folder not found" if not input_dir.exists() else "is not a folder")
+    if not os.access(input_dir, os.R_OK | os.X_OK):
+        raise InputError(input_dir, "input folder is not readable (permission denied)")
     if is_gc_input(input_dir):
-        return [find_gc_case(input_dir)]
-    cases = _nnunet_cases(input_dir)
-    if not cases:
+        return [find_gc_case(input_dir)], []
+    cases, problems = _nnunet_cases(input_dir)
+    if not cases and not problems:
         raise InputError(
             input_dir,
             "no cases found: expected <case>_0000.<ext> (CT) + <case>_0001.<ext> (PET), or images/ct + images/pet",
         )
-    return cases
+    return cases, problems
 
 
 def output_path(case: Case, output_dir: str | Path) -> Path:

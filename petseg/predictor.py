@@ -73,18 +73,25 @@ class Predictor:
         """uint8 {0, 1} lesion mask on the PET's native grid."""
         return probability_to_mask(self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source))
 
-    def predict_files(self, *, ct: str | Path, pet: str | Path, output: str | Path) -> Path:
-        """Read, predict, write the mask atomically; returns its path. Nothing is written on error."""
+    def predict_paths(self, *, ct: str | Path, pet: str | Path) -> sitk.Image:
+        """Read both files and predict the mask; ``timings`` holds read, preprocess, network, restore."""
         self.timings = {}
         with timed("read", self.timings):
             ct_image = read_image(ct, role="CT")
             pet_image = read_image(pet, role="PET")
-        mask = probability_to_mask(self._probability(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet)))
+        return probability_to_mask(self._probability(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet)))
+
+    def predict_files(self, *, ct: str | Path, pet: str | Path, output: str | Path) -> Path:
+        """Read, predict, write the mask atomically; returns its path. Nothing is written on error."""
+        mask = self.predict_paths(ct=ct, pet=pet)
         with timed("write", self.timings):
             write_image(mask, output)
+        self.log_written(output, mask)
+        return Path(output)
+
+    def log_written(self, output: str | Path, mask: sitk.Image) -> None:
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
-        return Path(output)
 
     def _probability(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str) -> sitk.Image:
         start = time.monotonic()

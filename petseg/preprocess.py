@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.checks import check_ct_range, check_network_size, check_overlap, check_pet_range, check_values
 from petseg.errors import InputError
-from petseg.geometry import Grid, array_to_image, image_to_array, overlap_fraction, same_grid
-from petseg.io import check_intensities
+from petseg.geometry import Grid, array_to_image, image_to_array, same_grid
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,18 @@ class Preprocessed:
 # --- forward ------------------------------------------------------------------------------
 
 
-def validate_pair(ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET") -> None:
-    """Input checks that need both images or their voxels; errors name the offending file."""
-    check_intensities(sitk.GetArrayViewFromImage(pet), source=pet_source, role="PET")
-    check_intensities(sitk.GetArrayViewFromImage(ct), source=ct_source, role="CT")
-    if overlap_fraction(pet, ct) <= 0.0:
-        raise InputError(ct_source, f"CT and PET ({pet_source}) do not overlap in space")
+def validate_pair(
+    ct: sitk.Image, pet: sitk.Image, *, settings: Settings, ct_source: str = "CT", pet_source: str = "PET"
+) -> None:
+    """Every check that needs both images, their voxels or the settings, before any large
+    allocation; errors and warnings name the offending file and value."""
+    pet_values, ct_values = sitk.GetArrayViewFromImage(pet), sitk.GetArrayViewFromImage(ct)
+    check_values(pet_values, source=pet_source, role="PET")
+    check_values(ct_values, source=ct_source, role="CT")
+    check_pet_range(pet_values, source=pet_source)
+    check_ct_range(ct_values, source=ct_source)
+    check_overlap(ct, pet, ct_source=ct_source, pet_source=pet_source)
+    check_network_size(pet, settings.target_spacing, source=pet_source)
 
 
 def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image, *, settings: Settings) -> tuple[sitk.Image, bool]:
@@ -118,7 +124,7 @@ def preprocess(
     pet_source: str = "PET",
 ) -> Preprocessed:
     """Network input for one study; ``label`` (on the PET grid) follows with nearest neighbour."""
-    validate_pair(ct, pet, ct_source=ct_source, pet_source=pet_source)
+    validate_pair(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source)
     pet = sitk.Cast(pet, sitk.sitkFloat32)
     native = Grid.of(pet)
     ct_pet, ct_resampled = ct_on_pet_grid(ct, pet, settings=settings)

@@ -8,9 +8,12 @@ The model folder's ``model.json`` provides the defaults that belong to the train
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from petseg.errors import ConfigError
 
 # The paper's network (autoPET III, MONAI residual UNet): 19,223,525 trainable parameters.
 PAPER_NETWORK: dict[str, Any] = {
@@ -74,22 +77,23 @@ class Settings:
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-            raise ValueError(f"target_spacing must be 3 positive numbers, got {self.target_spacing!r}")
+            raise ConfigError("target_spacing", f"must be 3 positive numbers, got {self.target_spacing!r}")
         lo, hi = self.ct_window
         if not hi > lo:
-            raise ValueError(f"ct_window must be (low, high) with high > low, got {self.ct_window!r}")
+            raise ConfigError("ct_window", f"must be (low, high) with high > low, got {self.ct_window!r}")
         if len(self.roi_size) != 3 or min(self.roi_size) < 1:
-            raise ValueError(f"roi_size must be 3 positive integers, got {self.roi_size!r}")
+            raise ConfigError("roi_size", f"must be 3 positive integers, got {self.roi_size!r}")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
+            raise ConfigError("overlap", f"must be in [0, 1), got {self.overlap!r}")
         if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size!r}")
+            raise ConfigError("sw_batch_size", f"must be >= 1, got {self.sw_batch_size!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ValueError(f"time_budget_s must be positive or None, got {self.time_budget_s!r}")
+            raise ConfigError("time_budget_s", f"must be positive or None, got {self.time_budget_s!r}")
+        check_device(self.device)
         if self.body_margin_mm < 0:
-            raise ValueError(f"body_margin_mm must be >= 0, got {self.body_margin_mm!r}")
+            raise ConfigError("body_margin_mm", f"must be >= 0, got {self.body_margin_mm!r}")
 
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
     PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm")
@@ -100,13 +104,13 @@ class Settings:
         clean = {k: _as_field_value(v) for k, v in overrides.items() if v is not None}
         unknown = set(clean) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}")
+            raise ConfigError("settings", f"unknown: {sorted(unknown)}")
         return dataclasses.replace(self, **clean)
 
     @classmethod
     def from_model_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> Settings:
         """Settings from model.json's (or train.json's) "preprocessing" and "inference"
-        sections. Raises KeyError for a missing section, ValueError for unknown keys or bad values."""
+        sections. Raises KeyError for a missing section, ConfigError for unknown keys or bad values."""
         return cls().with_overrides(**sections["preprocessing"], **sections["inference"])
 
     def model_sections(self) -> dict[str, dict[str, Any]]:
@@ -115,6 +119,14 @@ class Settings:
             "preprocessing": {k: _as_json(getattr(self, k)) for k in self.PREPROCESSING_KEYS},
             "inference": {k: _as_json(getattr(self, k)) for k in self.INFERENCE_KEYS},
         }
+
+
+def check_device(name: str) -> str:
+    """The device name, lower-cased, if it is "auto", "cpu", "cuda" or "cuda:N"."""
+    name = str(name or "auto").lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return name
 
 
 def _as_field_value(value: Any) -> Any:

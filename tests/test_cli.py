@@ -79,13 +79,28 @@ def test_a_bad_case_does_not_stop_the_others(tiny_model_dir, tmp_path, caplog):
     assert "fdg_b_2_0001.mha: PET is all zero" in caplog.text
 
 
+def test_a_case_without_its_pet_is_skipped_and_the_others_run(tiny_model_dir, tmp_path, capsys):
+    src = _nnunet_folder(tmp_path / "in", ext=".mha")
+    (src / "fdg_b_2_0001.mha").unlink()
+    (src / "lonely_0001.mha").write_bytes((src / "psma_a_1_0001.mha").read_bytes())
+    args = ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)]
+    assert main([*args, "--device", "cpu"]) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["psma_a_1.mha"]
+    err = capsys.readouterr().err
+    assert f"{src / 'fdg_b_2_0001.mha'}: PET of case fdg_b_2 not found" in err
+    assert f"{src / 'lonely_0001.mha'}: CT of case lonely not found" in err
+    summary = [ln for ln in err.splitlines() if "case(s) failed" in ln]
+    assert len(summary) == 1 and "fdg_b_2_0001.mha" in summary[0] and "lonely_0001.mha" in summary[0]
+    assert "Traceback" not in err
+
+
 def test_missing_pet_and_empty_folders_are_one_line_errors(tmp_path, capsys):
     src = _nnunet_folder(tmp_path / "in", cases=("a",))
     (src / "a_0001.nii.gz").unlink()
     assert main(["predict", "-i", str(src), "-o", str(tmp_path / "o")]) == 1
-    assert capsys.readouterr().err.strip() == (
-        f"petseg: error: {src / 'a_0001.nii.gz'}: PET of case a not found (expected beside its CT a_0000.nii.gz)"
-    )
+    err = capsys.readouterr().err
+    assert f"{src / 'a_0001.nii.gz'}: PET of case a not found (expected beside its CT a_0000.nii.gz)" in err
+    assert not (tmp_path / "o").exists()
     (tmp_path / "empty").mkdir()
     assert main(["predict", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 1
     assert "no cases found" in capsys.readouterr().err
@@ -95,7 +110,8 @@ def test_find_cases_ignores_other_files(tmp_path):
     src = _nnunet_folder(tmp_path / "in", cases=("x",))
     (src / "notes.txt").write_text("hi")
     (src / "x_0002.nii.gz").write_bytes(b"")
-    assert [c.name for c in find_cases(src)] == ["x"]
+    cases, problems = find_cases(src)
+    assert [c.name for c in cases] == ["x"] and problems == []
 
 
 def test_phantom_command_is_deterministic(tmp_path):

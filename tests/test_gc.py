@@ -226,7 +226,7 @@ def test_bad_model_folder_is_one_clear_line_and_no_output(problem, gc_input, tin
     assert files_under(out) == []
 
 
-def test_failed_write_leaves_no_partial_file(gc_input, tiny_model_dir, tmp_path, monkeypatch):
+def test_failed_write_leaves_no_partial_file(gc_input, tiny_model_dir, tmp_path, monkeypatch, capsys):
     import petseg.io
 
     def broken(image, path, useCompression=True):
@@ -236,10 +236,12 @@ def test_failed_write_leaves_no_partial_file(gc_input, tiny_model_dir, tmp_path,
 
     monkeypatch.setattr(petseg.io.sitk, "WriteImage", broken)
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="disk full"):
-        run_process(gc_input, out, tiny_model_dir)
-    assert files_under(out) == []
-    assert os.listdir(tmp_path)  # the test wrote somewhere, and nothing under out
+    assert run_process(gc_input, out, tiny_model_dir) == 1
+    mask = out / OUT_SLUG / "3f1c0a6e-case.mha"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"process.py: error: {mask}: write failed, is the disk full? (disk full)"
+    ]
+    assert files_under(out) == []  # neither the mask nor data-centric-model.json
 
 
 def test_outputs_get_the_usual_file_mode(gc_input, tiny_model_dir, tmp_path):

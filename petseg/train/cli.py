@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from petseg.frontend import positive
+
 
 def _train(args: argparse.Namespace) -> int:
     from petseg.model import network_kwargs
@@ -18,7 +20,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         data_dir=args.data,
         out_dir=args.output,
-        fold=args.fold,
+        fold=max(args.fold, 0),  # -1: every fold, one after another
         n_folds=args.folds,
         seed=args.seed,
         epochs=args.epochs,
@@ -57,20 +59,20 @@ def add_train_commands(sub) -> None:
     p.add_argument("-d", "--data", required=True, type=Path, help="folder with imagesTr/ and labelsTr/")
     p.add_argument("-o", "--output", required=True, type=Path, help="run folder (cache, splits, fold_K/)")
     p.add_argument("--fold", type=int, default=0, help="fold to train; -1 trains all folds one after another")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=positive(int), default=5)
     p.add_argument("--splits", type=Path, help="nnU-Net splits_final.json to use instead of a seeded split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--patch-size", type=int, nargs=3, default=(128, 128, 128))
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-every", type=int, default=10)
+    p.add_argument("--epochs", type=positive(int), default=400)
+    p.add_argument("--batch-size", type=positive(int), default=4)
+    p.add_argument("--patch-size", type=positive(int), nargs=3, default=(128, 128, 128))
+    p.add_argument("--lr", type=positive(float), default=1e-3)
+    p.add_argument("--val-every", type=positive(int), default=10)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--channels", type=int, nargs="+", help="UNet widths (default: the paper's)")
-    p.add_argument("--num-res-units", type=int)
-    p.add_argument("--target-spacing", type=float, nargs=3)
-    p.add_argument("--roi-size", type=int, nargs=3, help="validation sliding window")
-    p.add_argument("--sw-batch-size", type=int)
+    p.add_argument("--channels", type=positive(int), nargs="+", help="UNet widths (default: the paper's)")
+    p.add_argument("--num-res-units", type=positive(int))
+    p.add_argument("--target-spacing", type=positive(float), nargs=3)
+    p.add_argument("--roi-size", type=positive(int), nargs=3, help="validation sliding window")
+    p.add_argument("--sw-batch-size", type=positive(int))
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from fold_K/last.pt")
@@ -92,7 +94,7 @@ def add_train_commands(sub) -> None:
         help="weight, on the POS/NEG scale, of patches centred on hot background "
         "(PET >= --hot-suv outside the label: brain, bladder, kidneys...); default 0 = off",
     )
-    p.add_argument("--hot-suv", type=float, default=3.0, help="SUV that makes background 'hot' (default 3)")
+    p.add_argument("--hot-suv", type=positive(float), default=3.0, help="SUV that makes background 'hot' (default 3)")
     p.add_argument(
         "--focal-weight",
         type=float,

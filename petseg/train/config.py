@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from petseg.errors import ConfigError
 from petseg.settings import PAPER_NETWORK, Settings
 
 
@@ -41,3 +42,17 @@ class TrainConfig:
     sync_batchnorm: bool = False  # DDP only
     init_from: Path | None = None  # start from these weights: a state dict, or a model folder (its fold K)
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fold < self.n_folds:
+            raise ConfigError("fold", f"must be in 0..{self.n_folds - 1} for {self.n_folds} folds, got {self.fold}")
+        for name in ("epochs", "batch_size", "val_every", "n_folds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or min(self.patch_size) < 1 or len(self.patch_size) != 3:
+            raise ConfigError("lr/patch_size", f"must be positive, got {self.lr} and {self.patch_size}")
+        weights = (*self.pos_neg, self.hard_negatives)
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError("pos_neg/hard_negatives", f"patch ratios must be >= 0 and not all 0, got {weights}")
+        if self.num_workers < 0:
+            raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")

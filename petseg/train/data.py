@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from petseg.errors import InputError
+from petseg.errors import ConfigError, InputError
 from petseg.io import atomic_path, read_image
 from petseg.layout import Case
 from petseg.preprocess import preprocess
@@ -29,7 +29,7 @@ def make_splits(cases: list[str], *, n_folds: int, seed: int) -> list[dict[str, 
     """nnU-Net style ``[{"train": [...], "val": [...]}, ...]``, grouped by patient, seeded."""
     patients = sorted({patient_of(c) for c in cases})
     if len(patients) < n_folds:
-        raise ValueError(f"{len(patients)} patients cannot make {n_folds} folds")
+        raise ConfigError("n_folds", f"{len(patients)} patients cannot make {n_folds} folds")
     random.Random(seed).shuffle(patients)
     fold_of = {p: i % n_folds for i, p in enumerate(patients)}
     splits = []
@@ -40,7 +40,11 @@ def make_splits(cases: list[str], *, n_folds: int, seed: int) -> list[dict[str, 
 
 
 def load_splits(path: str | Path, cases: list[str]) -> list[dict[str, list[str]]]:
-    splits = json.loads(Path(path).read_text())
+    try:
+        splits = json.loads(Path(path).read_text())
+        [(split["train"], split["val"]) for split in splits]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(path, f"not an nnU-Net splits file ({type(err).__name__}: {err})") from None
     known = set(cases)
     for k, split in enumerate(splits):
         missing = sorted((set(split["train"]) | set(split["val"])) - known)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from petseg.errors import InputError
+from petseg.errors import ConfigError, InputError
 from petseg.inference import FoldAverage, foreground_probability, resolve_precision
 from petseg.io import atomic_path
 from petseg.layout import find_training_cases
@@ -92,6 +92,8 @@ def prepare_data(config: TrainConfig, dist: Dist) -> tuple[list[dict], list[dict
         splits = load_splits(config.splits_file, list(cases))
     else:
         splits = make_splits(list(cases), n_folds=config.n_folds, seed=config.seed)
+    if config.fold >= len(splits):
+        raise ConfigError("fold", f"{config.splits_file} has {len(splits)} folds, fold {config.fold} asked for")
     split = splits[config.fold]
     cache_dir = out_dir / "cache"
     t0 = time.perf_counter()
