@@ -15,13 +15,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
-from petseg.geometry import physical_bounds
+from petseg.geometry import physical_bounds, same_grid
 
 log = logging.getLogger(__name__)
 
 PET_MAX_SUV = 1000.0  # a PET whose maximum is above this is in Bq/ml (or counts), not SUV
 CT_AIR_HU = -500.0  # a CT in HU has air (about -1000 HU) around or inside the patient
-CT_STORED_MIN_MAX = 1500.0  # min >= 0 with max above this: stored values without the -1024 intercept
+CT_STORED_MIN_MAX = 1000.0  # min >= 0 with max above this: stored values without the -1024 intercept
 MIN_AXIAL_OVERLAP = 0.5  # CT must cover this fraction of the PET's axial extent ...
 WARN_AXIAL_OVERLAP = 0.9  # ... and below this fraction a warning is logged
 # The network grid (before the body crop) is refused above this many voxels: input (2 x float32),
@@ -120,39 +120,68 @@ def check_network_size(pet: sitk.Image, target_spacing, *, source: str | Path) -
         )
 
 
-def nifti_nonfinite(path: Path) -> int:
-    """Number of NaN/inf values in the raw data of a float NIfTI file (0 for other types).
-
-    ITK's NIfTI reader turns NaN into 0 silently, so NIfTI files are checked in their own bytes.
-    """
+def check_nifti_data(path: Path, *, role: str) -> None:
+    """Read a NIfTI file's raw voxel data once more: ITK's reader turns NaN into 0 and reads a
+    truncated .nii.gz without complaint, so both are checked in the file's own bytes."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        head = fh.read(540)
-        for order in "<>":
-            size = struct.unpack(order + "i", head[:4])[0]
-            if size in (348, 540):
-                break
-        else:
-            return 0
-        if size == 348:
-            dims = struct.unpack(order + "8h", head[40:56])
-            datatype = struct.unpack(order + "h", head[70:72])[0]
-            offset = int(struct.unpack(order + "f", head[108:112])[0])
-        else:
-            datatype = struct.unpack(order + "h", head[12:14])[0]
-            dims = struct.unpack(order + "8q", head[16:80])
-            offset = struct.unpack(order + "q", head[168:176])[0]
-        dtype = {16: np.float32, 64: np.float64}.get(datatype)
-        if dtype is None or not 1 <= dims[0] <= 7:
-            return 0
-        count = int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64))
-        fh.seek(offset)
-        dtype = np.dtype(dtype).newbyteorder(order)
-        bad, chunk = 0, 1 << 22
-        while count > 0:
-            data = np.frombuffer(fh.read(min(count, chunk) * dtype.itemsize), dtype=dtype)
-            if data.size == 0:
-                break
-            bad += int(data.size - np.count_nonzero(np.isfinite(data)))
-            count -= data.size
-        return bad
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+            order = next((o for o in "<>" if struct.unpack(o + "i", head[:4])[0] in (348, 540)), None)
+            if order is None:
+                return
+            if struct.unpack(order + "i", head[:4])[0] == 348:
+                dims = struct.unpack(order + "8h", head[40:56])
+                datatype, bitpix = struct.unpack(order + "2h", head[70:74])
+                offset = int(struct.unpack(order + "f", head[108:112])[0])
+            else:
+                datatype, bitpix = struct.unpack(order + "2h", head[12:16])
+                dims = struct.unpack(order + "8q", head[16:80])
+                offset = struct.unpack(order + "q", head[168:176])[0]
+            if not 1 <= dims[0] <= 7 or bitpix % 8:
+                return
+            count = int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64))
+            dtype = {16: np.float32, 64: np.float64}.get(datatype)
+            dtype = np.dtype(dtype).newbyteorder(order) if dtype else None
+            itemsize = bitpix // 8
+            fh.seek(offset)
+            bad, left, chunk = 0, count * itemsize, 1 << 24
+            while left > 0:
+                data = fh.read(min(left, chunk))
+                if not data:
+                    break
+                left -= len(data)
+                if dtype is not None:
+                    values = np.frombuffer(data[: len(data) // itemsize * itemsize], dtype=dtype)
+                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+    except (OSError, EOFError, struct.error) as err:
+        raise InputError(path, f"cannot be read as an image (truncated or corrupt: {err})") from None
+    if left > 0:
+        raise InputError(path, f"cannot be read as an image (truncated: {left} bytes of voxel data missing)")
+    if bad:
+        raise InputError(path, f"{role} contains {bad} NaN or infinite voxels")
+
+
+def check_mask(array: np.ndarray, *, source: str | Path, role: str = "mask") -> None:
+    """A lesion mask holds integers >= 0; any non-zero label counts as lesion (with a warning
+    when labels above 1 appear). Negative or fractional values (a probability map) are refused."""
+    values = np.unique(array)
+    if values.size and values[0] < 0:
+        raise InputError(source, f"{role} has negative values (minimum {values[0]:g}): expected a 0/1 mask")
+    if not np.array_equal(values, np.round(values)):
+        fraction = values[values != np.round(values)]
+        raise InputError(
+            source, f"{role} has non-integer values (e.g. {fraction[0]:g}): a probability map? expected a 0/1 mask"
+        )
+    if values.size and values[-1] > 1:
+        log.warning("%s: %s labels up to %g: every non-zero label counts as lesion", source, role, values[-1])
+
+
+def check_same_grid(reference: sitk.Image, other: sitk.Image, *, reference_source: str, other_source: str) -> None:
+    """Refuse an image that does not lie on the grid of the one it is compared with."""
+    if not same_grid(reference, other, tol=1e-3):
+        raise InputError(
+            other_source,
+            f"grid differs from {reference_source} (size {other.GetSize()} vs {reference.GetSize()}, "
+            f"spacing/origin/direction must match)",
+        )

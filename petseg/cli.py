@@ -103,6 +103,8 @@ def _predict_dicom(args: argparse.Namespace) -> int:
 def _convert_dicom(args: argparse.Namespace) -> int:
     from petseg.dicom import convert_dicom
 
+    if args.pet_dicom is None:
+        raise ConfigError("petseg convert-dicom", "give --pet-dicom DIR (and --ct-dicom DIR for the CT files)")
     paths = convert_dicom(
         pet_dir=args.pet_dicom, ct_dir=args.ct_dicom, output=args.output, pet_uid=args.pet_series, ct_uid=args.ct_series
     )
@@ -150,6 +152,7 @@ def _qc(args: argparse.Namespace) -> int:
         output=args.output,
         suv_window=tuple(args.suv_window),
         title=args.title or "",
+        sources={"PET": str(args.pet), "mask": str(args.mask), "ground truth": str(args.gt)},
     )
     return 0
 
@@ -222,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("convert-dicom", help="DICOM PET/CT -> SUV.nii.gz, CT.nii.gz, CTres.nii.gz")
+    p = sub.add_parser("convert-dicom", help="DICOM PET[/CT] -> SUV.nii.gz [CT.nii.gz, CTres.nii.gz]")
     add_dicom_options(p)
     p.add_argument("-o", "--output", required=True, type=Path)
     p.set_defaults(func=_convert_dicom)

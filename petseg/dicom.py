@@ -91,19 +91,40 @@ def select_series(folder: str | Path, *, modality: str, uid: str | None = None, 
 def _read_datasets(series: Series) -> list:
     import pydicom
 
-    return [pydicom.dcmread(p) for p in series.files]
+    datasets = []
+    for path in series.files:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except Exception as err:  # pydicom raises many types for damaged files
+            raise InputError(path, f"DICOM file cannot be read ({type(err).__name__}: {err})") from None
+    return datasets
+
+
+def _source(ds, fallback: str) -> str:
+    return str(getattr(ds, "filename", None) or fallback)
+
+
+def _vector(ds, keyword: str, length: int, *, source: str) -> np.ndarray:
+    """A numeric multi-valued attribute of one slice, or a refusal naming the file and attribute."""
+    try:
+        value = np.asarray([float(v) for v in ds[keyword].value], float)
+    except (KeyError, TypeError, ValueError):
+        raise InputError(_source(ds, source), f"slice has no usable {keyword}") from None
+    if value.shape != (length,) or not np.isfinite(value).all():
+        raise InputError(_source(ds, source), f"slice has an invalid {keyword} {list(value)}")
+    return value
 
 
 def _sort_slices(datasets: list, *, source: str) -> tuple[list, np.ndarray, np.ndarray]:
     """Slices ordered along the normal; returns them, the 3x3 direction (columns x, y, z)
     and each slice's position along the normal (mm)."""
-    iop = np.asarray(datasets[0].ImageOrientationPatient, float)
+    iop = _vector(datasets[0], "ImageOrientationPatient", 6, source=source)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     for ds in datasets:
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
-            raise InputError(source, "slices have different orientations")
-    position = [float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)) for ds in datasets]
+        if not np.allclose(_vector(ds, "ImageOrientationPatient", 6, source=source), iop, atol=1e-4):
+            raise InputError(_source(ds, source), "slices have different orientations")
+    position = [float(np.dot(_vector(ds, "ImagePositionPatient", 3, source=source), normal)) for ds in datasets]
     order = np.argsort(position, kind="stable")
     return [datasets[i] for i in order], np.stack([row, col, normal], axis=1), np.asarray(position)[order]
 
@@ -123,31 +144,47 @@ def volume_from_datasets(datasets: list, *, source: str) -> tuple[sitk.Image, li
         )
     slices = []
     for ds in ordered:
-        slope = float(ds.get("RescaleSlope", 1.0))
-        intercept = float(ds.get("RescaleIntercept", 0.0))
-        slices.append(ds.pixel_array.astype(np.float64) * slope + intercept)
+        try:
+            slope = float(ds.get("RescaleSlope", 1.0))
+            intercept = float(ds.get("RescaleIntercept", 0.0))
+            pixels = ds.pixel_array
+        except Exception as err:  # missing or undecodable pixel data, non-numeric rescale values
+            raise InputError(_source(ds, source), f"slice pixel data unusable ({type(err).__name__}: {err})") from None
+        if slices and pixels.shape != slices[0].shape:
+            raise InputError(
+                _source(ds, source), f"slice matrix {pixels.shape} differs from the series' {slices[0].shape}"
+            )
+        slices.append(pixels.astype(np.float64) * slope + intercept)
     image = sitk.GetImageFromArray(np.stack(slices))
-    dy, dx = (float(v) for v in ordered[0].PixelSpacing)
+    dy, dx = _vector(ordered[0], "PixelSpacing", 2, source=source)
+    if min(dx, dy) <= 0:
+        raise InputError(_source(ordered[0], source), f"pixel spacing {dy}, {dx} must be positive")
     image.SetSpacing((dx, dy, spacing))
     image.SetOrigin(tuple(float(v) for v in ordered[0].ImagePositionPatient))
     image.SetDirection(tuple(direction.reshape(-1)))
     return image, ordered
 
 
-def _datetime(date: str | None, time: str | None) -> dt.datetime | None:
+def _datetime(date: str | None, time: str | None, *, source: str) -> dt.datetime | None:
+    """DICOM DA + TM -> datetime; a malformed value is an InputError naming it."""
     if not date or not time:
         return None
-    time = str(time).split(".")
-    frac = time[1] if len(time) > 1 else "0"
-    whole = time[0].ljust(6, "0")
-    return dt.datetime.strptime(f"{date}{whole}", "%Y%m%d%H%M%S") + dt.timedelta(seconds=float(f"0.{frac}"))
+    parts = str(time).strip().split(".")
+    frac = parts[1] if len(parts) > 1 else "0"
+    whole = parts[0].ljust(6, "0")
+    try:
+        return dt.datetime.strptime(f"{str(date).strip()}{whole}", "%Y%m%d%H%M%S") + dt.timedelta(
+            seconds=float(f"0.{frac}")
+        )
+    except ValueError:
+        raise InputError(source, f"malformed date/time {date!r} {time!r} (expected YYYYMMDD and HHMMSS.frac)") from None
 
 
-def _dicom_datetime(value: str | None) -> dt.datetime | None:
+def _dicom_datetime(value: str | None, *, source: str) -> dt.datetime | None:
     if not value:
         return None
     value = str(value).split("+")[0].split("-")[0]
-    return _datetime(value[:8], value[8:] or "000000")
+    return _datetime(value[:8], value[8:] or "000000", source=source)
 
 
 def suv_factor(datasets: list, *, source: str) -> float:
@@ -182,19 +219,22 @@ def suv_factor(datasets: list, *, source: str) -> float:
         raise InputError(source, f"Decay Correction {correction or 'missing'}: only START and ADMIN are supported")
     if correction == "ADMIN":
         return weight * 1000.0 / dose
-    reference = _datetime(ds.get("SeriesDate"), ds.get("SeriesTime"))
+    file = _source(ds, source)
+    reference = _datetime(ds.get("SeriesDate"), ds.get("SeriesTime"), source=file)
     if reference is None:
-        acquired = [_datetime(d.get("AcquisitionDate"), d.get("AcquisitionTime")) for d in datasets]
+        acquired = [
+            _datetime(d.get("AcquisitionDate"), d.get("AcquisitionTime"), source=_source(d, source)) for d in datasets
+        ]
         acquired = [a for a in acquired if a is not None]
         if not acquired:
             raise InputError(source, "no series or acquisition date/time: cannot decay-correct the dose")
         reference = min(acquired)
-    injection = _dicom_datetime(info.get("RadiopharmaceuticalStartDateTime"))
+    injection = _dicom_datetime(info.get("RadiopharmaceuticalStartDateTime"), source=file)
     if injection is None:
         start = info.get("RadiopharmaceuticalStartTime")
         if not start:
             raise InputError(source, "no injection time (RadiopharmaceuticalStartTime)")
-        injection = _datetime(reference.strftime("%Y%m%d"), start)
+        injection = _datetime(reference.strftime("%Y%m%d"), start, source=file)
         day_before = injection - dt.timedelta(days=1)
         if injection > reference and reference - day_before <= dt.timedelta(hours=12):
             injection = day_before  # e.g. injected 23:30, scanned 00:30: the dates were not stored
@@ -213,7 +253,10 @@ def read_pet_suv(folder: str | Path, *, uid: str | None = None) -> tuple[sitk.Im
     series = select_series(folder, modality="PT", uid=uid, option="--pet-series")
     datasets = _read_datasets(series)
     image, ordered = volume_from_datasets(datasets, source=str(folder))
-    factor = suv_factor(ordered, source=str(folder))
+    try:
+        factor = suv_factor(ordered, source=str(folder))
+    except (ValueError, TypeError, AttributeError) as err:  # non-numeric weight, dose, half-life ...
+        raise InputError(_source(ordered[0], str(folder)), f"PET attributes unusable for SUV ({err})") from None
     suv = sitk.Cast(image * factor, sitk.sitkFloat32)
     return suv, ordered
 
@@ -280,22 +323,26 @@ def study_name(pet_datasets: list) -> str:
 def convert_dicom(
     *,
     pet_dir: str | Path,
-    ct_dir: str | Path,
     output: str | Path,
+    ct_dir: str | Path | None = None,
     pet_uid: str | None = None,
     ct_uid: str | None = None,
     settings: Settings | None = None,
 ) -> list[Path]:
-    """Write ``SUV.nii.gz``, ``CT.nii.gz`` and ``CTres.nii.gz`` (CT on the PET grid), like the
-    autoPET data release; outside the CT, ``settings.ct_fill_hu``)."""
-    from petseg.io import write_image
+    """Write ``SUV.nii.gz`` and, given a CT, ``CT.nii.gz`` and ``CTres.nii.gz`` (CT on the PET
+    grid, ``settings.ct_fill_hu`` outside the CT), like the autoPET data release. All files
+    or none are written."""
+    from petseg.io import atomic_paths, save_image
     from petseg.preprocess import ct_on_pet_grid
 
     suv, _ = read_pet_suv(pet_dir, uid=pet_uid)
-    ct = read_ct(ct_dir, uid=ct_uid)
-    ctres, _ = ct_on_pet_grid(ct, suv, settings=settings or Settings())
-    output = Path(output)
-    return [
-        write_image(img, output / name)
-        for img, name in ((suv, "SUV.nii.gz"), (ct, "CT.nii.gz"), (ctres, "CTres.nii.gz"))
-    ]
+    images = {"SUV.nii.gz": suv}
+    if ct_dir is not None:
+        ct = read_ct(ct_dir, uid=ct_uid)
+        images["CT.nii.gz"] = ct
+        images["CTres.nii.gz"] = ct_on_pet_grid(ct, suv, settings=settings or Settings())[0]
+    targets = [Path(output) / name for name in images]
+    with atomic_paths(targets) as temps:
+        for tmp, target, image in zip(temps, targets, images.values()):
+            save_image(image, tmp, target=target)
+    return targets

@@ -14,10 +14,11 @@ import SimpleITK as sitk
 from scipy.stats import rankdata
 from tqdm import tqdm
 
+from petseg.checks import check_mask, check_same_grid
 from petseg.errors import InputError
 from petseg.io import read_image
 from petseg.layout import index_images, strip_suffix
-from petseg.metrics import Labelled, check_same_grid, labelled_metrics, lesion_table, totals, voxel_ml
+from petseg.metrics import Labelled, labelled_metrics, lesion_table, totals, voxel_ml
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ def evaluate_case(
 ) -> tuple[CaseResult, list[dict]]:
     gt_img = read_image(gt_path, role="ground truth")
     pred_img = read_image(pred_path, role="prediction")
-    check_same_grid(gt_img, pred_img, gt_source=str(gt_path), pred_source=str(pred_path))
+    check_same_grid(gt_img, pred_img, reference_source=f"the ground truth {gt_path}", other_source=str(pred_path))
+    check_mask(sitk.GetArrayViewFromImage(gt_img), source=gt_path, role="ground truth")
+    check_mask(sitk.GetArrayViewFromImage(pred_img), source=pred_path, role="prediction")
     ml = voxel_ml(gt_img)
     labelled = {
         "gt": Labelled.of(sitk.GetArrayViewFromImage(gt_img) > 0),
@@ -72,7 +75,7 @@ def evaluate_case(
     lesions: list[dict] = []
     if pet_path is not None:
         pet_img = read_image(pet_path, role="PET")
-        check_same_grid(gt_img, pet_img, gt_source=str(gt_path), pred_source=str(pet_path))
+        check_same_grid(gt_img, pet_img, reference_source=f"the ground truth {gt_path}", other_source=str(pet_path))
         pet = sitk.GetArrayViewFromImage(pet_img)
         for role, other in (("gt", "pred"), ("pred", "gt")):
             table = lesion_table(labelled[role], pet, voxel_volume_ml=ml)

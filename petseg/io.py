@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.checks import check_geometry, nifti_nonfinite
+from petseg.checks import check_geometry, check_nifti_data
 from petseg.errors import InputError, OutputError
 from petseg.layout import image_suffix
 
@@ -69,9 +69,7 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
         ) from None
     check_geometry(image, source=path)
     if image_suffix(path) in (".nii", ".nii.gz"):
-        bad = nifti_nonfinite(path)
-        if bad:
-            raise InputError(path, f"{role} contains {bad} NaN or infinite voxels")
+        check_nifti_data(path, role=role)
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
@@ -207,6 +205,11 @@ def save_image(image: sitk.Image, path: Path, *, target: str | Path, compress: b
         raise OutputError(target, f"write failed, is the disk full? ({_first_itk_line(err)})") from None
     if back.GetSize() != image.GetSize():
         raise OutputError(target, "write failed: the file does not read back with the image's size")
+    if image_suffix(target) in (".nii", ".nii.gz"):  # ITK reads a truncated .nii.gz without complaint
+        try:
+            check_nifti_data(path, role="output")
+        except InputError as err:
+            raise OutputError(target, f"write failed, is the disk full? ({err.problem})") from None
 
 
 def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:

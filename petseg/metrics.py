@@ -17,9 +17,6 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.errors import InputError
-from petseg.geometry import same_grid
-
 CONNECTIVITY = 18
 
 
@@ -112,12 +109,3 @@ def totals(table: dict[str, np.ndarray]) -> LesionStats:
     tlg = float((mtv * table["suv_mean"]).sum())
     tmtv = float(mtv.sum())
     return LesionStats(len(mtv), tmtv, tlg, float(table["suv_max"].max()), tlg / tmtv)
-
-
-def check_same_grid(gt: sitk.Image, pred: sitk.Image, *, gt_source: str, pred_source: str) -> None:
-    if not same_grid(gt, pred, tol=1e-3):
-        raise InputError(
-            pred_source,
-            f"grid differs from the ground truth {gt_source} (size {pred.GetSize()} vs {gt.GetSize()}, "
-            f"spacing/origin/direction must match)",
-        )

@@ -72,12 +72,16 @@ def network_kwargs(*, channels: Sequence[int] | None = None, num_res_units: int 
     return network
 
 
-def build_network(kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """``monai.networks.nets.UNet`` from JSON-style keyword arguments (lists become tuples)."""
+def build_network(kwargs: Mapping[str, Any], *, source: str | Path = "network") -> torch.nn.Module:
+    """``monai.networks.nets.UNet`` from JSON-style keyword arguments (lists become tuples);
+    arguments the UNet does not take are a ModelError naming ``source``."""
     from monai.networks.nets import UNet
 
     clean = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return UNet(**clean)
+    try:
+        return UNet(**clean)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ModelError(source, f"network arguments do not build a UNet ({type(err).__name__}: {err})") from None
 
 
 def count_parameters(network: torch.nn.Module) -> int:
@@ -130,6 +134,9 @@ class ModelFolder:
         if not folds:
             raise ModelError(meta_path, "lists no folds")
         for fold in folds:
+            inside = (path / fold.file).resolve()
+            if not inside.is_relative_to(path.resolve()):
+                raise ModelError(meta_path, f"fold {fold.fold} file {fold.file!r} lies outside the model folder")
             if not (path / fold.file).is_file():
                 raise ModelError(path / fold.file, f"checkpoint of fold {fold.fold} is missing")
         return cls(path, network, settings, folds, str(meta.get("description", "")))
@@ -143,7 +150,7 @@ class ModelFolder:
                 actual = sha256_file(file)
                 if actual != fold.sha256:
                     raise ModelError(file, f"sha256 mismatch: expected {fold.sha256[:12]}…, got {actual[:12]}…")
-            network = build_network(self.network)
+            network = build_network(self.network, source=self.path / MODEL_JSON)
             load_state_dict(network, read_state_dict(file), source=file)
             networks.append(network.eval())
         return networks

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.checks import check_mask, check_same_grid
 from petseg.io import atomic_path
 
 LPS = "LPS"  # array (z, y, x): x towards the patient's left, y posterior, z superior
@@ -30,9 +31,20 @@ def render_qc(
     gt: sitk.Image | None = None,
     suv_window: tuple[float, float] = (0.0, 10.0),
     title: str = "",
+    sources: dict[str, str] | None = None,
 ) -> Path:
     """Write a PNG: inverted-grey PET MIPs (SUV window), predicted lesions outlined in red,
-    ground truth (optional) in green. Patient's right is on the viewer's left (coronal)."""
+    ground truth (optional) in green. Patient's right is on the viewer's left (coronal).
+    Masks must lie on the PET's grid and hold 0/1 (or lesion labels); ``sources`` names the
+    files ("PET", "mask", "ground truth") in error messages."""
+    sources = sources or {}
+    for role, image in (("mask", mask), ("ground truth", gt)):
+        if image is not None:
+            source = sources.get(role, role)
+            check_same_grid(
+                pet, image, reference_source=f"the PET {sources.get('PET', '')}".strip(), other_source=source
+            )
+            check_mask(sitk.GetArrayViewFromImage(image), source=source, role=role)
     import matplotlib
 
     matplotlib.use("Agg")

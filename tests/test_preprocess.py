@@ -15,8 +15,8 @@ ISO2 = Settings(body_margin_mm=4.0)
 
 
 def ramp_study(direction, *, spacing=(2.0, 2.0, 2.0), size=(14, 11, 9), origin=(-31.0, 17.5, 240.0)):
-    """PET whose value encodes the voxel index (unique per voxel) and a CT with body everywhere."""
-    values = np.arange(np.prod(size), dtype=np.float32).reshape(size) + 1.0
+    """PET whose value encodes the voxel index (unique per voxel, in an SUV range) and a CT with body everywhere."""
+    values = (np.arange(np.prod(size), dtype=np.float32).reshape(size) + 1.0) * np.float32(0.01)  # SUV-like range
     pet = make_image(values, spacing=spacing, origin=origin, direction=direction)
     ct = make_image(np.full(size, 50.0, np.float32), spacing=spacing, origin=origin, direction=direction)
     return ct, pet, values

@@ -32,7 +32,7 @@ def test_invalid_values_name_the_field_and_value(field, value):
 def test_with_overrides_ignores_none_and_coerces_lists():
     s = Settings().with_overrides(roi_size=[64, 64, 32], device=None)
     assert s.roi_size == (64, 64, 32) and s.device == "auto"
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="settings: unknown"):
         Settings().with_overrides(nonsense=1)
 
 

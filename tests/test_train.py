@@ -326,7 +326,7 @@ def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 1 of 2" in result.stderr and "rank 0 of 2" in result.stderr
+    assert "rank 1 of 2" in result.stdout and "rank 0 of 2" in result.stdout  # routine log: stdout
     with open(run / "fold_0" / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # one writer: no duplicated rows
