@@ -9,6 +9,7 @@ killed earlier run are removed the next time the same target is written.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import logging
 import math
@@ -97,7 +98,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_partials(target: Path) -> None:
     """Remove temporary files of ``target`` left by a killed run (their writer process is gone)."""
-    for stale in target.parent.glob(f".{target.name}.*{PARTIAL}*"):
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*{PARTIAL}*"):
         parts = stale.name[len(target.name) + 2 :].split(".")
         if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
             stale.unlink(missing_ok=True)
@@ -177,7 +178,8 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
     except OSError as err:
         for target in published:
             target.unlink(missing_ok=True)
-        raise OutputError(err.filename or targets[-1], f"write failed ({err.strerror or err})") from None
+        named = dict(zip(map(str, temps), targets)).get(str(err.filename), err.filename or targets[-1])
+        raise OutputError(named, f"write failed ({err.strerror or err})") from None
     except BaseException:
         for target in published:
             target.unlink(missing_ok=True)
