@@ -8,9 +8,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from petseg import gc
-from petseg.frontend import ArgumentParser, add_speed_options, run_guarded, setup_logging, speed_overrides
-from petseg.predictor import Predictor
+from petseg.frontend import (
+    ArgumentParser,
+    add_speed_options,
+    configure_threads,
+    run_guarded,
+    setup_logging,
+    speed_overrides,
+)
+
+configure_threads()  # before torch is imported: a Grand Challenge instance may have 4 of the host's CPUs
+
+from petseg import gc  # noqa: E402
+from petseg.predictor import Predictor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GC_TIME_BUDGET_S = 270.0  # autoPET III allowed 5 minutes per case; keep 30 s for reading, writing, start-up

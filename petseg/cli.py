@@ -11,7 +11,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from petseg.errors import ConfigError, InputError, OutputError
-from petseg.frontend import ArgumentParser, add_speed_options, positive, run_guarded, setup_logging, speed_overrides
+from petseg.frontend import (
+    ArgumentParser,
+    add_speed_options,
+    configure_threads,
+    positive,
+    run_guarded,
+    setup_logging,
+    speed_overrides,
+)
 from petseg.train.cli import add_train_commands
 
 log = logging.getLogger("petseg")
@@ -285,6 +293,7 @@ def fraction(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_threads()  # torch and SimpleITK are imported later, by the command
     args = build_parser().parse_args(argv)
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     setup_logging(verbose=verbose, quiet=quiet)

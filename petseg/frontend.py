@@ -10,11 +10,40 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import NoReturn
 
 log = logging.getLogger("petseg")
+
+
+def available_cpus(*, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (a
+    container limited with ``--cpus 4`` on a 64-core host gets 4, not 64)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            if period_file is None:  # cgroup v2: "<quota> <period>" or "max <period>"
+                quota, period = (cgroup / quota_file).read_text().split()[:2]
+            else:  # cgroup v1
+                quota, period = (cgroup / quota_file).read_text().strip(), (cgroup / period_file).read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+        break
+    return max(1, cpus)
+
+
+def configure_threads(environ: MutableMapping[str, str] = os.environ) -> int:
+    """Thread pools sized to :func:`available_cpus` unless the user set them; must run before
+    torch and SimpleITK are imported (they read these variables once). Returns the count."""
+    cpus = available_cpus()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        environ.setdefault(name, str(cpus))
+    return int(environ["OMP_NUM_THREADS"])
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -46,3 +46,17 @@ def test_every_subpackage_is_shipped():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "petseg").rglob("__init__.py")}
     assert found == listed
+
+
+def test_threads_follow_the_cgroup_quota_and_affinity(tmp_path, monkeypatch):
+    from petseg.frontend import available_cpus, configure_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    (tmp_path / "cpu.max").write_text("400000 100000\n")  # docker run --cpus 4
+    assert available_cpus(cgroup=tmp_path) == 4
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(cgroup=tmp_path) == 16
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU still gets one thread
+    assert available_cpus(cgroup=tmp_path) == 1
+    env = {"OMP_NUM_THREADS": "3"}
+    assert configure_threads(env) == 3 and env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"].isdigit()
