@@ -1,27 +1,51 @@
 # petseg Grand Challenge algorithm container (autoPET III Task 1 interface).
-# torch==2.13.0 from PyPI on linux/x86_64 is the CUDA build (it carries its CUDA libraries).
 FROM python:3.11.10-slim-bookworm
+
+# Which build of torch==2.13.0 (see README, "Grand Challenge container" for the NVIDIA driver each needs):
+#   ""                                       PyPI's linux x86_64 wheel = CUDA 13.0 (driver >= 580)
+#   https://download.pytorch.org/whl/cuXYZ   a CUDA 12.x build (driver >= 525), if PyTorch publishes one for 2.13.0
+#   https://download.pytorch.org/whl/cpu     CPU only (smallest image)
+ARG TORCH_INDEX_URL=""
+# Optional pip index settings for the build only (a mirror, a wheel folder); they do not
+# reach the image's environment. test/container/build-offline.sh passes the host's.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    OMP_NUM_THREADS=8
+    PETSEG_MODEL_DIR=/opt/app/weights \
+    MPLCONFIGDIR=/tmp/matplotlib
 
-RUN groupadd --system --gid 1001 user && useradd --system --uid 1001 --gid user --create-home --home-dir /home/user user \
-    && mkdir -p /opt/app /input /output && chown user:user /opt/app /output
+# Runtime user uid 1001; it may write /output (and /tmp) only: code and weights belong to root.
+RUN groupadd --system --gid 1001 user \
+    && useradd --system --uid 1001 --gid user --create-home --home-dir /home/user user \
+    && mkdir -p /opt/app /input /output \
+    && chown user:user /output
 
 WORKDIR /opt/app
 
-COPY --chown=user:user requirements.txt /opt/app/
-RUN python -m pip install --no-cache-dir -r /opt/app/requirements.txt
+# Pinned runtime dependencies, torch first (the big layer; cached while requirements.txt is unchanged).
+COPY requirements.txt /opt/app/
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS \
+        python -m pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "$(grep -E '^torch==' requirements.txt)"; \
+    fi \
+    && python -m pip install --no-cache-dir -r requirements.txt \
+    && rm -rf /root/.cache /tmp/*
 
-COPY --chown=user:user pyproject.toml README.md /opt/app/
-COPY --chown=user:user petseg /opt/app/petseg
-RUN python -m pip install --no-cache-dir --no-deps /opt/app
+# petseg itself, with its dependencies checked (all pinned above), from a copy that is removed again.
+COPY pyproject.toml README.md /tmp/petseg-src/
+COPY petseg /tmp/petseg-src/petseg
+RUN python -m pip install --no-cache-dir /tmp/petseg-src \
+    && python -m pip check \
+    && rm -rf /tmp/petseg-src /root/.cache /tmp/*
 
-COPY --chown=user:user weights /opt/app/weights
-COPY --chown=user:user process.py /opt/app/
+COPY weights /opt/app/weights
+COPY process.py /opt/app/
 
 USER 1001:1001
 

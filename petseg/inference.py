@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from petseg.errors import ModelError
+from petseg.errors import ConfigError, ModelError
 from petseg.settings import Settings, check_device
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,14 @@ def fold_batchnorm(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
+def check_compiler() -> None:
+    """torch.compile builds C++ (CPU) or Triton (CUDA) kernels: both need a C compiler. The
+    Grand Challenge image has none, on purpose (g++ would add 374 MB, and every job starts
+    with an empty compile cache, so compiling never pays back there)."""
+    if shutil.which("g++") is None or shutil.which("gcc") is None:
+        raise ConfigError("compile", "needs a C/C++ compiler (gcc, g++), which this environment lacks; run without it")
+
+
 def prepare_network(network: torch.nn.Module, *, settings: Settings) -> torch.nn.Module:
     """Eval mode, BatchNorm folded, channels-last, optionally compiled; a copy whenever
     anything is changed, so the caller's module stays as it was."""
@@ -94,6 +103,7 @@ def prepare_network(network: torch.nn.Module, *, settings: Settings) -> torch.nn
     if settings.channels_last:
         network = network.to(memory_format=torch.channels_last_3d)
     if settings.compile:
+        check_compiler()
         network = torch.compile(network)
     return network
 

@@ -52,11 +52,50 @@ def test_requirements_pin_the_same_torch_as_the_package():
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
 
 
-@pytest.mark.parametrize("script", ["build.sh", "export.sh", "test.sh", ".ci/run"])
+@pytest.mark.parametrize(
+    "script",
+    ["build.sh", "export.sh", "test.sh", ".ci/run", "test/container/build-offline.sh", "test/container/check-image.sh"],
+)
 def test_scripts_are_executable_bash(script):
     path = ROOT / script
     assert os.access(path, os.X_OK)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_requirements_pin_every_dependency_of_the_package():
+    """The image installs requirements.txt, then petseg with its dependencies and runs pip check."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in deps}
+    pins = {}
+    for ln in (ROOT / "requirements.txt").read_text().splitlines():
+        if ln.strip() and not ln.startswith("#"):
+            name, _, version = ln.partition("==")
+            assert version, f"requirements.txt: {ln} is not pinned"
+            pins[name.strip().lower()] = version.strip()
+    assert names <= set(pins), f"not pinned in requirements.txt: {sorted(names - set(pins))}"
+    install = [ln for ln in _instructions() if ln.upper().startswith("RUN") and "pip install" in ln]
+    assert not any("--no-deps" in ln for ln in install)
+    assert any("pip check" in ln for ln in install)
+
+
+def test_image_has_no_fixed_thread_count_and_keeps_code_root_owned():
+    lines = _instructions()
+    assert not any("OMP_NUM_THREADS" in ln or "MKL_NUM_THREADS" in ln for ln in lines)
+    assert not any(ln.upper().startswith("COPY") and "--chown" in ln for ln in lines)
+
+
+def test_export_tarball_stays_out_of_git_and_the_build_context():
+    for ignore in (".gitignore", ".dockerignore"):
+        assert "*.tar.gz" in (ROOT / ignore).read_text().splitlines(), ignore
+
+
+def test_test_sh_runs_the_image_as_grand_challenge_does():
+    text = (ROOT / "test.sh").read_text()
+    options = ["--network none", "--read-only", "--memory 30g", "--shm-size 2g", ":/input:ro", "--entrypoint python"]
+    for option in options:
+        assert option in text, option
 
 
 def test_shipped_weights_folder_is_a_valid_model_folder():

@@ -169,3 +169,12 @@ def test_tta_makes_the_ensemble_mirror_equivariant():
     d = foreground_probability(flipped, plain, device=CPU)
     assert np.abs(d - c[::-1, :, ::-1]).max() > 1e-3  # without TTA the network is not equivariant
     assert len(MIRRORS) == 8
+
+
+def test_compile_without_a_compiler_is_a_clear_refusal(monkeypatch):
+    import petseg.inference
+    from petseg.errors import ConfigError
+
+    monkeypatch.setattr(petseg.inference.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="compile: needs a C/C.. compiler"):
+        FoldAverage([build_network(TINY_NETWORK)], settings=REF.with_overrides(compile=True))
