@@ -141,6 +141,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{pred}:")
         for group, s in summary.items():
             means = f"DSC {s['dsc']:.4f}  FPV {s['fpv_ml']:.3f} ml  FNV {s['fnv_ml']:.3f} ml"
+            means += f"  lesions: sensitivity {s['lesion_sensitivity']:.3f} precision {s['lesion_precision']:.3f}"
+            means += f" F1 {s['lesion_f1']:.3f} (FN {s['fn_lesions']}, FP {s['fp_lesions']})"
             print(f"  {group:>6}: {s['cases']:4d} cases  {means}")
     if len(summaries) > 1:
         print("ranking (0.5 DSC + 0.25 FPV + 0.25 FNV ranks, mean over groups; lower is better):")

@@ -18,7 +18,7 @@ from petseg.checks import check_mask, check_same_grid
 from petseg.errors import InputError
 from petseg.io import read_image
 from petseg.layout import index_images, strip_suffix
-from petseg.metrics import Labelled, labelled_metrics, lesion_table, totals, voxel_ml
+from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,12 @@ class CaseResult:
     gt_lesions: int
     pred_lesions: int
     group: str
+    detection: Detection
     extra: dict[str, float] = field(default_factory=dict)  # lesion measures with --pet
 
     def row(self) -> dict:
-        base = {k: v for k, v in asdict(self).items() if k != "extra"}
-        return {**base, **self.extra}
+        base = {k: v for k, v in asdict(self).items() if k not in ("extra", "detection", "group")}
+        return {**base, **self.detection.row(), "group": self.group, **self.extra}
 
 
 def group_of(case: str, groups: dict[str, str] | None = None) -> str:
@@ -71,7 +72,8 @@ def evaluate_case(
         "pred": Labelled.of(sitk.GetArrayViewFromImage(pred_img) > 0),
     }
     m = labelled_metrics(labelled["gt"], labelled["pred"], voxel_volume_ml=ml)
-    result = CaseResult(case, m.dsc, m.fpv_ml, m.fnv_ml, m.gt_lesions, m.pred_lesions, group)
+    detection = Detection.of(labelled["gt"], labelled["pred"])
+    result = CaseResult(case, m.dsc, m.fpv_ml, m.fnv_ml, m.gt_lesions, m.pred_lesions, group, detection)
     lesions: list[dict] = []
     if pet_path is not None:
         pet_img = read_image(pet_path, role="PET")
@@ -118,7 +120,8 @@ def evaluate(
 
 
 def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """Mean DSC / FPV / FNV overall and per group (NaNs excluded), with case counts."""
+    """Mean DSC / FPV / FNV overall and per group (NaNs excluded), with case counts, and the
+    pooled lesion detection (counts summed over the group's cases, then divided)."""
     by_group: dict[str, list[CaseResult]] = {"all": list(results)}
     for r in results:
         by_group.setdefault(r.group, []).append(r)
@@ -128,6 +131,17 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
         for key in ("dsc", "fpv_ml", "fnv_ml"):
             values = np.array([getattr(r, key) for r in rows], float)
             summary[name][key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+        pooled = Detection.pooled([r.detection for r in rows])
+        summary[name].update(
+            {
+                "detected_lesions": pooled.detected_lesions,
+                "fn_lesions": pooled.fn_lesions,
+                "fp_lesions": pooled.fp_lesions,
+                "lesion_sensitivity": pooled.sensitivity,
+                "lesion_precision": pooled.precision,
+                "lesion_f1": pooled.f1,
+            }
+        )
     return summary
 
 

@@ -75,6 +75,66 @@ def labelled_metrics(g: Labelled, p: Labelled, *, voxel_volume_ml: float) -> Cas
 
 
 @dataclass(frozen=True)
+class Detection:
+    """Lesion-level detection counts of one case (or summed over cases: pooled).
+
+    Lesions are 18-connected components of each mask; a ground-truth lesion is *detected*
+    when at least one predicted voxel lies in it; a predicted component is a *false-positive
+    lesion* when none of its voxels lies in a ground-truth lesion. Precision counts predicted
+    components that touch a ground-truth lesion, so two predicted pieces on one lesion are two
+    true positives, and one prediction spanning two lesions detects both.
+    """
+
+    gt_lesions: int
+    pred_lesions: int
+    detected_lesions: int  # ground-truth lesions touched by the prediction
+    true_positive_lesions: int  # predicted components touching a ground-truth lesion
+
+    @classmethod
+    def of(cls, g: Labelled, p: Labelled) -> Detection:
+        return cls(g.count, p.count, int(g.touching(p.labels)[1:].sum()), int(p.touching(g.labels)[1:].sum()))
+
+    @classmethod
+    def pooled(cls, items: list[Detection]) -> Detection:
+        """Counts summed over cases (pooled figures divide only after summing)."""
+        return cls(*(sum(getattr(d, f) for d in items) for f in cls.__dataclass_fields__))
+
+    @property
+    def fn_lesions(self) -> int:
+        return self.gt_lesions - self.detected_lesions
+
+    @property
+    def fp_lesions(self) -> int:
+        return self.pred_lesions - self.true_positive_lesions
+
+    @property
+    def sensitivity(self) -> float:
+        return self.detected_lesions / self.gt_lesions if self.gt_lesions else math.nan
+
+    @property
+    def precision(self) -> float:
+        return self.true_positive_lesions / self.pred_lesions if self.pred_lesions else math.nan
+
+    @property
+    def f1(self) -> float:
+        s, p = self.sensitivity, self.precision
+        if math.isnan(s) or math.isnan(p):
+            return math.nan
+        return 0.0 if s + p == 0 else 2 * s * p / (s + p)
+
+    def row(self) -> dict[str, float]:
+        """The per-case CSV columns."""
+        return {
+            "detected_lesions": self.detected_lesions,
+            "fn_lesions": self.fn_lesions,
+            "fp_lesions": self.fp_lesions,
+            "lesion_sensitivity": self.sensitivity,
+            "lesion_precision": self.precision,
+            "lesion_f1": self.f1,
+        }
+
+
+@dataclass(frozen=True)
 class LesionStats:
     """Per-mask totals: lesion count, TMTV (ml), TLG (ml x SUV), SUVmax, SUVmean over all lesions."""
 

@@ -77,11 +77,16 @@ def test_folder_evaluation_csv_and_summary(folders, capsys):
     assert int(a["gt_count"]) == 2 and float(a["gt_suv_max"]) == 12.0
     assert float(a["gt_tlg"]) == pytest.approx(ML * (34 * 5 + 12))
     assert float(a["pred_tmtv_ml"]) == pytest.approx(35 * ML)
+    detection = ["detected_lesions", "fn_lesions", "fp_lesions", "lesion_sensitivity", "lesion_precision", "lesion_f1"]
+    assert all(column in a for column in detection)
+    assert int(a["detected_lesions"]) + int(a["fn_lesions"]) == int(a["gt_lesions"])
+    assert b["lesion_sensitivity"] == "nan" and int(b["fp_lesions"]) == int(b["pred_lesions"])  # empty GT
     lesions = list(csv.DictReader(open(folders / "results_lesions.csv")))
     gt_lesions = [r for r in lesions if r["case"] == "fdg_a_1" and r["mask"] == "gt"]
     assert sorted(r["detected"] for r in gt_lesions) == ["False", "True"]
     text = capsys.readouterr().out
     assert "fdg:    1 cases  DSC 0.7714" in text and "psma:    1 cases  DSC nan" in text
+    assert "lesions: sensitivity" in text
 
 
 def test_pair_of_files_and_grid_mismatch(folders):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from petseg.metrics import Labelled, case_metrics, lesion_table, totals
+from petseg.metrics import Detection, Labelled, case_metrics, lesion_table, totals
 
 from conftest import SHARED
 
@@ -125,3 +125,89 @@ def test_conformance_on_real_autopet3_masks(prediction):
     assert m.dsc == pytest.approx(dsc, abs=1e-12)
     assert m.fpv_ml == pytest.approx(fpv, abs=1e-9)
     assert m.fnv_ml == pytest.approx(fnv, abs=1e-9)
+
+
+# --- lesion detection --------------------------------------------------------------------------
+
+
+def blobs(shape, boxes):
+    mask = np.zeros(shape, bool)
+    for z, y, x in boxes:
+        mask[z, y, x] = True
+    return mask
+
+
+S = np.s_
+GT_TWO = [(S[2:5], S[2:5], S[2:5]), (S[2:5], S[10:13], S[10:13])]  # two lesions, far apart
+
+
+@pytest.mark.parametrize(
+    "pred_boxes, expected",
+    [
+        # (detected, fn, fp, sensitivity, precision)
+        ([GT_TWO[0]], (1, 1, 0, 0.5, 1.0)),  # a missed lesion
+        ([*GT_TWO, (S[12:14], S[2:4], S[12:14])], (2, 0, 1, 1.0, 2 / 3)),  # a false blob
+        ([(S[3:4], S[3:12], S[3:12])], (2, 0, 0, 1.0, 1.0)),  # one prediction touching both lesions
+        ([(S[2:3], S[2:5], S[2:5]), (S[4:5], S[2:5], S[2:5])], (1, 1, 0, 0.5, 1.0)),  # two pieces on one lesion
+    ],
+    ids=["missed", "false-blob", "touching-two", "two-pieces"],
+)
+def test_detection_on_hand_built_masks(pred_boxes, expected):
+    gt, pred = blobs((16, 16, 16), GT_TWO), blobs((16, 16, 16), pred_boxes)
+    d = Detection.of(Labelled.of(gt), Labelled.of(pred))
+    assert (d.detected_lesions, d.fn_lesions, d.fp_lesions) == expected[:3]
+    assert d.sensitivity == pytest.approx(expected[3]) and d.precision == pytest.approx(expected[4])
+    s, p = expected[3], expected[4]
+    assert d.f1 == pytest.approx(2 * s * p / (s + p))
+
+
+def test_detection_with_empty_ground_truth_or_prediction():
+    gt, empty = blobs((8, 8, 8), [GT_TWO[0]]), np.zeros((8, 8, 8), bool)
+    no_gt = Detection.of(Labelled.of(empty), Labelled.of(gt))
+    assert math.isnan(no_gt.sensitivity) and no_gt.precision == 0.0 and no_gt.fp_lesions == 1
+    assert math.isnan(no_gt.f1)
+    no_pred = Detection.of(Labelled.of(gt), Labelled.of(empty))
+    assert no_pred.sensitivity == 0.0 and math.isnan(no_pred.precision) and no_pred.fn_lesions == 1
+    assert math.isnan(no_pred.f1)
+    both = Detection.of(Labelled.of(empty), Labelled.of(empty))
+    assert math.isnan(both.sensitivity) and math.isnan(both.precision)
+
+
+def test_pooled_detection_sums_counts_before_dividing():
+    a = Detection(gt_lesions=1, pred_lesions=1, detected_lesions=1, true_positive_lesions=1)
+    b = Detection(gt_lesions=9, pred_lesions=0, detected_lesions=0, true_positive_lesions=0)
+    pooled = Detection.pooled([a, b])
+    assert pooled.sensitivity == pytest.approx(0.1)  # not the mean of 1.0 and 0.0
+    assert pooled.precision == 1.0 and pooled.fn_lesions == 9
+
+
+def independent_detection(gt, pred):
+    """Plain scipy: 18-connectivity is generate_binary_structure(3, 2)."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, 2)
+    gl, gn = ndimage.label(gt, structure)
+    pl, pn = ndimage.label(pred, structure)
+    detected = len(set(np.unique(gl[pred]).tolist()) - {0})
+    touching = len(set(np.unique(pl[gt]).tolist()) - {0})
+    return gn, pn, detected, touching
+
+
+@pytest.mark.skipif(not MASKS.is_dir(), reason="../shared/reference/autopet3-psma-masks not present")
+@pytest.mark.parametrize(
+    "prediction, counts",
+    [
+        # (gt lesions, predicted, detected, fn, fp)
+        ("prediction-nnunet-baseline", (112, 88, 90, 22, 8)),
+        ("prediction-datacentric-baseline", (112, 98, 95, 17, 16)),
+    ],
+)
+def test_detection_on_real_autopet3_masks(prediction, counts):
+    import SimpleITK as sitk
+
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(MASKS / "ground-truth.nii.gz"))) > 0
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(MASKS / f"{prediction}.nii.gz"))) > 0
+    d = Detection.of(Labelled.of(gt), Labelled.of(pred))
+    assert (d.gt_lesions, d.pred_lesions, d.detected_lesions, d.fn_lesions, d.fp_lesions) == counts
+    gn, pn, detected, touching = independent_detection(gt, pred)
+    assert (gn, pn, detected, pn - touching) == (d.gt_lesions, d.pred_lesions, d.detected_lesions, d.fp_lesions)
