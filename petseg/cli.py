@@ -32,6 +32,7 @@ def _make_predictor(args: argparse.Namespace):
         args.model_dir,
         device=args.device,
         sw_batch_size=args.sw_batch_size,
+        threshold=args.threshold,
         progress=getattr(args, "verbose", False),
         **speed_overrides(args),
     )
@@ -75,9 +76,10 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = _make_predictor(args) if cases else None
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
         output = output_path(case, args.output)
+        probability = output.with_name(f"{case.name}_probability{case.suffix}") if args.save_probabilities else None
         log.info("case %s", case.name)
         try:
-            predictor.predict_files(ct=case.ct, pet=case.pet, output=output)
+            predictor.predict_files(ct=case.ct, pet=case.pet, output=output, probability_output=probability)
             _extras(args, name=case.name, mask=output, pet=case.pet)
         except (InputError, OutputError) as err:  # a bad case does not stop the others
             log.error("case %s failed: %s", case.name, err)
@@ -230,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
     p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call (default from model.json)")
     add_speed_options(p)
+    p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's, 0.5)")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>_probability.<ext>: the ensemble's mean foreground probability (float32)",
+    )
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
     p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")
     p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")

@@ -14,7 +14,7 @@ import torch
 
 from petseg.errors import ModelError
 from petseg.inference import FoldAverage, foreground_probability, resolve_device, resolve_precision
-from petseg.io import read_image, write_image
+from petseg.io import atomic_paths, read_image, save_image
 from petseg.model import ModelFolder, default_model_dir
 from petseg.preprocess import preprocess, probability_to_mask, restore
 from petseg.settings import Settings
@@ -71,21 +71,31 @@ class Predictor:
 
     def predict(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET") -> sitk.Image:
         """uint8 {0, 1} lesion mask on the PET's native grid."""
-        return probability_to_mask(self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source))
+        probability = self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source)
+        return probability_to_mask(probability, threshold=self.settings.threshold)
 
-    def predict_paths(self, *, ct: str | Path, pet: str | Path) -> sitk.Image:
-        """Read both files and predict the mask; ``timings`` holds read, preprocess, network, restore."""
+    def predict_paths(self, *, ct: str | Path, pet: str | Path) -> tuple[sitk.Image, sitk.Image]:
+        """Read both files; (mask, probability) on the PET's grid. ``timings`` holds read,
+        preprocess, network, restore. The mask is exactly ``probability > settings.threshold``."""
         self.timings = {}
         with timed("read", self.timings):
             ct_image = read_image(ct, role="CT")
             pet_image = read_image(pet, role="PET")
-        return probability_to_mask(self._probability(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet)))
+        probability = self._probability(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet))
+        return probability_to_mask(probability, threshold=self.settings.threshold), probability
 
-    def predict_files(self, *, ct: str | Path, pet: str | Path, output: str | Path) -> Path:
-        """Read, predict, write the mask atomically; returns its path. Nothing is written on error."""
-        mask = self.predict_paths(ct=ct, pet=pet)
-        with timed("write", self.timings):
-            write_image(mask, output)
+    def predict_files(
+        self, *, ct: str | Path, pet: str | Path, output: str | Path, probability_output: str | Path | None = None
+    ) -> Path:
+        """Read, predict, write the mask (and, given ``probability_output``, the float32
+        probability) atomically, all or nothing; returns the mask's path."""
+        mask, probability = self.predict_paths(ct=ct, pet=pet)
+        outputs = {Path(output): mask}
+        if probability_output is not None:
+            outputs = {Path(probability_output): probability, **outputs}  # the mask is published last
+        with timed("write", self.timings), atomic_paths(list(outputs)) as temps:
+            for tmp, (target, image) in zip(temps, outputs.items()):
+                save_image(image, tmp, target=target)
         self.log_written(output, mask)
         return Path(output)
 

@@ -56,6 +56,8 @@ class Settings:
             many seconds (from the start of the study), drop mirrorings, then folds (never
             below one), instead of timing out with no output. None = no budget.
         progress: show a tqdm bar over sliding windows.
+        threshold: a voxel is lesion when the ensemble's mean foreground probability is
+            strictly above this (0.5 = the argmax of the two classes).
     """
 
     target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -74,6 +76,7 @@ class Settings:
     tta: bool = False
     time_budget_s: float | None = None
     progress: bool = False
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
@@ -92,12 +95,14 @@ class Settings:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("time_budget_s", f"must be positive or None, got {self.time_budget_s!r}")
         check_device(self.device)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError("threshold", f"must be in [0, 1), got {self.threshold!r}")
         if self.body_margin_mm < 0:
             raise ConfigError("body_margin_mm", f"must be >= 0, got {self.body_margin_mm!r}")
 
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
     PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm")
-    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s")
+    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (tuples coerced from lists)."""

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from petseg.cli import main
@@ -171,3 +172,31 @@ def test_predict_with_qc_writes_a_picture_per_case(gc_input, tiny_model_dir, tmp
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["3f1c0a6e-case.mha", "3f1c0a6e-case_qc.png"]
     assert (tmp_path / "out" / "3f1c0a6e-case_qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("direction", ["identity", "oblique"])
+@pytest.mark.parametrize("threshold", [None, "0.3"])
+def test_saved_probability_thresholded_is_the_mask_voxel_for_voxel(direction, threshold, tiny_model_dir, tmp_path):
+    from conftest import DIRECTIONS
+
+    src = tmp_path / "in"
+    src.mkdir()
+    ct, pet = blob_study(direction=DIRECTIONS[direction], spacing=(3.1, 2.4, 4.3))
+    sitk.WriteImage(ct, str(src / "case_0000.nii.gz"))
+    sitk.WriteImage(pet, str(src / "case_0001.nii.gz"))
+    args = ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)]
+    args += ["--device", "cpu", "--save-probabilities", *(["--threshold", threshold] if threshold else [])]
+    assert main(args) == 0
+    mask = sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz"))
+    probability = sitk.ReadImage(str(tmp_path / "out" / "case_probability.nii.gz"))
+    assert probability.GetPixelID() == sitk.sitkFloat32 and mask.GetPixelID() == sitk.sitkUInt8
+    for image in (mask, probability):
+        assert image.GetSize() == pet.GetSize()
+        np.testing.assert_allclose(image.GetDirection(), pet.GetDirection(), atol=1e-6)
+        np.testing.assert_allclose(image.GetOrigin(), pet.GetOrigin(), atol=1e-4)
+    p = sitk.GetArrayFromImage(probability)
+    expected = (p > float(threshold or 0.5)).astype(np.uint8)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
+    assert expected.sum() > 0 and p.min() >= 0 and p.max() <= 1
+    if threshold is None:  # the random tiny network puts probabilities on both sides of 0.5
+        assert expected.sum() < expected.size
