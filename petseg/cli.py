@@ -33,6 +33,7 @@ def _make_predictor(args: argparse.Namespace):
         device=args.device,
         sw_batch_size=args.sw_batch_size,
         threshold=args.threshold,
+        uncertainty=getattr(args, "save_uncertainty", False) or None,
         progress=getattr(args, "verbose", False),
         **speed_overrides(args),
     )
@@ -77,9 +78,12 @@ def _predict(args: argparse.Namespace) -> int:
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
         output = output_path(case, args.output)
         probability = output.with_name(f"{case.name}_probability{case.suffix}") if args.save_probabilities else None
+        uncertainty = output.with_name(f"{case.name}_uncertainty{case.suffix}") if args.save_uncertainty else None
         log.info("case %s", case.name)
         try:
-            predictor.predict_files(ct=case.ct, pet=case.pet, output=output, probability_output=probability)
+            predictor.predict_files(
+                ct=case.ct, pet=case.pet, output=output, probability_output=probability, uncertainty_output=uncertainty
+            )
             _extras(args, name=case.name, mask=output, pet=case.pet)
         except (InputError, OutputError) as err:  # a bad case does not stop the others
             log.error("case %s failed: %s", case.name, err)
@@ -237,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-probabilities",
         action="store_true",
         help="also write <case>_probability.<ext>: the ensemble's mean foreground probability (float32)",
+    )
+    p.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <case>_uncertainty.<ext>: the standard deviation of the folds' probabilities (float32)",
     )
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
     p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")

@@ -36,7 +36,7 @@ def run(
     check_output_folder(output_dir)
     if spec.clicks_file and (Path(input_dir) / spec.clicks_file).is_file():
         log.info("%s present: ignored (this model uses no clicks)", spec.clicks_file)
-    mask, _ = predictor.predict_paths(ct=case.ct, pet=case.pet)
+    mask = predictor.predict_paths(ct=case.ct, pet=case.pet).mask
     outputs = {gc_output_path(case, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:
         outputs = {Path(output_dir) / "data-centric-model.json": json.dumps(False), **outputs}

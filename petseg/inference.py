@@ -156,7 +156,9 @@ class FoldAverage(torch.nn.Module):
         if self.settings.channels_last:
             window = window.contiguous(memory_format=torch.channels_last_3d)
         total, passes = None, 0
+        reference = shifts = squares = None
         for network in self.networks[: self.active_folds]:
+            fold_total = None
             for flips in self.mirrors:
                 x = window.flip(flips) if flips else window
                 with torch.autocast(window.device.type, dtype=dtype, enabled=dtype is not None):
@@ -168,11 +170,25 @@ class FoldAverage(torch.nn.Module):
                     )
                 probability = torch.softmax(logits.float(), dim=1)[:, 1:2]
                 probability = probability.flip(flips) if flips else probability
-                total = probability if total is None else total + probability
+                fold_total = probability if fold_total is None else fold_total + probability
                 passes += 1
+            total = fold_total if total is None else total + fold_total
+            if self.settings.uncertainty:  # running sums of p and p^2: no per-fold volumes kept
+                fold_p = fold_total / len(self.mirrors)
+                reference = fold_p if reference is None else reference  # shifted sums: no cancellation
+                shift = fold_p - reference
+                shifts = shift if shifts is None else shifts + shift
+                squares = shift * shift if squares is None else squares + shift * shift
         if self.budget is not None:
             self._check_budget(time.perf_counter() - start, passes)
-        return total / passes
+        mean = total / passes
+        if squares is None:
+            return mean
+        # the folds' variance per window; the sliding window then averages it over overlapping
+        # windows (blending E[p^2] and E[p] instead would mix in the windows' own disagreement)
+        shift_mean = shifts / self.active_folds
+        variance = (squares / self.active_folds - shift_mean * shift_mean).clamp_min(0.0)
+        return torch.cat([mean, variance], dim=1)  # (B, 2)
 
     def _check_budget(self, seconds: float, passes: int) -> None:
         budget = self.budget
@@ -227,8 +243,22 @@ def oom_ladder(sw_batch_size: int, device: torch.device) -> list[tuple[int, torc
 def foreground_probability(
     image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
 ) -> np.ndarray:
-    """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32, with the
-    ensemble's settings (window, overlap, window batch, precision, mirroring).
+    """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32."""
+    return ensemble_maps(image, ensemble, device=device, deadline=deadline)[0]
+
+
+def fold_std(maps: np.ndarray) -> np.ndarray:
+    """Standard deviation of the folds' probabilities from ``ensemble_maps``' variance channel."""
+    return np.sqrt(np.clip(maps[1], 0.0, None)).astype(np.float32)
+
+
+def ensemble_maps(
+    image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
+) -> np.ndarray:
+    """(C, X, Y, Z) network input -> (K, X, Y, Z) float32 with the ensemble's settings (window,
+    overlap, window batch, precision, mirroring): K = 1, the mean foreground probability, or
+    with ``settings.uncertainty`` K = 2, adding the variance of the folds' probabilities
+    (computed per window from running sums of p and p^2, averaged over overlapping windows).
 
     On out-of-memory, retries down :func:`oom_ladder`, logging each step; never crashes for
     memory unless even the CPU run fails.
@@ -256,7 +286,7 @@ def foreground_probability(
                     device=out_device,
                     progress=settings.progress,
                 )
-            return output[0, 0].float().cpu().numpy()
+            return output[0].float().cpu().numpy()
         except torch.OutOfMemoryError:
             if attempt + 1 == len(steps):
                 raise

@@ -6,20 +6,35 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from petseg.errors import ModelError
-from petseg.inference import FoldAverage, foreground_probability, resolve_device, resolve_precision
+from petseg.errors import ConfigError, ModelError
+from petseg.inference import FoldAverage, ensemble_maps, fold_std, resolve_device, resolve_precision
 from petseg.io import atomic_paths, read_image, save_image
 from petseg.model import ModelFolder, default_model_dir
 from petseg.preprocess import preprocess, probability_to_mask, restore
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+UNCERTAINTY_KEY = "petseg_map"  # written into the image header (.mha keeps it; NIfTI drops it)
+UNCERTAINTY_NAME = "standard deviation of the folds' foreground probabilities"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One study's outputs on the PET's grid: uint8 mask, float32 mean foreground probability,
+    and (with ``Settings.uncertainty``) the folds' standard deviation, else None."""
+
+    mask: sitk.Image
+    probability: sitk.Image
+    uncertainty: sitk.Image | None = None
 
 
 @contextmanager
@@ -74,29 +89,40 @@ class Predictor:
         probability = self.predict_probability(ct, pet, ct_source=ct_source, pet_source=pet_source)
         return probability_to_mask(probability, threshold=self.settings.threshold)
 
-    def predict_paths(self, *, ct: str | Path, pet: str | Path) -> tuple[sitk.Image, sitk.Image]:
-        """Read both files; (mask, probability) on the PET's grid. ``timings`` holds read,
-        preprocess, network, restore. The mask is exactly ``probability > settings.threshold``."""
+    def predict_paths(self, *, ct: str | Path, pet: str | Path) -> Prediction:
+        """Read both files and predict; ``timings`` holds read, preprocess, network, restore.
+        The mask is exactly ``probability > settings.threshold``."""
         self.timings = {}
         with timed("read", self.timings):
             ct_image = read_image(ct, role="CT")
             pet_image = read_image(pet, role="PET")
-        probability = self._probability(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet))
-        return probability_to_mask(probability, threshold=self.settings.threshold), probability
+        probability, uncertainty = self._maps(ct_image, pet_image, ct_source=str(ct), pet_source=str(pet))
+        return Prediction(probability_to_mask(probability, threshold=self.settings.threshold), probability, uncertainty)
 
     def predict_files(
-        self, *, ct: str | Path, pet: str | Path, output: str | Path, probability_output: str | Path | None = None
+        self,
+        *,
+        ct: str | Path,
+        pet: str | Path,
+        output: str | Path,
+        probability_output: str | Path | None = None,
+        uncertainty_output: str | Path | None = None,
     ) -> Path:
-        """Read, predict, write the mask (and, given ``probability_output``, the float32
-        probability) atomically, all or nothing; returns the mask's path."""
-        mask, probability = self.predict_paths(ct=ct, pet=pet)
-        outputs = {Path(output): mask}
+        """Read, predict, write the mask (and, if asked, the float32 probability and the folds'
+        standard deviation) atomically, all or nothing; returns the mask's path."""
+        if uncertainty_output is not None and not self.settings.uncertainty:
+            raise ConfigError("uncertainty", "an uncertainty output needs Settings(uncertainty=True)")
+        prediction = self.predict_paths(ct=ct, pet=pet)
+        outputs = {}
         if probability_output is not None:
-            outputs = {Path(probability_output): probability, **outputs}  # the mask is published last
+            outputs[Path(probability_output)] = prediction.probability
+        if uncertainty_output is not None:
+            outputs[Path(uncertainty_output)] = prediction.uncertainty
+        outputs[Path(output)] = prediction.mask  # published last
         with timed("write", self.timings), atomic_paths(list(outputs)) as temps:
             for tmp, (target, image) in zip(temps, outputs.items()):
                 save_image(image, tmp, target=target)
-        self.log_written(output, mask)
+        self.log_written(output, prediction.mask)
         return Path(output)
 
     def log_written(self, output: str | Path, mask: sitk.Image) -> None:
@@ -104,6 +130,11 @@ class Predictor:
         log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
 
     def _probability(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str) -> sitk.Image:
+        return self._maps(ct, pet, ct_source=ct_source, pet_source=pet_source)[0]
+
+    def _maps(
+        self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str
+    ) -> tuple[sitk.Image, sitk.Image | None]:
         start = time.monotonic()
         deadline = None if self.settings.time_budget_s is None else start + self.settings.time_budget_s
         with timed("preprocess", self.timings):
@@ -111,6 +142,11 @@ class Predictor:
         record = prep.record
         log.info("network grid %s (crop %s of %s)", record.network.size, record.cropped.size, record.native.size)
         with timed("network", self.timings):
-            probability = foreground_probability(prep.image, self.ensemble, device=self.device, deadline=deadline)
+            maps = ensemble_maps(prep.image, self.ensemble, device=self.device, deadline=deadline)
         with timed("restore", self.timings):
-            return restore(probability, record)
+            probability = restore(maps[0], record)
+            if not self.settings.uncertainty:
+                return probability, None
+            uncertainty = restore(fold_std(maps), record)
+            uncertainty.SetMetaData(UNCERTAINTY_KEY, UNCERTAINTY_NAME)
+            return probability, uncertainty

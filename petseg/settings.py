@@ -58,6 +58,8 @@ class Settings:
         progress: show a tqdm bar over sliding windows.
         threshold: a voxel is lesion when the ensemble's mean foreground probability is
             strictly above this (0.5 = the argmax of the two classes).
+        uncertainty: also compute the standard deviation of the folds' probabilities
+            (fold disagreement), from running sums of p and p^2 in the one pass.
     """
 
     target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -77,6 +79,7 @@ class Settings:
     time_budget_s: float | None = None
     progress: bool = False
     threshold: float = 0.5
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:

@@ -200,3 +200,15 @@ def test_saved_probability_thresholded_is_the_mask_voxel_for_voxel(direction, th
     assert expected.sum() > 0 and p.min() >= 0 and p.max() <= 1
     if threshold is None:  # the random tiny network puts probabilities on both sides of 0.5
         assert expected.sum() < expected.size
+
+
+def test_save_uncertainty_writes_the_fold_std_named_in_its_header(tiny_model_dir, tmp_path):
+    src = _nnunet_folder(tmp_path / "in", cases=("case",), ext=".mha")
+    args = ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)]
+    assert main([*args, "--device", "cpu", "--save-uncertainty", "--save-probabilities"]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["case.mha", "case_probability.mha", "case_uncertainty.mha"]
+    std = sitk.ReadImage(str(tmp_path / "out" / "case_uncertainty.mha"))
+    assert std.GetMetaData("petseg_map") == "standard deviation of the folds' foreground probabilities"
+    values = sitk.GetArrayFromImage(std)
+    assert std.GetPixelID() == sitk.sitkFloat32 and values.min() >= 0 and 0 < values.max() <= 0.5

@@ -178,3 +178,35 @@ def test_compile_without_a_compiler_is_a_clear_refusal(monkeypatch):
     monkeypatch.setattr(petseg.inference.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="compile: needs a C/C.. compiler"):
         FoldAverage([build_network(TINY_NETWORK)], settings=REF.with_overrides(compile=True))
+
+
+# --- fold disagreement ---------------------------------------------------------------------------
+
+
+def _maps(folds, settings, image):
+    from petseg.inference import ensemble_maps
+
+    return ensemble_maps(image, FoldAverage(folds, settings=settings), device=CPU)
+
+
+def test_identical_folds_have_zero_uncertainty_everywhere():
+    from petseg.inference import fold_std
+
+    net = trained_like(TINY_NETWORK)
+    image = np.random.default_rng(0).normal(size=(2, 20, 24, 18)).astype(np.float32)
+    maps = _maps([net, net, net], REF.with_overrides(uncertainty=True), image)
+    assert maps.shape == (2, 20, 24, 18)
+    np.testing.assert_allclose(fold_std(maps), 0.0, atol=2e-4)
+
+
+def test_uncertainty_is_the_std_of_the_folds_and_costs_nothing_when_off():
+    from petseg.inference import fold_std
+
+    folds = [trained_like(TINY_NETWORK, seed=s) for s in range(3)]
+    image = np.random.default_rng(1).normal(size=(2, 16, 16, 16)).astype(np.float32)
+    one = [_maps([f], REF, image)[0] for f in folds]  # each fold alone
+    maps = _maps(folds, REF.with_overrides(uncertainty=True), image)
+    np.testing.assert_allclose(maps[0], np.mean(one, axis=0), atol=1e-6)
+    np.testing.assert_allclose(fold_std(maps), np.std(one, axis=0), atol=1e-4)
+    assert np.std(one, axis=0).max() > 0.01  # the folds do disagree
+    assert _maps(folds, REF, image).shape == (1, 16, 16, 16)  # off: one channel, no p^2 kept
