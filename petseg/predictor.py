@@ -82,7 +82,7 @@ class Predictor:
         """Mean foreground probability on the PET's native grid (float32). ``timings`` then
         holds this study's seconds per stage."""
         self.timings = {}
-        return self._probability(ct, pet, ct_source=ct_source, pet_source=pet_source)
+        return self._maps(ct, pet, ct_source=ct_source, pet_source=pet_source)[0]
 
     def predict(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET") -> sitk.Image:
         """uint8 {0, 1} lesion mask on the PET's native grid."""
@@ -128,9 +128,6 @@ class Predictor:
     def log_written(self, output: str | Path, mask: sitk.Image) -> None:
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
-
-    def _probability(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str) -> sitk.Image:
-        return self._maps(ct, pet, ct_source=ct_source, pet_source=pet_source)[0]
 
     def _maps(
         self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str
