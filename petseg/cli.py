@@ -33,30 +33,49 @@ def _make_predictor(args: argparse.Namespace):
         device=args.device,
         sw_batch_size=args.sw_batch_size,
         threshold=args.threshold,
-        uncertainty=getattr(args, "save_uncertainty", False) or None,
+        # the lesion report and the QC picture show each lesion's confidence and fold vote
+        uncertainty=args.save_uncertainty or args.report or args.qc or None,
+        fold_votes=args.report or args.qc or None,
         progress=getattr(args, "verbose", False),
         **speed_overrides(args),
     )
 
 
-def _extras(args: argparse.Namespace, *, name: str, mask, pet) -> None:
-    """--qc and --report for one case (``mask`` and ``pet`` images or paths)."""
+def _extras(args: argparse.Namespace, *, name: str, prediction, pet) -> None:
+    """--qc and --report for one case from its ``Prediction`` and PET (image or path)."""
     if not (args.qc or args.report):
         return
     import SimpleITK as sitk
 
     from petseg.io import read_image
+    from petseg.report import doubtful_mask, lesion_report, write_report
 
     pet = pet if isinstance(pet, sitk.Image) else read_image(pet, role="PET")
-    mask = mask if isinstance(mask, sitk.Image) else read_image(mask, role="mask")
+    report = lesion_report(
+        prediction.mask,
+        pet,
+        case=name,
+        probability=prediction.probability,
+        uncertainty=prediction.uncertainty,
+        votes=prediction.votes,
+        folds=prediction.folds,
+    )
+    if report.get("doubtful_lesions"):
+        log.info(
+            "%s: %d of %d lesion(s) doubtful (fold vote below a majority)",
+            name,
+            report["doubtful_lesions"],
+            report["lesion_count"],
+        )
     if args.qc:
         from petseg.qc import render_qc
 
-        render_qc(pet=pet, mask=mask, output=Path(args.output) / f"{name}_qc.png", title=name)
+        doubtful = doubtful_mask(prediction.mask, report) if report.get("doubtful_lesions") else None
+        render_qc(
+            pet=pet, mask=prediction.mask, doubtful=doubtful, output=Path(args.output) / f"{name}_qc.png", title=name
+        )
     if args.report:
-        from petseg.report import lesion_report, write_report
-
-        write_report(lesion_report(mask, pet, case=name), args.output)
+        write_report(report, args.output)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -81,10 +100,9 @@ def _predict(args: argparse.Namespace) -> int:
         uncertainty = output.with_name(f"{case.name}_uncertainty{case.suffix}") if args.save_uncertainty else None
         log.info("case %s", case.name)
         try:
-            predictor.predict_files(
-                ct=case.ct, pet=case.pet, output=output, probability_output=probability, uncertainty_output=uncertainty
-            )
-            _extras(args, name=case.name, mask=output, pet=case.pet)
+            prediction = predictor.predict_paths(ct=case.ct, pet=case.pet)
+            predictor.write(prediction, output=output, probability_output=probability, uncertainty_output=uncertainty)
+            _extras(args, name=case.name, prediction=prediction, pet=case.pet)
         except (InputError, OutputError) as err:  # a bad case does not stop the others
             log.error("case %s failed: %s", case.name, err)
             failed.append(case.name)
@@ -104,13 +122,16 @@ def _predict_dicom(args: argparse.Namespace) -> int:
         raise ConfigError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
     pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
     ct = read_ct(args.ct_dicom, uid=args.ct_series)
-    mask = _make_predictor(args).predict(ct, pet, ct_source=str(args.ct_dicom), pet_source=str(args.pet_dicom))
+    prediction = _make_predictor(args).predict_images(
+        ct, pet, ct_source=str(args.ct_dicom), pet_source=str(args.pet_dicom)
+    )
+    mask = prediction.mask
     name = study_name(pet_datasets)
     mask_path = write_image(mask, Path(args.output) / f"{name}.nii.gz")
     log.info("wrote %s", mask_path)
     if args.dicom_seg:
         log.info("wrote %s", write_dicom_seg(mask, pet_datasets, Path(args.output) / f"{name}_seg.dcm"))
-    _extras(args, name=name, mask=mask, pet=pet)
+    _extras(args, name=name, prediction=prediction, pet=pet)
     return 0
 
 

@@ -157,6 +157,7 @@ class FoldAverage(torch.nn.Module):
             window = window.contiguous(memory_format=torch.channels_last_3d)
         total, passes = None, 0
         reference = shifts = squares = None
+        fold_maps: list[torch.Tensor] = []
         for network in self.networks[: self.active_folds]:
             fold_total = None
             for flips in self.mirrors:
@@ -173,8 +174,10 @@ class FoldAverage(torch.nn.Module):
                 fold_total = probability if fold_total is None else fold_total + probability
                 passes += 1
             total = fold_total if total is None else total + fold_total
+            fold_p = fold_total / len(self.mirrors)
+            if self.settings.fold_votes:
+                fold_maps.append(fold_p)
             if self.settings.uncertainty:  # running sums of p and p^2: no per-fold volumes kept
-                fold_p = fold_total / len(self.mirrors)
                 reference = fold_p if reference is None else reference  # shifted sums: no cancellation
                 shift = fold_p - reference
                 shifts = shift if shifts is None else shifts + shift
@@ -182,13 +185,16 @@ class FoldAverage(torch.nn.Module):
         if self.budget is not None:
             self._check_budget(time.perf_counter() - start, passes)
         mean = total / passes
-        if squares is None:
-            return mean
-        # the folds' variance per window; the sliding window then averages it over overlapping
-        # windows (blending E[p^2] and E[p] instead would mix in the windows' own disagreement)
-        shift_mean = shifts / self.active_folds
-        variance = (squares / self.active_folds - shift_mean * shift_mean).clamp_min(0.0)
-        return torch.cat([mean, variance], dim=1)  # (B, 2)
+        channels = [mean]
+        if squares is not None:
+            # the folds' variance per window; the sliding window then averages it over overlapping
+            # windows (blending E[p^2] and E[p] instead would mix in the windows' own disagreement)
+            shift_mean = shifts / self.active_folds
+            channels.append((squares / self.active_folds - shift_mean * shift_mean).clamp_min(0.0))
+        if self.settings.fold_votes:
+            # a fold dropped by the time budget votes as the remaining folds' mean does
+            channels += fold_maps + [mean] * (len(self.networks) - len(fold_maps))
+        return channels[0] if len(channels) == 1 else torch.cat(channels, dim=1)
 
     def _check_budget(self, seconds: float, passes: int) -> None:
         budget = self.budget
@@ -247,18 +253,36 @@ def foreground_probability(
     return ensemble_maps(image, ensemble, device=device, deadline=deadline)[0]
 
 
-def fold_std(maps: np.ndarray) -> np.ndarray:
-    """Standard deviation of the folds' probabilities from ``ensemble_maps``' variance channel."""
-    return np.sqrt(np.clip(maps[1], 0.0, None)).astype(np.float32)
+@dataclass(frozen=True)
+class EnsembleMaps:
+    """``ensemble_maps``' channels by name, each (X, Y, Z) float32 on the network grid."""
+
+    mean: np.ndarray  # the folds' mean foreground probability
+    variance: np.ndarray | None  # the folds' variance (Settings.uncertainty)
+    folds: np.ndarray | None  # (n, X, Y, Z): each fold's own probability (Settings.fold_votes)
+
+    @classmethod
+    def split(cls, maps: np.ndarray, *, settings: Settings) -> EnsembleMaps:
+        variance = maps[1] if settings.uncertainty else None
+        folds = maps[1 + settings.uncertainty :] if settings.fold_votes else None
+        return cls(maps[0], variance, folds)
+
+    def std(self) -> np.ndarray:
+        """Standard deviation of the folds' probabilities."""
+        if self.variance is None:
+            raise ConfigError("uncertainty", "the fold standard deviation needs Settings(uncertainty=True)")
+        return np.sqrt(np.clip(self.variance, 0.0, None)).astype(np.float32)
 
 
 def ensemble_maps(
     image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
 ) -> np.ndarray:
     """(C, X, Y, Z) network input -> (K, X, Y, Z) float32 with the ensemble's settings (window,
-    overlap, window batch, precision, mirroring): K = 1, the mean foreground probability, or
-    with ``settings.uncertainty`` K = 2, adding the variance of the folds' probabilities
-    (computed per window from running sums of p and p^2, averaged over overlapping windows).
+    overlap, window batch, precision, mirroring): channel 0 is the mean foreground probability;
+    with ``settings.uncertainty`` the next is the variance of the folds' probabilities
+    (computed per window from running sums of p and p^2, averaged over overlapping windows);
+    with ``settings.fold_votes`` one channel per fold follows, its own probability.
+    :meth:`EnsembleMaps.split` names them.
 
     On out-of-memory, retries down :func:`oom_ladder`, logging each step; never crashes for
     memory unless even the CPU run fails.

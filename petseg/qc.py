@@ -29,16 +29,19 @@ def render_qc(
     mask: sitk.Image,
     output: str | Path,
     gt: sitk.Image | None = None,
+    doubtful: sitk.Image | None = None,
     suv_window: tuple[float, float] = (0.0, 10.0),
     title: str = "",
     sources: dict[str, str] | None = None,
 ) -> Path:
     """Write a PNG: inverted-grey PET MIPs (SUV window), predicted lesions outlined in red,
-    ground truth (optional) in green. Patient's right is on the viewer's left (coronal).
+    ground truth (optional) in green; predicted lesions in ``doubtful`` (a mask of the lesions
+    fewer than a majority of folds voted for, see :func:`petseg.report.doubtful_mask`) in
+    orange instead of red. Patient's right is on the viewer's left (coronal).
     Masks must lie on the PET's grid and hold 0/1 (or lesion labels); ``sources`` names the
     files ("PET", "mask", "ground truth") in error messages."""
     sources = sources or {}
-    for role, image in (("mask", mask), ("ground truth", gt)):
+    for role, image in (("mask", mask), ("ground truth", gt), ("doubtful lesions", doubtful)):
         if image is not None:
             source = sources.get(role, role)
             check_same_grid(
@@ -52,7 +55,14 @@ def render_qc(
 
     pet_zyx, (sx, sy, sz) = _lps_array(pet)
     pets = mip_views(pet_zyx)
-    outlines = {"prediction": (mip_views(_lps_array(mask)[0] > 0), "red")}
+    predicted = _lps_array(mask)[0] > 0
+    outlines = {}
+    if doubtful is not None:
+        unsure = _lps_array(doubtful)[0] > 0
+        outlines["prediction"] = (mip_views(predicted & ~unsure), "red")
+        outlines["doubtful (fold vote < majority)"] = (mip_views(unsure), "darkorange")
+    else:
+        outlines["prediction"] = (mip_views(predicted), "red")
     if gt is not None:
         outlines["ground truth"] = (mip_views(_lps_array(gt)[0] > 0), "lime")
     aspect = {"coronal": sz / sx, "sagittal": sz / sy}

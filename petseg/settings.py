@@ -60,6 +60,9 @@ class Settings:
             strictly above this (0.5 = the argmax of the two classes).
         uncertainty: also compute the standard deviation of the folds' probabilities
             (fold disagreement), from running sums of p and p^2 in the one pass.
+        fold_votes: also keep each fold's own probability (one map per fold on the network
+            grid: memory grows by the fold count) to tell, per lesion, how many folds' own
+            masks overlap it.
     """
 
     target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -80,6 +83,7 @@ class Settings:
     progress: bool = False
     threshold: float = 0.5
     uncertainty: bool = False
+    fold_votes: bool = False
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:

@@ -1,5 +1,6 @@
 """The petseg command line over the package."""
 
+import json
 import subprocess
 import sys
 
@@ -212,3 +213,24 @@ def test_save_uncertainty_writes_the_fold_std_named_in_its_header(tiny_model_dir
     assert std.GetMetaData("petseg_map") == "standard deviation of the folds' foreground probabilities"
     values = sitk.GetArrayFromImage(std)
     assert std.GetPixelID() == sitk.sitkFloat32 and values.min() >= 0 and 0 < values.max() <= 0.5
+
+
+def test_report_and_qc_carry_each_lesions_confidence(tiny_model_dir, tmp_path):
+    src = _nnunet_folder(tmp_path / "in", cases=("case",), ext=".nii.gz")
+    out = tmp_path / "out"
+    args = ["predict", "-i", str(src), "-o", str(out), "--model-dir", str(tiny_model_dir), "--device", "cpu"]
+    assert main([*args, "--report", "--qc", "--threshold", "0.3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case.nii.gz",
+        "case_lesions.csv",
+        "case_lesions.json",
+        "case_qc.png",
+    ]
+    report = json.loads((out / "case_lesions.json").read_text())
+    assert report["folds"] == 2 and report["lesion_count"] > 0
+    for lesion in report["lesions"]:
+        assert 0.3 < lesion["probability_mean"] <= lesion["probability_max"] <= 1
+        assert lesion["uncertainty_mean"] >= 0 and lesion["fold_vote"] in (0, 1, 2)
+        assert lesion["doubtful"] == (lesion["fold_vote"] < 2)
+    header = (out / "case_lesions.csv").read_text().splitlines()[0].split(",")
+    assert {"probability_mean", "probability_max", "uncertainty_mean", "fold_vote", "folds", "doubtful"} <= set(header)
