@@ -86,7 +86,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.input is None:
         raise ConfigError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
     from petseg.io import check_output_folder
-    from petseg.layout import find_cases, output_path
+    from petseg.layout import find_cases, map_path, output_path
 
     cases, problems = find_cases(args.input)
     check_output_folder(args.output)
@@ -96,8 +96,8 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = _make_predictor(args) if cases else None
     for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
         output = output_path(case, args.output)
-        probability = output.with_name(f"{case.name}_probability{case.suffix}") if args.save_probabilities else None
-        uncertainty = output.with_name(f"{case.name}_uncertainty{case.suffix}") if args.save_uncertainty else None
+        probability = map_path(case, args.output, kind="probability") if args.save_probabilities else None
+        uncertainty = map_path(case, args.output, kind="uncertainty") if args.save_uncertainty else None
         log.info("case %s", case.name)
         try:
             prediction = predictor.predict_paths(ct=case.ct, pet=case.pet)
@@ -149,13 +149,25 @@ def _convert_dicom(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from petseg.evaluate import evaluate, rank, read_groups, summarize
+    from petseg.evaluate import evaluate, pooled_calibration, rank, read_groups, summarize
     from petseg.io import write_csv
 
+    if args.prob and len(args.pred) > 1:
+        raise ConfigError("--prob", "give one --pred with --prob (the maps belong to one prediction)")
     groups = read_groups(args.groups) if args.groups else None
     summaries, rows, lesion_rows = {}, [], []
     for pred in args.pred:
-        results, lesions = evaluate(gt=args.gt, pred=pred, pet=args.pet, groups=groups)
+        results, lesions = evaluate(gt=args.gt, pred=pred, pet=args.pet, prob=args.prob, groups=groups)
+        calibration = pooled_calibration(results)
+        if calibration is not None:
+            from petseg.calibration import reliability_diagram
+
+            png = args.reliability or (
+                Path(args.out).with_name(Path(args.out).stem + "_reliability.png")
+                if args.out
+                else Path("reliability.png")
+            )
+            print(f"wrote {reliability_diagram(calibration, png)}")
         tag = {"prediction": str(pred)} if len(args.pred) > 1 else {}
         rows += [{**r.row(), **tag} for r in results]
         lesion_rows += [{**r, **tag} for r in lesions]
@@ -170,6 +182,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             means = f"DSC {s['dsc']:.4f}  FPV {s['fpv_ml']:.3f} ml  FNV {s['fnv_ml']:.3f} ml"
             means += f"  lesions: sensitivity {s['lesion_sensitivity']:.3f} precision {s['lesion_precision']:.3f}"
             means += f" F1 {s['lesion_f1']:.3f} (FN {s['fn_lesions']}, FP {s['fp_lesions']})"
+            if "ece" in s:
+                means += f"  ECE {s['ece']:.4f}"
             print(f"  {group:>6}: {s['cases']:4d} cases  {means}")
     if len(summaries) > 1:
         print("ranking (0.5 DSC + 0.25 FPV + 0.25 FNV ranks, mean over groups; lower is better):")
@@ -282,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, type=Path, help="ground-truth mask file or folder")
     p.add_argument("--pred", required=True, type=Path, action="append", help="prediction file or folder (repeatable)")
     p.add_argument("--pet", type=Path, help="PET (SUV) file or folder: adds TMTV, TLG, SUVmax, SUVmean, lesion table")
+    p.add_argument(
+        "--prob",
+        type=Path,
+        help="probability map file or folder (<case>_probability.<ext>, from predict --save-probabilities): "
+        "adds the expected calibration error (needs --pet) and a reliability diagram",
+    )
+    p.add_argument("--reliability", type=Path, help="reliability diagram PNG (default: <out>_reliability.png)")
     p.add_argument("--groups", type=Path, help="CSV with columns case,group (default: fdg/psma name prefix)")
     p.add_argument("--out", type=Path, help="per-case CSV (and <name>_lesions.csv with --pet)")
     p.set_defaults(func=_evaluate)

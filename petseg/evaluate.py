@@ -6,7 +6,7 @@ import csv
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,11 @@ import SimpleITK as sitk
 from scipy.stats import rankdata
 from tqdm import tqdm
 
+from petseg.calibration import BODY_SUV, Calibration
 from petseg.checks import check_mask, check_same_grid
-from petseg.errors import InputError
+from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
-from petseg.layout import index_images, strip_suffix
+from petseg.layout import index_images, index_maps, strip_suffix
 from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,13 @@ class CaseResult:
     group: str
     detection: Detection
     extra: dict[str, float] = field(default_factory=dict)  # lesion measures with --pet
+    calibration: Calibration | None = None  # with a probability map
 
     def row(self) -> dict:
-        base = {k: v for k, v in asdict(self).items() if k not in ("extra", "detection", "group")}
-        return {**base, **self.detection.row(), "group": self.group, **self.extra}
+        skip = ("extra", "detection", "group", "calibration")
+        base = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        ece = {} if self.calibration is None else {"ece": self.calibration.ece}
+        return {**base, **self.detection.row(), "group": self.group, **ece, **self.extra}
 
 
 def group_of(case: str, groups: dict[str, str] | None = None) -> str:
@@ -59,7 +63,13 @@ def match_cases(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
 
 
 def evaluate_case(
-    case: str, gt_path: Path, pred_path: Path, *, pet_path: Path | None = None, group: str = "other"
+    case: str,
+    gt_path: Path,
+    pred_path: Path,
+    *,
+    pet_path: Path | None = None,
+    prob_path: Path | None = None,
+    group: str = "other",
 ) -> tuple[CaseResult, list[dict]]:
     gt_img = read_image(gt_path, role="ground truth")
     pred_img = read_image(pred_path, role="prediction")
@@ -79,6 +89,14 @@ def evaluate_case(
         pet_img = read_image(pet_path, role="PET")
         check_same_grid(gt_img, pet_img, reference_source=f"the ground truth {gt_path}", other_source=str(pet_path))
         pet = sitk.GetArrayViewFromImage(pet_img)
+        if prob_path is not None:
+            prob_img = read_image(prob_path, role="probability map")
+            check_same_grid(
+                gt_img, prob_img, reference_source=f"the ground truth {gt_path}", other_source=str(prob_path)
+            )
+            probability = sitk.GetArrayViewFromImage(prob_img)
+            gt = sitk.GetArrayViewFromImage(gt_img)
+            result.calibration = Calibration.of(probability, gt, pet, source=str(prob_path))
         for role, other in (("gt", "pred"), ("pred", "gt")):
             table = lesion_table(labelled[role], pet, voxel_volume_ml=ml)
             stats = totals(table)
@@ -104,24 +122,34 @@ def evaluate(
     gt: str | Path,
     pred: str | Path,
     pet: str | Path | None = None,
+    prob: str | Path | None = None,
     groups: dict[str, str] | None = None,
 ) -> tuple[list[CaseResult], list[dict]]:
-    """Evaluate one prediction (file or folder) against the ground truth."""
+    """Evaluate one prediction (file or folder) against the ground truth; with ``prob``, the
+    probability maps' calibration too (inside the body, which needs ``pet``)."""
+    if prob is not None and pet is None:
+        raise ConfigError("prob", f"calibration is measured inside the body (PET > {BODY_SUV} SUV): give the PET too")
     cases = match_cases(Path(gt), Path(pred))
     pets = index_images(pet, role="PET", channel=1) if pet else {}
+    probs = (index_maps(prob, kind="probability") if Path(prob).is_dir() else {cases[0][0]: Path(prob)}) if prob else {}
     results, lesions = [], []
     for case, gt_path, pred_path in tqdm(cases, desc="evaluate", unit="case", disable=len(cases) < 2):
         if pet and case not in pets:
             raise InputError(pet, f"no PET for case {case}")
-        result, rows = evaluate_case(case, gt_path, pred_path, pet_path=pets.get(case), group=group_of(case, groups))
+        if prob and case not in probs:
+            raise InputError(prob, f"no probability map for case {case} (expected {case}_probability.<ext>)")
+        result, rows = evaluate_case(
+            case, gt_path, pred_path, pet_path=pets.get(case), prob_path=probs.get(case), group=group_of(case, groups)
+        )
         results.append(result)
         lesions += rows
     return results, lesions
 
 
 def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """Mean DSC / FPV / FNV overall and per group (NaNs excluded), with case counts, and the
-    pooled lesion detection (counts summed over the group's cases, then divided)."""
+    """Mean DSC / FPV / FNV overall and per group (NaNs excluded), with case counts, the
+    pooled lesion detection (counts summed over the group's cases, then divided) and, with
+    probability maps, the pooled ECE (bins summed over the group's cases)."""
     by_group: dict[str, list[CaseResult]] = {"all": list(results)}
     for r in results:
         by_group.setdefault(r.group, []).append(r)
@@ -142,7 +170,16 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
                 "lesion_f1": pooled.f1,
             }
         )
+        calibrations = [r.calibration for r in rows if r.calibration is not None]
+        if calibrations:
+            summary[name]["ece"] = sum(calibrations, Calibration()).ece
     return summary
+
+
+def pooled_calibration(results: Sequence[CaseResult]) -> Calibration | None:
+    """The bins of every case's calibration added up (None without probability maps)."""
+    calibrations = [r.calibration for r in results if r.calibration is not None]
+    return sum(calibrations, Calibration()) if calibrations else None
 
 
 def rank(summaries: dict[str, dict[str, dict[str, float]]]) -> list[dict]:

@@ -184,3 +184,22 @@ def find_cases(input_dir: str | Path) -> tuple[list[Case], list[InputError]]:
 def output_path(case: Case, output_dir: str | Path) -> Path:
     """Where ``petseg predict`` writes the mask of ``case``: ``<output>/<case><ext>``."""
     return Path(output_dir) / f"{case.name}{case.suffix}"
+
+
+MAP_SUFFIXES = {"probability": "_probability", "uncertainty": "_uncertainty"}
+
+
+def map_path(case: Case, output_dir: str | Path, *, kind: str) -> Path:
+    """Where ``petseg predict`` writes a map of ``case``: ``<output>/<case>_probability<ext>``
+    (``kind`` "probability") or ``<output>/<case>_uncertainty<ext>``."""
+    return Path(output_dir) / f"{case.name}{MAP_SUFFIXES[kind]}{case.suffix}"
+
+
+def index_maps(path: str | Path, *, kind: str) -> dict[str, Path]:
+    """case name -> ``<case>_probability`` (or ``_uncertainty``) file of a folder (or one file)."""
+    suffix = MAP_SUFFIXES[kind]
+    found = index_images(path, role=f"{kind} map")
+    maps = {name[: -len(suffix)]: file for name, file in found.items() if name.endswith(suffix)}
+    if not maps:
+        raise InputError(path, f"no {kind} maps found (files named <case>{suffix}.<ext>)")
+    return maps

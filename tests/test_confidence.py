@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import DIRECTIONS, SMALL, Oracle, blob_study
 
 from petseg.metrics import Labelled
 from petseg.predictor import Predictor
 from petseg.report import doubtful_mask, lesion_report, majority, write_report
+
+from conftest import DIRECTIONS, SMALL, Oracle, blob_study
 
 
 class Nothing(torch.nn.Module):
