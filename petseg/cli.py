@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from petseg.errors import ConfigError, InputError, OutputError
+from petseg.errors import ConfigError
 from petseg.frontend import (
     ArgumentParser,
     add_speed_options,
@@ -25,12 +25,12 @@ from petseg.train.cli import add_train_commands
 log = logging.getLogger("petseg")
 
 
-def _make_predictor(args: argparse.Namespace):
+def _make_predictor(args: argparse.Namespace, *, device: str | None = None):
     from petseg.predictor import Predictor
 
     return Predictor.from_model_dir(
         args.model_dir,
-        device=args.device,
+        device=device or args.device,
         sw_batch_size=args.sw_batch_size,
         threshold=args.threshold,
         # the lesion report and the QC picture show each lesion's confidence and fold vote
@@ -41,43 +41,6 @@ def _make_predictor(args: argparse.Namespace):
     )
 
 
-def _extras(args: argparse.Namespace, *, name: str, prediction, pet) -> None:
-    """--qc and --report for one case from its ``Prediction`` and PET (image or path)."""
-    if not (args.qc or args.report):
-        return
-    import SimpleITK as sitk
-
-    from petseg.io import read_image
-    from petseg.report import doubtful_mask, lesion_report, write_report
-
-    pet = pet if isinstance(pet, sitk.Image) else read_image(pet, role="PET")
-    report = lesion_report(
-        prediction.mask,
-        pet,
-        case=name,
-        probability=prediction.probability,
-        uncertainty=prediction.uncertainty,
-        votes=prediction.votes,
-        folds=prediction.folds,
-    )
-    if report.get("doubtful_lesions"):
-        log.info(
-            "%s: %d of %d lesion(s) doubtful (fold vote below a majority)",
-            name,
-            report["doubtful_lesions"],
-            report["lesion_count"],
-        )
-    if args.qc:
-        from petseg.qc import render_qc
-
-        doubtful = doubtful_mask(prediction.mask, report) if report.get("doubtful_lesions") else None
-        render_qc(
-            pet=pet, mask=prediction.mask, doubtful=doubtful, output=Path(args.output) / f"{name}_qc.png", title=name
-        )
-    if args.report:
-        write_report(report, args.output)
-
-
 def _predict(args: argparse.Namespace) -> int:
     if args.pet_dicom or args.ct_dicom:
         return _predict_dicom(args)
@@ -85,29 +48,55 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
     if args.input is None:
         raise ConfigError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
+    from petseg.cohort import Job, Manifest, Shard, default_workers, rank_device, run_cohort
     from petseg.io import check_output_folder
     from petseg.layout import find_cases, map_path, output_path
 
+    if args.part_id is not None and args.num_parts is None:
+        raise ConfigError("--part-id", "needs --num-parts")
+    if args.num_parts is not None:
+        shard = Shard(args.num_parts, args.part_id or 0)
+    else:
+        shard = Shard.from_environment() or Shard()  # torchrun: one part per process
     cases, problems = find_cases(args.input)
     check_output_folder(args.output)
-    failed = [f"{Path(p.source).name} ({p.problem})" for p in problems]
+    cases = shard.select(cases, key=lambda case: case.name)
+    problems = problems if shard.part_id == 0 else []  # each incomplete case is reported once
+    if shard.num_parts > 1:
+        log.info("part %d of %d: %d case(s)", shard.part_id, shard.num_parts, len(cases))
     for problem in problems:  # an incomplete case does not stop the others
         log.error("skipped: %s", problem)
-    predictor = _make_predictor(args) if cases else None
-    for case in tqdm(cases, desc="cases", unit="case", disable=len(cases) < 2):
-        output = output_path(case, args.output)
-        probability = map_path(case, args.output, kind="probability") if args.save_probabilities else None
-        uncertainty = map_path(case, args.output, kind="uncertainty") if args.save_uncertainty else None
-        log.info("case %s", case.name)
-        try:
-            prediction = predictor.predict_paths(ct=case.ct, pet=case.pet)
-            predictor.write(prediction, output=output, probability_output=probability, uncertainty_output=uncertainty)
-            _extras(args, name=case.name, prediction=prediction, pet=case.pet)
-        except (InputError, OutputError) as err:  # a bad case does not stop the others
-            log.error("case %s failed: %s", case.name, err)
-            failed.append(case.name)
-    done = len(cases) + len(problems) - len(failed)
-    log.info("%d of %d case(s) done", done, len(cases) + len(problems))
+    failed = [f"{Path(p.source).name} ({p.problem})" for p in problems]
+    if not cases:
+        log.info("no case to predict")
+        return 1 if failed else 0
+    predictor = _make_predictor(args, device=rank_device(args.device))
+    jobs = [
+        Job(
+            name=case.name,
+            ct=case.ct,
+            pet=case.pet,
+            mask=output_path(case, args.output),
+            probability=map_path(case, args.output, kind="probability") if args.save_probabilities else None,
+            uncertainty=map_path(case, args.output, kind="uncertainty") if args.save_uncertainty else None,
+            report=args.report,
+            qc=args.qc,
+        )
+        for case in cases
+    ]
+    manifest = Manifest(
+        args.output,
+        model=predictor.model_info(),
+        settings=predictor.settings,
+        shard=shard,
+        device=str(predictor.device),
+    )
+    workers = default_workers(predictor.device.type) if args.workers is None else args.workers
+    if workers:
+        workers = min(workers, len(jobs))
+    summary = run_cohort(jobs, predictor=predictor, manifest=manifest, workers=workers, overwrite=args.overwrite)
+    failed += [f"{name} ({message})" for name, message in summary.failed.items()]
+    log.info("%s; manifest %s", summary.line(), manifest.case_log)
     if failed:
         log.error("%d case(s) failed: %s", len(failed), "; ".join(failed))
         return 1
@@ -131,7 +120,10 @@ def _predict_dicom(args: argparse.Namespace) -> int:
     log.info("wrote %s", mask_path)
     if args.dicom_seg:
         log.info("wrote %s", write_dicom_seg(mask, pet_datasets, Path(args.output) / f"{name}_seg.dcm"))
-    _extras(args, name=name, prediction=prediction, pet=pet)
+    if args.report or args.qc:
+        from petseg.cohort import write_extras
+
+        write_extras(prediction, pet=pet, name=name, output_dir=Path(args.output), report=args.report, qc=args.qc)
     return 0
 
 
@@ -285,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
     p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")
     p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")
+    p.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        help="background processes that read/preprocess the next cases and restore/write finished ones "
+        "while the network runs (0: none; default 2 on a GPU, 1 on the CPU)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo cases the run manifest lists as done")
+    p.add_argument("--num-parts", type=positive(int), help="split the cases into N parts (cluster job arrays)")
+    p.add_argument("--part-id", type=nonnegative_int, help="which part this process predicts, 0..N-1")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("convert-dicom", help="DICOM PET[/CT] -> SUV.nii.gz [CT.nii.gz, CTres.nii.gz]")
@@ -344,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-dice", type=fraction, default=0.99)
     p.set_defaults(func=_compare)
     return parser
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
 
 
 def fraction(text: str) -> float:

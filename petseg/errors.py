@@ -17,6 +17,9 @@ class PetsegError(Exception):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
 
+    def __reduce__(self):  # pickles across processes (background workers) with both fields
+        return type(self), (self.source, self.problem)
+
 
 class InputError(PetsegError):
     """An input image (or input folder) is missing, unreadable, implausible or unusable."""

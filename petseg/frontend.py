@@ -54,7 +54,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class _CurrentStream(logging.StreamHandler):
-    """Writes to whatever sys.stdout / sys.stderr is at the time (tests swap them)."""
+    """Writes to whatever sys.stdout / sys.stderr is at the time (tests swap them), around
+    any tqdm progress bar."""
 
     def __init__(self, name: str, *, below: int | None = None) -> None:
         super().__init__()
@@ -63,8 +64,12 @@ class _CurrentStream(logging.StreamHandler):
             self.addFilter(lambda record: record.levelno < below)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = getattr(sys, self._name)
-        super().emit(record)
+        from tqdm import tqdm
+
+        try:  # through tqdm, so a log line never breaks a progress bar
+            tqdm.write(self.format(record), file=getattr(sys, self._name))
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
 
 
 def setup_logging(*, verbose: bool = False, quiet: bool = False) -> None:

@@ -253,27 +253,6 @@ def foreground_probability(
     return ensemble_maps(image, ensemble, device=device, deadline=deadline)[0]
 
 
-@dataclass(frozen=True)
-class EnsembleMaps:
-    """``ensemble_maps``' channels by name, each (X, Y, Z) float32 on the network grid."""
-
-    mean: np.ndarray  # the folds' mean foreground probability
-    variance: np.ndarray | None  # the folds' variance (Settings.uncertainty)
-    folds: np.ndarray | None  # (n, X, Y, Z): each fold's own probability (Settings.fold_votes)
-
-    @classmethod
-    def split(cls, maps: np.ndarray, *, settings: Settings) -> EnsembleMaps:
-        variance = maps[1] if settings.uncertainty else None
-        folds = maps[1 + settings.uncertainty :] if settings.fold_votes else None
-        return cls(maps[0], variance, folds)
-
-    def std(self) -> np.ndarray:
-        """Standard deviation of the folds' probabilities."""
-        if self.variance is None:
-            raise ConfigError("uncertainty", "the fold standard deviation needs Settings(uncertainty=True)")
-        return np.sqrt(np.clip(self.variance, 0.0, None)).astype(np.float32)
-
-
 def ensemble_maps(
     image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
 ) -> np.ndarray:

@@ -110,6 +110,8 @@ class Settings:
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
     PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm")
     INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold")
+    # fields that change how fast, where or how visibly a study runs, never its outputs
+    RUNTIME_ONLY = ("device", "sw_batch_size", "progress", "compile")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (tuples coerced from lists)."""

@@ -15,6 +15,7 @@ from petseg.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "reference"
+RUN_FILES = {"petseg-run.json", "petseg-run.jsonl"}  # predict's run manifest in every output folder
 
 TINY_NETWORK = {
     "spatial_dims": 3,

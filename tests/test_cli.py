@@ -11,7 +11,12 @@ import SimpleITK as sitk
 from petseg.cli import main
 from petseg.layout import find_cases
 
-from conftest import blob_study
+from conftest import RUN_FILES, blob_study
+
+
+def outputs(folder):
+    """Names in an output folder, without the run manifest."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in RUN_FILES)
 
 
 def _nnunet_folder(root, cases=("psma_a_1", "fdg_b_2"), ext=".nii.gz"):
@@ -41,7 +46,7 @@ def test_predict_an_nnunet_folder_writes_one_mask_per_case(tiny_model_dir, tmp_p
         )
         == 0
     )
-    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    written = outputs(tmp_path / "out")
     assert written == ["fdg_b_2.nii.gz", "psma_a_1.nii.gz"]
     mask = sitk.ReadImage(str(tmp_path / "out" / "fdg_b_2.nii.gz"))
     assert mask.GetSize() == sitk.ReadImage(str(src / "fdg_b_2_0001.nii.gz")).GetSize()
@@ -64,7 +69,7 @@ def test_predict_a_grand_challenge_folder(gc_input, tiny_model_dir, tmp_path):
         )
         == 0
     )
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["3f1c0a6e-case.mha"]
+    assert outputs(tmp_path / "out") == ["3f1c0a6e-case.mha"]
 
 
 def test_a_bad_case_does_not_stop_the_others(tiny_model_dir, tmp_path, caplog):
@@ -77,7 +82,7 @@ def test_a_bad_case_does_not_stop_the_others(tiny_model_dir, tmp_path, caplog):
         ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir), "--device", "cpu"]
     )
     assert code == 1
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["psma_a_1.mha"]
+    assert outputs(tmp_path / "out") == ["psma_a_1.mha"]
     assert "fdg_b_2_0001.mha: PET is all zero" in caplog.text
 
 
@@ -87,7 +92,7 @@ def test_a_case_without_its_pet_is_skipped_and_the_others_run(tiny_model_dir, tm
     (src / "lonely_0001.mha").write_bytes((src / "psma_a_1_0001.mha").read_bytes())
     args = ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)]
     assert main([*args, "--device", "cpu"]) == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["psma_a_1.mha"]
+    assert outputs(tmp_path / "out") == ["psma_a_1.mha"]
     err = capsys.readouterr().err
     assert f"{src / 'fdg_b_2_0001.mha'}: PET of case fdg_b_2 not found" in err
     assert f"{src / 'lonely_0001.mha'}: CT of case lonely not found" in err
@@ -171,7 +176,7 @@ def test_predict_with_qc_writes_a_picture_per_case(gc_input, tiny_model_dir, tmp
         )
         == 0
     )
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["3f1c0a6e-case.mha", "3f1c0a6e-case_qc.png"]
+    assert outputs(tmp_path / "out") == ["3f1c0a6e-case.mha", "3f1c0a6e-case_qc.png"]
     assert (tmp_path / "out" / "3f1c0a6e-case_qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -207,7 +212,7 @@ def test_save_uncertainty_writes_the_fold_std_named_in_its_header(tiny_model_dir
     src = _nnunet_folder(tmp_path / "in", cases=("case",), ext=".mha")
     args = ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)]
     assert main([*args, "--device", "cpu", "--save-uncertainty", "--save-probabilities"]) == 0
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    names = outputs(tmp_path / "out")
     assert names == ["case.mha", "case_probability.mha", "case_uncertainty.mha"]
     std = sitk.ReadImage(str(tmp_path / "out" / "case_uncertainty.mha"))
     assert std.GetMetaData("petseg_map") == "standard deviation of the folds' foreground probabilities"
@@ -220,7 +225,7 @@ def test_report_and_qc_carry_each_lesions_confidence(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     args = ["predict", "-i", str(src), "-o", str(out), "--model-dir", str(tiny_model_dir), "--device", "cpu"]
     assert main([*args, "--report", "--qc", "--threshold", "0.3"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert outputs(out) == [
         "case.nii.gz",
         "case_lesions.csv",
         "case_lesions.json",

@@ -18,7 +18,7 @@ import petseg.layout
 from petseg.cli import main
 from petseg.errors import InputError, ModelError
 
-from conftest import ROOT, blob_study
+from conftest import ROOT, RUN_FILES, blob_study
 from dicom_helpers import write_series
 
 sys.path.insert(0, str(ROOT))
@@ -26,7 +26,10 @@ import process  # noqa: E402
 
 
 def files_under(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Files under ``root`` except the run manifest (a record of what happened, failures included)."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name not in RUN_FILES)
 
 
 def study(*, ct_values=None, pet_scale=1.0, ct_slices=None):
@@ -85,7 +88,7 @@ def full_disk(monkeypatch):
 
 def test_full_disk_predict_exits_1_and_publishes_nothing(full_disk, tiny_model_dir, tmp_path, capsys):
     src = nnunet_case(tmp_path / "in", *study())
-    assert predict(src, tmp_path / "out", tiny_model_dir) == 1
+    assert predict(src, tmp_path / "out", tiny_model_dir, "--workers", "0") == 1  # the fault is patched in here
     _, errors = one_error_line(capsys)
     assert any(f"{tmp_path / 'out' / 'case.nii.gz'}: write failed, is the disk full?" in ln for ln in errors)
     assert files_under(tmp_path / "out") == []

@@ -190,7 +190,7 @@ def _maps(folds, settings, image):
 
 
 def test_identical_folds_have_zero_uncertainty_everywhere():
-    from petseg.inference import EnsembleMaps
+    from petseg.stages import EnsembleMaps
 
     net = trained_like(TINY_NETWORK)
     image = np.random.default_rng(0).normal(size=(2, 20, 24, 18)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_identical_folds_have_zero_uncertainty_everywhere():
 
 
 def test_uncertainty_is_the_std_of_the_folds_and_costs_nothing_when_off():
-    from petseg.inference import EnsembleMaps
+    from petseg.stages import EnsembleMaps
 
     folds = [trained_like(TINY_NETWORK, seed=s) for s in range(3)]
     image = np.random.default_rng(1).normal(size=(2, 16, 16, 16)).astype(np.float32)
@@ -216,7 +216,7 @@ def test_uncertainty_is_the_std_of_the_folds_and_costs_nothing_when_off():
 
 @pytest.mark.parametrize("uncertainty", [False, True])
 def test_fold_votes_keep_each_folds_own_probability(uncertainty):
-    from petseg.inference import EnsembleMaps
+    from petseg.stages import EnsembleMaps
 
     folds = [trained_like(TINY_NETWORK, seed=s) for s in range(3)]
     image = np.random.default_rng(2).normal(size=(2, 20, 16, 24)).astype(np.float32)

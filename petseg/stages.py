@@ -1,0 +1,132 @@
+"""The stages of one study around the network, free of torch so that background workers
+(:mod:`petseg.cohort`) can run them: read + preprocess, and restore + write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from petseg.errors import ConfigError
+from petseg.io import atomic_paths, read_image, save_image
+from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, restore
+from petseg.settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNCERTAINTY_KEY = "petseg_map"  # written into the image header (.mha keeps it; NIfTI drops it)
+UNCERTAINTY_NAME = "standard deviation of the folds' foreground probabilities"
+
+
+@dataclass(frozen=True)
+class EnsembleMaps:
+    """``ensemble_maps``' channels by name, each (X, Y, Z) float32 on the network grid."""
+
+    mean: np.ndarray  # the folds' mean foreground probability
+    variance: np.ndarray | None  # the folds' variance (Settings.uncertainty)
+    folds: np.ndarray | None  # (n, X, Y, Z): each fold's own probability (Settings.fold_votes)
+
+    @classmethod
+    def split(cls, maps: np.ndarray, *, settings: Settings) -> EnsembleMaps:
+        variance = maps[1] if settings.uncertainty else None
+        folds = maps[1 + settings.uncertainty :] if settings.fold_votes else None
+        return cls(maps[0], variance, folds)
+
+    def std(self) -> np.ndarray:
+        """Standard deviation of the folds' probabilities."""
+        if self.variance is None:
+            raise ConfigError("uncertainty", "the fold standard deviation needs Settings(uncertainty=True)")
+        return np.sqrt(np.clip(self.variance, 0.0, None)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One study's outputs on the PET's grid: uint8 mask, float32 mean foreground probability,
+    with ``Settings.uncertainty`` the folds' standard deviation, and with ``Settings.fold_votes``
+    ``votes``: an unsigned-integer image whose bit f is set where fold f's own probability is
+    above the threshold (``folds`` bits); None when not asked for."""
+
+    mask: sitk.Image
+    probability: sitk.Image
+    uncertainty: sitk.Image | None = None
+    votes: sitk.Image | None = None
+    folds: int = 0
+
+
+@contextmanager
+def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
+    """Accumulate the wall time of a stage into ``timings`` and log it."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        timings[stage] = timings.get(stage, 0.0) + elapsed
+        log.info("%-10s %7.2f s", stage, elapsed)
+
+
+def load_study(*, ct: str | Path, pet: str | Path, settings: Settings, timings: dict[str, float]) -> Preprocessed:
+    """Read a CT/PET pair and preprocess it (stages "read" and "preprocess")."""
+    with timed("read", timings):
+        ct_image = read_image(ct, role="CT")
+        pet_image = read_image(pet, role="PET")
+    with timed("preprocess", timings):
+        return preprocess(ct_image, pet_image, settings=settings, ct_source=str(ct), pet_source=str(pet))
+
+
+def restore_prediction(
+    maps: EnsembleMaps, record: Record, *, settings: Settings, timings: dict[str, float]
+) -> Prediction:
+    """The ensemble's maps back on the PET's native grid (stage "restore"); the mask is
+    exactly ``probability > settings.threshold``."""
+    with timed("restore", timings):
+        probability = restore(maps.mean, record)
+        uncertainty = votes = None
+        if maps.variance is not None:
+            uncertainty = restore(maps.std(), record)
+            uncertainty.SetMetaData(UNCERTAINTY_KEY, UNCERTAINTY_NAME)
+        if maps.folds is not None:
+            votes = fold_votes(maps.folds, record, threshold=settings.threshold)
+        mask = probability_to_mask(probability, threshold=settings.threshold)
+    return Prediction(mask, probability, uncertainty, votes, 0 if maps.folds is None else len(maps.folds))
+
+
+def fold_votes(folds: np.ndarray, record: Record, *, threshold: float) -> sitk.Image:
+    """Each fold's own mask, restored as the ensemble's is (probability, then threshold),
+    packed one bit per fold."""
+    dtype = np.uint8 if len(folds) <= 8 else np.uint16 if len(folds) <= 16 else np.uint64
+    bits = None
+    for f, fold in enumerate(folds):
+        own = sitk.GetArrayFromImage(restore(fold, record)) > threshold  # not a view: the image is temporary
+        bit = own.astype(dtype) << dtype(f)
+        bits = bit if bits is None else bits | bit
+    return record.native.stamp(sitk.GetImageFromArray(bits))
+
+
+def write_prediction(
+    prediction: Prediction,
+    *,
+    output: str | Path,
+    probability_output: str | Path | None = None,
+    uncertainty_output: str | Path | None = None,
+    timings: dict[str, float],
+) -> list[Path]:
+    """Write the mask and the maps asked for, all or nothing, the mask last (stage "write")."""
+    outputs = {}
+    if probability_output is not None:
+        outputs[Path(probability_output)] = prediction.probability
+    if uncertainty_output is not None:
+        if prediction.uncertainty is None:
+            raise ConfigError("uncertainty", "an uncertainty output needs Settings(uncertainty=True)")
+        outputs[Path(uncertainty_output)] = prediction.uncertainty
+    outputs[Path(output)] = prediction.mask
+    with timed("write", timings), atomic_paths(list(outputs)) as temps:
+        for tmp, (target, image) in zip(temps, outputs.items()):
+            save_image(image, tmp, target=target)
+    return list(outputs)
