@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -231,6 +232,16 @@ def _worker_finish(job: Job, maps: EnsembleMaps, record: Any, settings: Settings
 
 
 def _worker_init(threads: int, level: int) -> None:
+    # a worker holds both ends of its task queue, so it would wait forever for a parent that
+    # was killed: leave as soon as the parent is gone
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="petseg-parent-watch").start()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     logger = logging.getLogger("petseg")
     logger.setLevel(level)

@@ -93,6 +93,28 @@ def test_torchrun_gives_each_process_its_shard(tiny_model_dir, tmp_path):
     assert {e["part"] for e in done} == {"0/2", "1/2"}
 
 
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie left for a parent that does not reap)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def test_a_killed_run_started_again_does_only_the_rest(tiny_model_dir, tmp_path):
     src = cohort(tmp_path / "in", 8)
     out = tmp_path / "out"
@@ -105,9 +127,14 @@ def test_a_killed_run_started_again_does_only_the_rest(tiny_model_dir, tmp_path)
             if (out / CASE_LOG).is_file() and any(e["status"] == "done" for e in entries(out)):
                 break
             time.sleep(0.01)
+        workers = children(run.pid)
         os.kill(run.pid, signal.SIGKILL)
     finally:
         run.wait()
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers and not any(map(alive, workers)), "orphaned workers"
     first = {e["case"] for e in entries(out) if e["status"] == "done"}
     assert 1 <= len(first) < 8, "the run was not stopped part-way"
     mtimes = {name: (out / f"{name}.nii.gz").stat().st_mtime_ns for name in first}
@@ -208,3 +235,38 @@ def test_manifest_lines_from_many_writers_stay_whole(tmp_path):
     lines = entries(tmp_path)
     assert len(lines) == 600 and len({e["case"] for e in lines}) == 600
     assert set(manifest.completed()) == {e["case"] for e in lines}
+
+
+def test_a_killed_worker_neither_hangs_the_run_nor_loses_the_other_cases(tmp_path):
+    import multiprocessing
+    import threading
+
+    from petseg.cohort import WORKER_DIED
+
+    src = cohort(tmp_path / "in", 5)
+    (tmp_path / "out").mkdir()
+    jobs = [
+        Job(
+            name=f"case{i:02d}",
+            ct=src / f"case{i:02d}_0000.nii.gz",
+            pet=src / f"case{i:02d}_0001.nii.gz",
+            mask=tmp_path / "out" / f"case{i:02d}.nii.gz",
+        )
+        for i in range(5)
+    ]
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not multiprocessing.active_children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.0)  # some cases are under way
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    summary = run_cohort(jobs, predictor=SlowNetwork(0.5), workers=1, progress=False)
+    killer.join()
+    assert sorted(summary.done + list(summary.failed)) == [job.name for job in jobs]  # every case accounted for
+    assert set(summary.failed.values()) <= {WORKER_DIED}
+    assert len(summary.done) >= 3  # the new pool carried on
