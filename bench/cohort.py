@@ -59,7 +59,7 @@ def one_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [Job(name=c.name, ct=c.ct, pet=c.pet, mask=output_path(c, out)) for c in cases]
-    predictor = Predictor.from_model_dir(ROOT / "weights", device="cpu")
+    predictor = Predictor.from_model_dir(ROOT / "weights", device=args.device)
     if args.latency:
         predictor = FixedLatency(predictor.settings, args.latency)
     summary = run_cohort(jobs, predictor=predictor, workers=args.workers, progress=False)
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=4.0, help="stand-in network seconds per study")
     parser.add_argument("--workers", type=int, nargs="+", default=(0, 1, 2), help="with the stand-in network")
     parser.add_argument("--demo-workers", type=int, nargs="+", default=(0, 1), help="with the demo weights")
+    parser.add_argument("--device", default="cpu", help="for the demo weights: cpu | cuda")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -118,7 +119,7 @@ def main() -> None:
             for workers in args.workers if latency else args.demo_workers:
                 out = Path(tmp) / f"out-{latency}-{workers}"
                 command = [sys.executable, __file__, "--child", "--data", str(data / "imagesTr"), "--out", str(out)]
-                command += ["--latency", str(latency), "--one-workers", str(workers)]
+                command += ["--latency", str(latency), "--one-workers", str(workers), "--device", args.device]
                 result = json.loads(
                     subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
                 )

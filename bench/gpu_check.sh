@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a machine with CUDA: the GPU tests, then the benchmark at whole-body size, numbers into one file.
-#   bash bench/gpu_check.sh [OUT_FILE]        (about 5-8 minutes on one H100)
+#   bash bench/gpu_check.sh [OUT_FILE]        (about 8-10 minutes on one H100)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-gpu_check.txt}"
@@ -11,4 +11,17 @@ python bench/benchmark.py --shape 200 200 326 --spacing 4.07 4.07 3.0 --folds 5 
   --flops --json "${out%.txt}.json" 2>&1 | grep -v INFO | tee -a "$out"
 python bench/benchmark.py --shape 200 200 326 --spacing 4.07 4.07 3.0 --folds 5 --device cuda --tta \
   --skip-baseline 2>&1 | grep -v INFO | tee -a "$out" || true
+# training: a few steps with CUDA autocast (bf16 on Ampere+, fp16 + GradScaler before), then
+# the same under torchrun (NCCL with two or more GPUs; one GPU: a single rank, no process group)
+tmp="$(mktemp -d)"
+python -m petseg -q phantom -o "$tmp/data" -n 6 --seed 3 --shape 64 56 128 --spacing 6 6 5.5
+train=(train -d "$tmp/data" --fold 0 --epochs 2 --val-every 2 --batch-size 2 --patch-size 48 48 48
+       --target-spacing 4 4 4 --roi-size 96 96 96 --channels 16 32 64 128 --num-res-units 1 --device cuda)
+{ time python -m petseg "${train[@]}" -o "$tmp/run1"; } 2>&1 | grep -E "epoch|precision|real|error" | tee -a "$out"
+gpus="$(python -c 'import torch; print(min(2, torch.cuda.device_count()))')"
+{ time torchrun --standalone --nproc-per-node "$gpus" -m petseg "${train[@]}" -o "$tmp/run2"; } 2>&1 \
+  | grep -E "epoch|nccl|NCCL|real|error" | tee -a "$out"
+# cohort throughput on the GPU: sequential vs pipelined, demo weights
+python bench/cohort.py --n 4 --device cuda --demo-workers 0 2 --workers 0 2 2>&1 | tee -a "$out"
+rm -rf "$tmp"
 echo "wrote $out"

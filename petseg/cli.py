@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=nonnegative_int,
         help="background processes that read/preprocess the next cases and restore/write finished ones "
-        "while the network runs (0: none; default 2 on a GPU, 1 on the CPU)",
+        "while the network runs (0: none; default 2 on a GPU, 0 on the CPU)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo cases the run manifest lists as done")
     p.add_argument("--num-parts", type=positive(int), help="split the cases into N parts (cluster job arrays)")

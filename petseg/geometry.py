@@ -64,6 +64,21 @@ class Grid:
             tuple(int(s) for s in size_out), tuple(float(s) for s in sp_out), tuple(origin.tolist()), self.direction
         )
 
+    def to_physical(self, index: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices (..., 3) in (x, y, z) order -> physical points (..., 3), mm."""
+        rot = np.asarray(self.direction).reshape(3, 3)
+        return (np.asarray(index, float) * np.asarray(self.spacing)) @ rot.T + np.asarray(self.origin)
+
+    def to_index(self, points: np.ndarray) -> np.ndarray:
+        """Physical points (..., 3), mm -> continuous voxel indices (..., 3) in (x, y, z) order."""
+        rot = np.asarray(self.direction).reshape(3, 3)
+        return ((np.asarray(points, float) - np.asarray(self.origin)) @ rot) / np.asarray(self.spacing)
+
+    def contains(self, index: np.ndarray) -> bool:
+        """Is the continuous index inside the image (within half a voxel of the outer centres)?"""
+        index = np.asarray(index, float)
+        return bool(np.all(index >= -0.5) and np.all(index <= np.asarray(self.size) - 0.5))
+
     @property
     def orientation(self) -> str:
         return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)

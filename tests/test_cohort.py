@@ -190,19 +190,17 @@ class SlowNetwork:
         return EnsembleMaps((prep.image[1] > 2.5).astype(np.float32), None, None)
 
 
+def cohort_jobs(tmp_path: Path, n: int) -> list[Job]:
+    """``cohort`` studies as jobs writing into tmp_path/out."""
+    src = cohort(tmp_path / "in", n)
+    (tmp_path / "out").mkdir()
+    paths = [(src / f"case{i:02d}_0000.nii.gz", src / f"case{i:02d}_0001.nii.gz") for i in range(n)]
+    return [Job(name=ct.name[:6], ct=ct, pet=pet, mask=tmp_path / "out" / f"{ct.name[:6]}.nii.gz") for ct, pet in paths]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_studies_in_flight_stay_bounded_with_a_slow_consumer(tmp_path, workers):
-    src = cohort(tmp_path / "in", 7)
-    jobs = [
-        Job(
-            name=f"case{i:02d}",
-            ct=src / f"case{i:02d}_0000.nii.gz",
-            pet=src / f"case{i:02d}_0001.nii.gz",
-            mask=tmp_path / "out" / f"case{i:02d}.nii.gz",
-        )
-        for i in range(7)
-    ]
-    (tmp_path / "out").mkdir()
+    jobs = cohort_jobs(tmp_path, 7)
     summary = run_cohort(jobs, predictor=SlowNetwork(0.5), workers=workers, progress=False)
     assert len(summary.done) == 7 and not summary.failed
     assert 2 <= summary.max_in_flight <= 2 * workers + 1
@@ -243,17 +241,7 @@ def test_a_killed_worker_neither_hangs_the_run_nor_loses_the_other_cases(tmp_pat
 
     from petseg.cohort import WORKER_DIED
 
-    src = cohort(tmp_path / "in", 5)
-    (tmp_path / "out").mkdir()
-    jobs = [
-        Job(
-            name=f"case{i:02d}",
-            ct=src / f"case{i:02d}_0000.nii.gz",
-            pet=src / f"case{i:02d}_0001.nii.gz",
-            mask=tmp_path / "out" / f"case{i:02d}.nii.gz",
-        )
-        for i in range(5)
-    ]
+    jobs = cohort_jobs(tmp_path, 5)
 
     def kill_a_worker() -> None:
         deadline = time.monotonic() + 60

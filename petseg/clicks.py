@@ -1,0 +1,119 @@
+"""Lesion clicks (autoPET IV): reading them, simulating them, and encoding them as input channels.
+
+A click is a point in patient space (LPS, mm) labelled "tumor" or "background". A
+click-aware model takes two more input channels after CT and PET: the tumour-click map and
+the background-click map, made on the network grid as the maximum over that kind's clicks
+of a Gaussian exp(-d^2 / (2 sigma^2)), d the distance in mm to the click, sigma from
+model.json (``clicks.sigma_mm``). No clicks: both maps are zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petseg.errors import InputError
+from petseg.geometry import Grid
+
+log = logging.getLogger(__name__)
+
+KINDS = ("tumor", "background")
+CLICK_CHANNELS = ("tumor_clicks", "background_clicks")
+MAX_CLICKS = 10  # per kind, as autoPET IV gives them
+
+
+@dataclass(frozen=True)
+class Clicks:
+    """Tumour and background clicks as physical points (LPS, mm)."""
+
+    tumor: tuple[tuple[float, float, float], ...] = ()
+    background: tuple[tuple[float, float, float], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.tumor) + len(self.background)
+
+    def added(self, kind: str, point: Any) -> Clicks:
+        point = tuple(float(v) for v in point)
+        if kind == "tumor":
+            return Clicks(self.tumor + (point,), self.background)
+        return Clicks(self.tumor, self.background + (point,))
+
+    def of(self, kind: str) -> tuple[tuple[float, float, float], ...]:
+        return self.tumor if kind == "tumor" else self.background
+
+
+def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = False) -> Clicks:
+    """``{"points": [{"point": [i, j, k], "name": "tumor" | "background"}, ...]}`` -> Clicks.
+
+    Points are voxel indices of the PET in (x, y, z) order (autoPET IV), or with ``world``
+    physical coordinates in mm (LPS). A malformed file is an error naming it; a point
+    outside the image is skipped with a warning naming it (a job should not fail for one
+    stray click)."""
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+        raise InputError(source, 'expected {"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}')
+    clicks = Clicks()
+    for n, entry in enumerate(data["points"]):
+        where = f"point {n}"
+        if not isinstance(entry, dict):
+            raise InputError(source, f"{where} is not an object with 'point' and 'name'")
+        name, point = entry.get("name"), entry.get("point")
+        if name not in KINDS:
+            raise InputError(source, f"{where} has name {name!r}, expected 'tumor' or 'background'")
+        if (
+            not isinstance(point, list | tuple)
+            or len(point) != 3
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in point)
+        ):
+            raise InputError(source, f"{where} has point {point!r}, expected three numbers")
+        index = grid.to_index(np.asarray(point, float)) if world else np.asarray(point, float)
+        if not grid.contains(index):
+            log.warning("%s: %s %s %s lies outside the PET (%s voxels): skipped", source, where, name, point, grid.size)
+            continue
+        if len(clicks.of(name)) >= MAX_CLICKS:
+            log.warning("%s: more than %d %s clicks: %s skipped", source, MAX_CLICKS, name, where)
+            continue
+        clicks = clicks.added(name, grid.to_physical(index))
+    return clicks
+
+
+def read_clicks(path: str | Path, *, grid: Grid, world: bool = False) -> Clicks:
+    """Clicks from a JSON file (see :func:`parse_clicks`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "clicks file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a JSON clicks file ({type(err).__name__}: {err})") from None
+    clicks = parse_clicks(data, grid=grid, source=path, world=world)
+    log.info("clicks: %d tumour, %d background from %s", len(clicks.tumor), len(clicks.background), path)
+    return clicks
+
+
+def click_maps(clicks: Clicks, grid: Grid, *, sigma_mm: float) -> np.ndarray:
+    """(2, X, Y, Z) float32 on ``grid``: tumour and background click maps (max of Gaussians)."""
+    maps = np.zeros((2, *grid.size), np.float32)
+    for channel, kind in enumerate(KINDS):
+        for point in clicks.of(kind):
+            _stamp(maps[channel], grid, np.asarray(point, float), sigma_mm)
+    return maps
+
+
+def _stamp(target: np.ndarray, grid: Grid, point: np.ndarray, sigma_mm: float) -> None:
+    """target = max(target, Gaussian at ``point``), evaluated within 3 sigma only."""
+    centre = grid.to_index(point)
+    reach = 3.0 * sigma_mm / np.asarray(grid.spacing)
+    lo = np.maximum(np.floor(centre - reach), 0).astype(int)
+    hi = np.minimum(np.ceil(centre + reach) + 1, np.asarray(grid.size)).astype(int)
+    if np.any(hi <= lo):
+        return
+    axes = [np.arange(a, b, dtype=float) for a, b in zip(lo, hi)]
+    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    distance2 = np.sum((grid.to_physical(index) - point) ** 2, axis=-1)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    np.maximum(target[box], np.exp(-distance2 / (2.0 * sigma_mm**2)).astype(np.float32), out=target[box])
