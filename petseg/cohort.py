@@ -515,10 +515,18 @@ def _pipelined(
     loading: deque[tuple[Job, Future]] = deque()
     finishing: deque[tuple[Job, Future, dict[str, float]]] = deque()
 
+    def submit(function: Callable[..., Any], *args: Any) -> Future:
+        """Submit, first replacing a pool that broke since its last result was read."""
+        try:
+            return pool.submit(function, *args)
+        except BrokenProcessPool:
+            restart()
+            return pool.submit(function, *args)
+
     def top_up() -> None:
         while queue and len(loading) < workers:
             job = queue.popleft()
-            loading.append((job, pool.submit(_worker_load, job, predictor.settings)))
+            loading.append((job, submit(_worker_load, job, predictor.settings)))
 
     def failed(job: Job, err: BaseException) -> None:
         _replay(getattr(err, "logs", []))
@@ -539,11 +547,15 @@ def _pipelined(
 
     def restart() -> None:
         """A dead worker breaks every pending future: fail the cases being finished (their
-        maps are gone), load the others again once, in a new pool."""
+        maps are gone) unless they were written already, load the others again once, in a
+        new pool."""
         nonlocal pool
         while finishing:
-            job, future, _ = finishing.popleft()
-            failed(job, BrokenProcessPool())
+            job, future, seconds = finishing.popleft()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                collect(job, future, seconds)  # written before the pool broke
+            else:
+                failed(job, BrokenProcessPool())
         for job, _ in reversed(loading):
             if job.name in retried:
                 failed(job, BrokenProcessPool())
@@ -556,7 +568,8 @@ def _pipelined(
 
     try:
         top_up()
-        while loading:
+        while loading or queue:
+            top_up()  # after a pool restart the queue holds cases again
             job, future = loading.popleft()
             try:
                 loaded = future.result()
@@ -583,7 +596,7 @@ def _pipelined(
             del loaded  # the network input is no longer needed
             while len(finishing) >= workers:  # bounded: wait for the oldest write first
                 collect(*finishing.popleft())
-            finishing.append((job, pool.submit(_worker_finish, job, maps, record, predictor.settings), seconds))
+            finishing.append((job, submit(_worker_finish, job, maps, record, predictor.settings), seconds))
             summary.max_in_flight = max(summary.max_in_flight, len(loading) + len(finishing))
         while finishing:
             collect(*finishing.popleft())

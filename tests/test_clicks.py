@@ -1,0 +1,112 @@
+"""Lesion clicks: parsing, and the click maps' physical placement on the network grid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from petseg.clicks import Clicks, click_maps, parse_clicks, read_clicks
+from petseg.errors import InputError
+from petseg.geometry import Grid
+
+from conftest import DIRECTIONS, make_image
+
+PET = Grid.of(
+    make_image(
+        np.zeros((30, 26, 20), np.float32),
+        spacing=(3.1, 2.4, 4.3),
+        origin=(-37.5, 120.0, -400.2),
+        direction=DIRECTIONS["oblique"],
+    )
+)
+
+
+def test_good_clicks_become_physical_points_of_the_pet_voxels():
+    data = {"points": [{"point": [3, 4, 5], "name": "tumor"}, {"point": [10.5, 2, 7], "name": "background"}]}
+    clicks = parse_clicks(data, grid=PET, source="c.json")
+    image = sitk.Image(list(PET.size), sitk.sitkFloat32)
+    PET.stamp(image)
+    np.testing.assert_allclose(clicks.tumor[0], image.TransformContinuousIndexToPhysicalPoint((3, 4, 5)), atol=1e-9)
+    np.testing.assert_allclose(
+        clicks.background[0], image.TransformContinuousIndexToPhysicalPoint((10.5, 2, 7)), atol=1e-9
+    )
+    world = {"points": [{"point": list(clicks.tumor[0]), "name": "tumor"}]}
+    assert parse_clicks(world, grid=PET, source="w.json", world=True).tumor == clicks.tumor
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ([1, 2, 3], "expected {"),
+        ({"points": "none"}, "expected {"),
+        ({"points": [[1, 2, 3]]}, "point 0 is not an object"),
+        ({"points": [{"point": [1, 2, 3], "name": "lesion"}]}, "name 'lesion'"),
+        ({"points": [{"point": [1, 2], "name": "tumor"}]}, "expected three numbers"),
+        ({"points": [{"point": [1, "a", 2], "name": "tumor"}]}, "expected three numbers"),
+        ({"points": [{"point": [1, float("nan"), 2], "name": "tumor"}]}, "expected three numbers"),
+    ],
+)
+def test_malformed_clicks_are_one_error_naming_the_file(data, problem):
+    with pytest.raises(InputError, match="c.json") as err:
+        parse_clicks(data, grid=PET, source="c.json")
+    assert problem in str(err.value)
+
+
+def test_points_outside_the_image_are_skipped_with_a_warning(caplog):
+    data = {"points": [{"point": [30, 4, 5], "name": "tumor"}, {"point": [-1, 0, 0], "name": "background"}]}
+    data["points"].append({"point": [29, 25, 19], "name": "tumor"})  # the last voxel is inside
+    clicks = parse_clicks(data, grid=PET, source="c.json")
+    assert len(clicks.tumor) == 1 and clicks.background == ()
+    assert sum("lies outside the PET" in r.message for r in caplog.records) == 2
+
+
+def test_a_clicks_file_that_is_not_json_is_refused(tmp_path):
+    path = tmp_path / "lesion-clicks.json"
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="not a JSON clicks file"):
+        read_clicks(path, grid=PET)
+    with pytest.raises(InputError, match="not found"):
+        read_clicks(tmp_path / "missing.json", grid=PET)
+    path.write_text(json.dumps({"points": []}))
+    assert len(read_clicks(path, grid=PET)) == 0
+
+
+@pytest.mark.parametrize("direction", ["identity", "flipped", "oblique"])
+def test_a_click_peaks_on_the_network_grid_at_the_same_world_point(direction):
+    """A click at PET voxel v lands where that voxel's world point is on another grid."""
+    pet = Grid.of(
+        make_image(
+            np.zeros((30, 26, 20), np.float32),
+            spacing=(3.1, 2.4, 4.3),
+            origin=(-37.5, 120.0, -400.2),
+            direction=DIRECTIONS[direction],
+        )
+    )
+    voxel = (12, 9, 7)
+    clicks = parse_clicks({"points": [{"point": list(voxel), "name": "tumor"}]}, grid=pet, source="c.json")
+    world = pet.to_physical(np.asarray(voxel, float))
+    # a 2 mm RAS-like grid around the same field of view, other origin and orientation
+    network = Grid(
+        size=(60, 50, 60),
+        spacing=(2.0, 2.0, 2.0),
+        origin=tuple(world - np.array([51.0, 47.0, 63.0])),
+        direction=tuple(np.eye(3).ravel()),
+    )
+    maps = click_maps(clicks, network, sigma_mm=4.0)
+    assert maps.shape == (2, 60, 50, 60) and maps[1].max() == 0.0
+    peak = np.array(np.unravel_index(np.argmax(maps[0]), maps[0].shape), float)
+    assert np.linalg.norm(network.to_physical(peak) - world) <= np.sqrt(3) * 1.0 + 1e-6  # within half a voxel diagonal
+    # the Gaussian: value at a voxel = exp(-d^2 / 2 sigma^2) of its distance in mm
+    probe = peak + np.array([2.0, 0.0, 1.0])
+    d2 = np.sum((network.to_physical(probe) - world) ** 2)
+    assert maps[0][tuple(probe.astype(int))] == pytest.approx(np.exp(-d2 / 32.0), abs=1e-6)
+
+
+def test_no_clicks_give_empty_maps_and_kinds_go_to_their_channel():
+    network = Grid((10, 10, 10), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    assert not click_maps(Clicks(), network, sigma_mm=3.0).any()
+    maps = click_maps(Clicks(background=((8.0, 8.0, 8.0),)), network, sigma_mm=3.0)
+    assert maps[0].max() == 0.0 and maps[1].max() == pytest.approx(1.0)
