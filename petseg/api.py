@@ -8,6 +8,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from petseg.clicks import Clicks
 from petseg.io import read_image
 from petseg.predictor import Predictor
 from petseg.settings import Settings
@@ -21,6 +22,7 @@ def segment(
     networks: Sequence[torch.nn.Module] | None = None,
     device: str = "auto",
     settings: Settings | None = None,
+    clicks: Clicks | str | Path | None = None,
 ) -> sitk.Image:
     """Segment lesions in one PET/CT study; returns a uint8 {0, 1} mask on the PET's grid.
 
@@ -33,6 +35,9 @@ def segment(
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda[:N]"; left at "auto",
             ``settings.device`` applies.
         settings: preprocessing/inference settings (default: the model folder's).
+        clicks: tumour/background clicks for a click-aware model: a :class:`petseg.clicks.Clicks`
+            (points in mm) or a clicks JSON file (autoPET IV format, voxel indices of the PET).
+            A CT/PET model ignores them with a log line.
     """
     ct_source = str(ct) if not isinstance(ct, sitk.Image) else "CT"
     pet_source = str(pet) if not isinstance(pet, sitk.Image) else "PET"
@@ -46,4 +51,4 @@ def segment(
         predictor = Predictor(networks, settings=(settings or Settings()).with_overrides(device=device))
     else:
         predictor = Predictor.from_model_dir(model_dir, settings=settings, device=device)
-    return predictor.predict(ct, pet, ct_source=ct_source, pet_source=pet_source)
+    return predictor.predict_images(ct, pet, ct_source=ct_source, pet_source=pet_source, clicks=clicks).mask

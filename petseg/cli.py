@@ -81,6 +81,8 @@ def _predict(args: argparse.Namespace) -> int:
             uncertainty=map_path(case, args.output, kind="uncertainty") if args.save_uncertainty else None,
             report=args.report,
             qc=args.qc,
+            clicks=clicks_of(case.name, args.clicks, single=len(cases) == 1),
+            clicks_world=args.clicks_world,
         )
         for case in cases
     ]
@@ -103,6 +105,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def clicks_of(case: str, clicks: Path | None, *, single: bool) -> Path | None:
+    """--clicks: a JSON file (one case), or a folder of ``<case>_clicks.json`` (a case without
+    one runs without clicks)."""
+    if clicks is None:
+        return None
+    if clicks.is_dir():
+        path = clicks / f"{case}_clicks.json"
+        return path if path.is_file() else None
+    if not single:
+        raise ConfigError("--clicks", f"{clicks} is one file but the input holds several cases: give a folder")
+    return clicks
+
+
 def _predict_dicom(args: argparse.Namespace) -> int:
     from petseg.dicom import read_ct, read_pet_suv, study_name, write_dicom_seg
     from petseg.io import write_image
@@ -112,7 +127,12 @@ def _predict_dicom(args: argparse.Namespace) -> int:
     pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
     ct = read_ct(args.ct_dicom, uid=args.ct_series)
     prediction = _make_predictor(args).predict_images(
-        ct, pet, ct_source=str(args.ct_dicom), pet_source=str(args.pet_dicom)
+        ct,
+        pet,
+        ct_source=str(args.ct_dicom),
+        pet_source=str(args.pet_dicom),
+        clicks=args.clicks,
+        clicks_world=args.clicks_world,
     )
     mask = prediction.mask
     name = study_name(pet_datasets)
@@ -284,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
         "while the network runs (0: none; default 2 on a GPU, 0 on the CPU)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo cases the run manifest lists as done")
+    p.add_argument(
+        "--clicks",
+        type=Path,
+        help="lesion clicks for a click-aware model: a JSON file (autoPET IV format, PET voxel indices) "
+        "or a folder of <case>_clicks.json",
+    )
+    p.add_argument("--clicks-world", action="store_true", help="the clicks' points are in mm (LPS), not voxel indices")
     p.add_argument("--num-parts", type=positive(int), help="split the cases into N parts (cluster job arrays)")
     p.add_argument("--part-id", type=nonnegative_int, help="which part this process predicts, 0..N-1")
     p.set_defaults(func=_predict)

@@ -109,6 +109,8 @@ class Job:
     uncertainty: Path | None = None
     report: bool = False
     qc: bool = False
+    clicks: Path | None = None  # a clicks JSON file for a click-aware model
+    clicks_world: bool = False  # its points are in mm (LPS), not PET voxel indices
 
     def outputs(self) -> list[Path]:
         paths = [p for p in (self.probability, self.uncertainty) if p is not None]
@@ -164,7 +166,9 @@ def _captured(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[
 def load_job(job: Job, settings: Settings) -> Loaded:
     """Read + preprocess (stages "read", "preprocess")."""
     seconds: dict[str, float] = {}
-    prep = load_study(ct=job.ct, pet=job.pet, settings=settings, timings=seconds)
+    prep = load_study(
+        ct=job.ct, pet=job.pet, settings=settings, timings=seconds, clicks=job.clicks, clicks_world=job.clicks_world
+    )
     return Loaded(prep.image, prep.record, seconds, [])
 
 

@@ -34,9 +34,10 @@ def run(
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
     check_output_folder(output_dir)
+    clicks = None
     if spec.clicks_file and (Path(input_dir) / spec.clicks_file).is_file():
-        log.info("%s present: ignored (this model uses no clicks)", spec.clicks_file)
-    mask = predictor.predict_paths(ct=case.ct, pet=case.pet).mask
+        clicks = Path(input_dir) / spec.clicks_file  # a CT/PET model logs that it ignores them
+    mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
     outputs = {gc_output_path(case, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:
         outputs = {Path(output_dir) / "data-centric-model.json": json.dumps(False), **outputs}

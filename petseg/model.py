@@ -35,7 +35,7 @@ def model_sections(settings: Settings) -> dict[str, dict[str, Any]]:
     """model.json's (and train.json's) "preprocessing" and "inference" sections, with the
     network's input channels, which belong to the model, not to a run's settings."""
     sections = settings.model_sections()
-    sections["preprocessing"]["channels"] = list(CHANNELS)
+    sections["preprocessing"]["channels"] = list(settings.channels)
     return sections
 
 
@@ -54,9 +54,10 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
     try:
         preprocessing = dict(meta["preprocessing"])
         channels = preprocessing.pop("channels", list(CHANNELS))
-        if list(channels) != list(CHANNELS):
-            raise ValueError(f"input channels {channels!r} are not supported; expected {list(CHANNELS)!r}")
-        return Settings.from_model_sections({"preprocessing": preprocessing, "inference": meta["inference"]})
+        settings = Settings.from_model_sections({"preprocessing": preprocessing, "inference": meta["inference"]})
+        if list(channels) != list(settings.channels):
+            raise ValueError(f"input channels {channels!r} do not match {list(settings.channels)!r}")
+        return settings
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelError(source, f"invalid model description ({type(err).__name__}: {err})") from None
 
@@ -131,6 +132,11 @@ class ModelFolder:
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelError(meta_path, f"invalid model description ({type(err).__name__}: {err})") from None
         settings = parse_sections(meta, source=meta_path)
+        if network.get("in_channels") != len(settings.channels):
+            raise ModelError(
+                meta_path,
+                f"network in_channels {network.get('in_channels')} != input channels {list(settings.channels)}",
+            )
         if not folds:
             raise ModelError(meta_path, "lists no folds")
         for fold in folds:

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from petseg.clicks import Clicks
 from petseg.errors import ConfigError, ModelError
 from petseg.inference import FoldAverage, ensemble_maps, resolve_device, resolve_precision
 from petseg.model import ModelFolder, default_model_dir
@@ -24,6 +25,7 @@ from petseg.stages import (
     load_study,
     restore_prediction,
     timed,
+    with_clicks,
     write_prediction,
 )
 
@@ -84,17 +86,36 @@ class Predictor:
         return self.predict_images(ct, pet, ct_source=ct_source, pet_source=pet_source).mask
 
     def predict_images(
-        self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str = "CT", pet_source: str = "PET"
+        self,
+        ct: sitk.Image,
+        pet: sitk.Image,
+        *,
+        ct_source: str = "CT",
+        pet_source: str = "PET",
+        clicks: Clicks | str | Path | None = None,
+        clicks_world: bool = False,
     ) -> Prediction:
-        """Every output the settings ask for; the mask is exactly ``probability > settings.threshold``."""
+        """Every output the settings ask for; the mask is exactly ``probability > settings.threshold``.
+        ``clicks`` (a :class:`~petseg.clicks.Clicks` or a clicks JSON file) feed a click-aware model."""
         self.timings = {}
-        return self._predict(ct, pet, ct_source=ct_source, pet_source=pet_source)
+        return self._predict(
+            ct, pet, ct_source=ct_source, pet_source=pet_source, clicks=clicks, clicks_world=clicks_world
+        )
 
-    def predict_paths(self, *, ct: str | Path, pet: str | Path) -> Prediction:
+    def predict_paths(
+        self,
+        *,
+        ct: str | Path,
+        pet: str | Path,
+        clicks: Clicks | str | Path | None = None,
+        clicks_world: bool = False,
+    ) -> Prediction:
         """Read both files and predict; ``timings`` holds read, preprocess, network, restore."""
         self.timings = {}
         start = time.monotonic()
-        prep = load_study(ct=ct, pet=pet, settings=self.settings, timings=self.timings)
+        prep = load_study(
+            ct=ct, pet=pet, settings=self.settings, timings=self.timings, clicks=clicks, clicks_world=clicks_world
+        )
         return restore_prediction(
             self.network_maps(prep, start=start), prep.record, settings=self.settings, timings=self.timings
         )
@@ -151,10 +172,20 @@ class Predictor:
             maps = ensemble_maps(prep.image, self.ensemble, device=self.device, deadline=deadline)
         return EnsembleMaps.split(maps, settings=self.settings)
 
-    def _predict(self, ct: sitk.Image, pet: sitk.Image, *, ct_source: str, pet_source: str) -> Prediction:
+    def _predict(
+        self,
+        ct: sitk.Image,
+        pet: sitk.Image,
+        *,
+        ct_source: str,
+        pet_source: str,
+        clicks: Clicks | str | Path | None = None,
+        clicks_world: bool = False,
+    ) -> Prediction:
         start = time.monotonic()
         with timed("preprocess", self.timings):
             prep = preprocess(ct, pet, settings=self.settings, ct_source=ct_source, pet_source=pet_source)
+            prep = with_clicks(prep, clicks, settings=self.settings, world=clicks_world)
         return restore_prediction(
             self.network_maps(prep, start=start), prep.record, settings=self.settings, timings=self.timings
         )

@@ -28,6 +28,7 @@ PAPER_NETWORK: dict[str, Any] = {
 }
 
 CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
+CLICK_CHANNELS = ("tumor_clicks", "background_clicks")  # then, in click-aware models
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -60,6 +61,8 @@ class Settings:
             strictly above this (0.5 = the argmax of the two classes).
         uncertainty: also compute the standard deviation of the folds' probabilities
             (fold disagreement), from running sums of p and p^2 in the one pass.
+        click_sigma_mm: None for a CT/PET model; for a click-aware model (input channels
+            CT, PET, tumour clicks, background clicks) the Gaussian width of a click, mm.
         fold_votes: also keep each fold's own probability (one map per fold on the network
             grid: memory grows by the fold count) to tell, per lesion, how many folds' own
             masks overlap it.
@@ -84,6 +87,7 @@ class Settings:
     threshold: float = 0.5
     uncertainty: bool = False
     fold_votes: bool = False
+    click_sigma_mm: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
@@ -104,11 +108,26 @@ class Settings:
         check_device(self.device)
         if not 0.0 <= self.threshold < 1.0:
             raise ConfigError("threshold", f"must be in [0, 1), got {self.threshold!r}")
+        if self.click_sigma_mm is not None and not self.click_sigma_mm > 0:
+            raise ConfigError("click_sigma_mm", f"must be positive or None, got {self.click_sigma_mm!r}")
         if self.body_margin_mm < 0:
             raise ConfigError("body_margin_mm", f"must be >= 0, got {self.body_margin_mm!r}")
 
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
-    PREPROCESSING_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm")
+    PREPROCESSING_KEYS = (
+        "target_spacing",
+        "ct_window",
+        "ct_fill_hu",
+        "body_threshold_hu",
+        "body_margin_mm",
+        "click_sigma_mm",
+    )
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The network's input channels, in order."""
+        return CHANNELS if self.click_sigma_mm is None else CHANNELS + CLICK_CHANNELS
+
     INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold")
     # fields that change how fast, where or how visibly a study runs, never its outputs
     RUNTIME_ONLY = ("device", "sw_batch_size", "progress", "compile")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.clicks import Clicks, click_maps, read_clicks
 from petseg.errors import ConfigError
 from petseg.io import atomic_paths, read_image, save_image
 from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, restore
@@ -71,13 +73,42 @@ def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
         log.info("%-10s %7.2f s", stage, elapsed)
 
 
-def load_study(*, ct: str | Path, pet: str | Path, settings: Settings, timings: dict[str, float]) -> Preprocessed:
-    """Read a CT/PET pair and preprocess it (stages "read" and "preprocess")."""
+def load_study(
+    *,
+    ct: str | Path,
+    pet: str | Path,
+    settings: Settings,
+    timings: dict[str, float],
+    clicks: Clicks | str | Path | None = None,
+    clicks_world: bool = False,
+) -> Preprocessed:
+    """Read a CT/PET pair and preprocess it (stages "read" and "preprocess"); ``clicks`` (or a
+    clicks JSON file, voxel indices of the PET or with ``clicks_world`` mm) become the click
+    channels of a click-aware model."""
     with timed("read", timings):
         ct_image = read_image(ct, role="CT")
         pet_image = read_image(pet, role="PET")
     with timed("preprocess", timings):
-        return preprocess(ct_image, pet_image, settings=settings, ct_source=str(ct), pet_source=str(pet))
+        prep = preprocess(ct_image, pet_image, settings=settings, ct_source=str(ct), pet_source=str(pet))
+        return with_clicks(prep, clicks, settings=settings, world=clicks_world)
+
+
+def with_clicks(
+    prep: Preprocessed, clicks: Clicks | str | Path | None, *, settings: Settings, world: bool = False
+) -> Preprocessed:
+    """A click-aware model's input: CT, PET, then the tumour and background click maps on the
+    network grid (zero without clicks). A CT/PET model gets its input unchanged, and a log
+    line when clicks were given."""
+    if settings.click_sigma_mm is None:
+        if isinstance(clicks, Clicks) and clicks:
+            log.info("this model takes no clicks: %d click(s) ignored", len(clicks))
+        elif clicks is not None and not isinstance(clicks, Clicks):
+            log.info("this model takes no clicks: %s ignored", clicks)
+        return prep
+    if clicks is not None and not isinstance(clicks, Clicks):
+        clicks = read_clicks(clicks, grid=prep.record.native, world=world)
+    maps = click_maps(clicks or Clicks(), prep.record.network, sigma_mm=settings.click_sigma_mm)
+    return dataclasses.replace(prep, image=np.concatenate([prep.image[:2], maps]))
 
 
 def restore_prediction(

@@ -344,3 +344,55 @@ def test_fine_tuning_starts_from_a_model_folders_fold(phantom_data, tmp_path, ti
         torch.testing.assert_close(start[key], given[key], rtol=0, atol=0)
     with pytest.raises(petseg.InputError, match="initial weights not found"):
         train_fold(dataclasses.replace(config, init_from=tmp_path / "nope.pt"))
+
+
+def test_simulated_clicks_sit_on_lesion_centres_and_hot_background():
+    from petseg.train.clicks import SimulateClicksd, lesion_centres
+
+    label = np.zeros((1, 30, 30, 30), np.float32)
+    label[0, 3:10, 3:10, 3:10] = 1  # 7^3 cube: centre (6, 6, 6)
+    label[0, 20:23, 20:23, 20:23] = 1  # 3^3 cube: centre (21, 21, 21)
+    image = np.zeros((2, 30, 30, 30), np.float32)
+    image[1, 25:28, 2:5, 2:5] = 9.0  # hot background
+    centres = lesion_centres(label[0], spacing=(2.0, 2.0, 2.0))
+    np.testing.assert_array_equal(centres, [[6, 6, 6], [21, 21, 21]])
+    transform = SimulateClicksd(spacing=(2.0, 2.0, 2.0), sigma_mm=3.0, hot_suv=3.0)
+    seen = set()
+    for seed in range(200):
+        transform.set_random_state(seed)
+        out = transform({"image": image, "label": label})["image"]
+        assert out.shape == (4, 30, 30, 30)
+        np.testing.assert_array_equal(out[:2], image)
+        tumour, background = out[2], out[3]
+        peaks = {tuple(int(v) for v in p) for p in np.argwhere(tumour > 0.999)}
+        assert peaks <= {(6, 6, 6), (21, 21, 21)}
+        assert all(image[1][tuple(p)] >= 3.0 for p in np.argwhere(background > 0.999))
+        seen.add((len(peaks), bool(background.any())))
+    assert {n for n, _ in seen} == {0, 1, 2} and {b for _, b in seen} == {False, True}  # 0..10 of each kind
+
+
+def test_click_training_writes_a_four_channel_model_that_takes_clicks(phantom_data, tmp_path, caplog):
+    import SimpleITK as sitk
+
+    from petseg.model import ModelFolder
+    from petseg.predictor import Predictor
+
+    args = ["train", "-d", str(phantom_data), "-o", str(tmp_path / "run"), "--folds", "2", "--fold", "0"]
+    args += ["--epochs", "1", "--batch-size", "2", "--patch-size", "32", "32", "32", "--channels", "4", "8"]
+    args += ["--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32"]
+    assert main([*args, "--device", "cpu", "--clicks", "--click-sigma-mm", "6"]) == 0
+    assert main(["assemble", str(tmp_path / "run"), "-o", str(tmp_path / "model")]) == 0
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["network"]["kwargs"]["in_channels"] == 4
+    assert meta["preprocessing"]["channels"] == ["CT", "PET", "tumor_clicks", "background_clicks"]
+    assert meta["preprocessing"]["click_sigma_mm"] == 6.0
+    folder = ModelFolder.open(tmp_path / "model")
+    predictor = Predictor(folder.load_networks(), settings=folder.settings.with_overrides(device="cpu"))
+    case = sorted((phantom_data / "imagesTr").glob("*_0000.nii.gz"))[0]
+    pet = case.with_name(case.name.replace("_0000", "_0001"))
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps({"points": [{"point": [10, 10, 20], "name": "tumor"}]}))
+    with_clicks = predictor.predict_paths(ct=case, pet=pet, clicks=clicks)
+    without = predictor.predict_paths(ct=case, pet=pet)
+    p1, p0 = (sitk.GetArrayFromImage(p.probability) for p in (with_clicks, without))
+    assert p1.shape == p0.shape and not np.array_equal(p1, p0)  # the click channel reaches the network

@@ -15,8 +15,13 @@ def _train(args: argparse.Namespace) -> int:
     from petseg.train import TrainConfig, train_fold
 
     settings = Settings(device=args.device, precision=args.precision).with_overrides(
-        target_spacing=args.target_spacing, roi_size=args.roi_size, sw_batch_size=args.sw_batch_size
+        target_spacing=args.target_spacing,
+        roi_size=args.roi_size,
+        sw_batch_size=args.sw_batch_size,
+        click_sigma_mm=args.click_sigma_mm if args.clicks else None,
     )
+    network = network_kwargs(channels=args.channels, num_res_units=args.num_res_units)
+    network["in_channels"] = len(settings.channels)
     config = TrainConfig(
         data_dir=args.data,
         out_dir=args.output,
@@ -29,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         val_every=args.val_every,
         augment=not args.no_augment,
-        network=network_kwargs(channels=args.channels, num_res_units=args.num_res_units),
+        network=network,
         settings=settings,
         splits_file=args.splits,
         num_workers=args.num_workers,
@@ -108,6 +113,14 @@ def add_train_commands(sub) -> None:
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
         help="autocast (default auto: bf16 where the device has it natively, fp16 with loss scaling on older GPUs)",
+    )
+    p.add_argument(
+        "--clicks",
+        action="store_true",
+        help="train a click-aware model (inputs CT, PET, tumour and background click maps) with simulated clicks",
+    )
+    p.add_argument(
+        "--click-sigma-mm", type=positive(float), default=5.0, help="Gaussian width of a click map, mm (default 5)"
     )
     p.set_defaults(func=_train)
 

@@ -54,5 +54,10 @@ class TrainConfig:
         weights = (*self.pos_neg, self.hard_negatives)
         if min(weights) < 0 or sum(weights) <= 0:
             raise ConfigError("pos_neg/hard_negatives", f"patch ratios must be >= 0 and not all 0, got {weights}")
+        if self.network.get("in_channels") != len(self.settings.channels):
+            raise ConfigError(
+                "network",
+                f"in_channels {self.network.get('in_channels')} != input channels {list(self.settings.channels)}",
+            )
         if self.num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")

@@ -199,7 +199,10 @@ def validate(
     voxel_volume = float(np.prod(settings.target_spacing)) / 1000.0
     mine = []
     for case in cases[dist.rank :: dist.world]:
-        prob = foreground_probability(case["image"], ensemble, device=device)
+        image = case["image"]
+        if settings.click_sigma_mm is not None:  # validated without clicks: the automatic use
+            image = np.concatenate([image, np.zeros((2, *image.shape[1:]), image.dtype)])
+        prob = foreground_probability(image, ensemble, device=device)
         m = case_metrics(case["label"][0] > 0.5, prob > 0.5, voxel_volume_ml=voxel_volume)
         mine.append((m.dsc, m.fpv_ml, m.fnv_ml))
     network.train()

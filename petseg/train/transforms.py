@@ -37,6 +37,17 @@ def train_transforms(config: TrainConfig):
         ),
         DeleteItemsd(keys="sampling"),
     ]
+    clicks = config.settings.click_sigma_mm is not None
+    if clicks:  # before the spatial augmentation, so the click maps move with the image
+        from petseg.train.clicks import SimulateClicksd
+
+        steps.append(
+            SimulateClicksd(
+                spacing=config.settings.target_spacing, sigma_mm=config.settings.click_sigma_mm, hot_suv=config.hot_suv
+            )
+        )
+    # gamma and noise change CT and PET, never the click maps
+    names = ["ct", "pet", "tumor", "background"] if clicks else ["ct", "pet"]
     if config.augment:
         steps += [
             Rand3DElasticd(  # one resampling for translation, axial rotation, scaling and elastic
@@ -52,12 +63,17 @@ def train_transforms(config: TrainConfig):
             ),
             # gamma per channel: over the stacked image, min/max would mix CT [0, 1] with PET SUV
             # and bend the CT far more than the paper's 0.7-1.5 intends
-            SplitDimd(keys="image", output_postfixes=["ct", "pet"], dim=0, update_meta=False),
+            SplitDimd(keys="image", output_postfixes=names, dim=0, update_meta=False),
             RandAdjustContrastd(keys=["image_ct"], prob=0.3, gamma=(0.7, 1.5)),
             RandAdjustContrastd(keys=["image_pet"], prob=0.3, gamma=(0.7, 1.5)),
-            ConcatItemsd(keys=["image_ct", "image_pet"], name="image", dim=0),
-            DeleteItemsd(keys=["image_ct", "image_pet"]),
-            RandGaussianNoised(keys=["image"], prob=0.2, std=0.05),
         ]
+        if clicks:
+            steps.append(RandGaussianNoised(keys=["image_ct", "image_pet"], prob=0.2, std=0.05))
+        steps += [
+            ConcatItemsd(keys=[f"image_{n}" for n in names], name="image", dim=0),
+            DeleteItemsd(keys=[f"image_{n}" for n in names]),
+        ]
+        if not clicks:  # as it always was: one noise draw over the stacked image
+            steps.append(RandGaussianNoised(keys=["image"], prob=0.2, std=0.05))
     steps.append(EnsureTyped(keys=keys, track_meta=False))
     return Compose(steps)
