@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from petseg.errors import ConfigError
+from petseg.errors import ConfigError, InputError
 from petseg.frontend import (
     ArgumentParser,
     add_speed_options,
@@ -28,14 +28,15 @@ log = logging.getLogger("petseg")
 def _make_predictor(args: argparse.Namespace, *, device: str | None = None):
     from petseg.predictor import Predictor
 
+    # the lesion report and the QC picture show each lesion's confidence and fold vote
+    report = getattr(args, "report", False) or getattr(args, "qc", False)
     return Predictor.from_model_dir(
         args.model_dir,
         device=device or args.device,
         sw_batch_size=args.sw_batch_size,
         threshold=args.threshold,
-        # the lesion report and the QC picture show each lesion's confidence and fold vote
-        uncertainty=args.save_uncertainty or args.report or args.qc or None,
-        fold_votes=args.report or args.qc or None,
+        uncertainty=getattr(args, "save_uncertainty", False) or report or None,
+        fold_votes=report or None,
         progress=getattr(args, "verbose", False),
         **speed_overrides(args),
     )
@@ -204,6 +205,47 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_interactive(args: argparse.Namespace) -> int:
+    from petseg.interactive import interactive_case, plot_curves, summarize_curves
+    from petseg.io import check_output_folder, write_csv
+    from petseg.layout import find_cases, index_images
+
+    cases, problems = find_cases(args.input)
+    if problems:
+        raise problems[0]
+    labels = index_images(args.gt, role="ground truth")
+    missing = [c.name for c in cases if c.name not in labels]
+    if missing:
+        raise InputError(args.gt, f"no ground truth for {len(missing)} case(s): {', '.join(missing[:5])}")
+    check_output_folder(args.output)
+    predictor = _make_predictor(args)
+    if predictor.settings.click_sigma_mm is None:
+        log.warning("the model takes no clicks: every step gives the automatic result")
+    curves = [
+        interactive_case(predictor, case=c.name, ct=c.ct, pet=c.pet, gt=labels[c.name], clicks=args.clicks)
+        for c in tqdm(cases, desc="interactive", unit="case", disable=len(cases) < 2)
+    ]
+    out = Path(args.output)
+    write_csv([row for c in curves for row in c.rows], out / "interactive.csv")
+    summary = summarize_curves(curves)
+    per_case = [
+        {
+            "case": c.case,
+            **{f"{m}_{k}": getattr(c, k)(m) for m in ("dsc", "fpv_ml", "fnv_ml") for k in ("final", "auc")},
+        }
+        for c in curves
+    ]
+    write_csv(per_case, out / "interactive_cases.csv")
+    plot_curves(curves, out / "interactive.png", title=f"{len(curves)} studies, 0-{args.clicks} simulated clicks")
+    print(
+        f"{summary['cases']} cases: DSC {curves and summary['dsc_final']:.4f} after {args.clicks} clicks "
+        f"(AUC {summary['dsc_auc']:.3f}), FPV {summary['fpv_ml_final']:.3f} ml (AUC {summary['fpv_ml_auc']:.3f}), "
+        f"FNV {summary['fnv_ml_final']:.3f} ml (AUC {summary['fnv_ml_auc']:.3f})"
+    )
+    print(f"wrote {out / 'interactive.csv'}, {out / 'interactive_cases.csv'}, {out / 'interactive.png'}")
+    return 0
+
+
 def _qc(args: argparse.Namespace) -> int:
     from petseg.io import read_image
     from petseg.qc import render_qc
@@ -240,6 +282,7 @@ def _phantom(args: argparse.Namespace) -> int:
             spacing=tuple(args.spacing),
             ct_spacing=tuple(args.ct_spacing) if args.ct_spacing else None,
             n_lesions=args.lesions,
+            hard=args.hard,
         )
         for path in write_study(study, args.output, layout=args.layout):
             log.info("wrote %s", path)
@@ -335,6 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="per-case CSV (and <name>_lesions.csv with --pet)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser(
+        "evaluate-interactive", help="autoPET IV evaluation: DSC/FPV/FNV after 0..N simulated clicks, and their AUC"
+    )
+    p.add_argument("-i", "--input", required=True, type=Path, help="nnU-Net-named images folder")
+    p.add_argument("--gt", required=True, type=Path, help="ground-truth masks folder (<case>.<ext>)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for interactive.csv, _cases.csv, .png")
+    p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--clicks", type=nonnegative_int, default=10, help="clicks to simulate per study (default 10)")
+    p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call (default from model.json)")
+    p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
+    add_speed_options(p)
+    p.set_defaults(func=_evaluate_interactive)
+
     p = sub.add_parser("qc", help="PNG with coronal/sagittal PET MIPs and lesion outlines")
     p.add_argument("--pet", required=True, type=Path)
     p.add_argument("--mask", required=True, type=Path)
@@ -364,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=positive(float), nargs=3, default=(5.0, 5.0, 4.5), metavar=("X", "Y", "Z"))
     p.add_argument("--ct-spacing", type=positive(float), nargs=3, metavar=("X", "Y", "Z"), help="CT on its own grid")
     p.add_argument("--lesions", type=positive(int), help="lesions per study (default: random 1-6)")
+    p.add_argument(
+        "--hard", action="store_true", help="small faint lesions and unlabelled lesion-like uptake (for click models)"
+    )
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("compare", help="compare an output folder with the expected one (test.sh)")

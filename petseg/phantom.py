@@ -86,6 +86,7 @@ class Lesion:
     radius: float  # mm
     suv: float
     site: str
+    labelled: bool = True  # False: physiological uptake that only looks like a lesion (PET only)
 
 
 @dataclass
@@ -152,7 +153,9 @@ class Anatomy:
         return t
 
 
-def _sample_lesions(anatomy: Anatomy, rng: np.random.Generator, n: int, tracer: str) -> list[Lesion]:
+def _sample_lesions(
+    anatomy: Anatomy, rng: np.random.Generator, n: int, tracer: str, *, hard: bool = False
+) -> list[Lesion]:
     lesions = []
     anchors = {
         "lung": [((s * 0.17, 0, 0.18), (0.09, 0.14, 0.07)) for s in (-1, 1)],
@@ -166,12 +169,30 @@ def _sample_lesions(anatomy: Anatomy, rng: np.random.Generator, n: int, tracer: 
         (c, jitter) = anchors[site][rng.integers(len(anchors[site]))]
         frac = np.asarray(c) + rng.uniform(-1, 1, 3) * np.asarray(jitter)
         centre = anatomy.rel(*frac)
-        radius = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+        background = SUV[tracer][{"node": SOFT, "bone": BONE, "lung": LUNG, "liver": LIVER}[site]]
+        if hard:  # small and faint: 4-10 mm radius, 1.6-2.6 x the tissue around it
+            radius = float(rng.uniform(4.0, 10.0))
+            suv = float(background * rng.uniform(1.6, 2.6))
+        else:
+            radius = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+            suv = max(float(rng.uniform(2.0, 20.0)), 2.0 * background)
         radius = min(radius, 0.08 * anatomy.w)  # keep lesions plausible in small fields of view
-        suv = float(rng.uniform(2.0, 20.0))
-        suv = max(suv, 2.0 * SUV[tracer][{"node": SOFT, "bone": BONE, "lung": LUNG, "liver": LIVER}[site]])
         lesions.append(Lesion(tuple(float(v) for v in centre), radius, suv, site))
     return lesions
+
+
+def _sample_mimics(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[Lesion]:
+    """Unlabelled lesion-like uptake (bowel, brown fat, inflamed nodes): hot spheres of 6-14 mm
+    radius and SUV 4-9 at lymph-node stations and around the abdomen."""
+    mimics = []
+    for _ in range(n):
+        c = NODE_STATIONS[rng.integers(len(NODE_STATIONS))] if rng.random() < 0.5 else (0.0, -0.05, -0.02)
+        frac = np.asarray(c) + rng.uniform(-1, 1, 3) * np.array([0.08, 0.05, 0.06])
+        radius = min(float(rng.uniform(6.0, 14.0)), 0.08 * anatomy.w)
+        mimics.append(
+            Lesion(tuple(float(v) for v in anatomy.rel(*frac)), radius, float(rng.uniform(4.0, 9.0)), "mimic", False)
+        )
+    return mimics
 
 
 def _render(size, spacing, origin, direction, anatomy, lesions, tracer, *, what: str) -> np.ndarray:
@@ -187,6 +208,8 @@ def _render(size, spacing, origin, direction, anatomy, lesions, tracer, *, what:
         if what != "label":
             values[:] = (lut_hu if what == "ct" else lut_suv)[anatomy.tissues(pts)]
         for lesion in lesions:
+            if not lesion.labelled and what != "pet":
+                continue
             inside = ((pts - np.asarray(lesion.centre, np.float32)) ** 2).sum(-1) <= lesion.radius**2
             if what == "label":
                 values[inside] = 1
@@ -218,11 +241,14 @@ def make_study(
     ct_spacing: tuple[float, float, float] | None = None,
     n_lesions: int | None = None,
     noise: bool = True,
+    hard: bool = False,
 ) -> Study:
     """One deterministic study: same (tracer, seed, index) -> same images, on any grid.
 
     ``shape``/``spacing``/``origin``/``direction`` define the PET grid (and the label's);
     the CT shares it unless ``ct_spacing`` puts it on its own grid over the same field of view.
+    ``hard`` makes studies an automatic model struggles with: small, faint lesions (4-10 mm,
+    1.6-2.6 x their tissue's uptake) and 2-5 unlabelled lesion-like hot spots.
     """
     if tracer not in TRACERS:
         raise ValueError(f"tracer must be one of {TRACERS}, got {tracer!r}")
@@ -235,7 +261,10 @@ def make_study(
     origin = np.asarray(origin, float)
     centre = origin + direction @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2)
     anatomy = Anatomy(centre, np.abs(direction) @ extent_vec)
-    lesions = _sample_lesions(anatomy, rng, int(rng.integers(1, 7)) if n_lesions is None else n_lesions, tracer)
+    count = int(rng.integers(1, 7)) if n_lesions is None else n_lesions
+    lesions = _sample_lesions(anatomy, rng, count, tracer, hard=hard)
+    if hard:
+        lesions += _sample_mimics(anatomy, rng, int(rng.integers(2, 6)))
 
     pet = _render(size, spacing, origin, direction, anatomy, lesions, tracer, what="pet")
     if noise:

@@ -1,0 +1,102 @@
+"""Interactive evaluation (autoPET IV): simulated clicks, per-step measures, areas under the curves."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from petseg.cli import main
+from petseg.geometry import Grid
+from petseg.interactive import area, interactive_case, next_click, summarize_curves
+from petseg.predictor import Predictor
+
+from conftest import DIRECTIONS, SMALL, blob_study
+
+GRID = Grid((20, 16, 12), (3.1, 2.4, 4.3), (-37.5, 120.0, -400.2), tuple(DIRECTIONS["oblique"].ravel()))
+
+
+def test_the_next_click_goes_to_the_centre_of_the_largest_error_region():
+    gt = np.zeros((12, 16, 20), bool)  # (z, y, x)
+    pred = np.zeros_like(gt)
+    gt[2:7, 3:8, 4:9] = True  # missed: 125 voxels, centre (4, 5, 6)
+    pred[8:10, 10:12, 14:16] = True  # false: 8 voxels
+    kind, point = next_click(gt, pred, grid=GRID)
+    assert kind == "tumor"
+    x, y, z = np.round(GRID.to_index(point)).astype(int)
+    assert gt[z, y, x] and (y, x) == (5, 6)  # the centre across the finely spaced axes
+    np.testing.assert_allclose(GRID.to_index(point), np.round(GRID.to_index(point)), atol=1e-9)
+    pred[0:12, 12:16, 0:20] = True  # now a large false region
+    assert next_click(gt, pred, grid=GRID)[0] == "background"
+    assert next_click(gt, gt, grid=GRID) is None
+
+
+def test_area_is_the_trapezoidal_rule_over_click_counts():
+    assert area(np.ones(11)) == pytest.approx(10.0)
+    assert area(np.array([0.0, 1.0, 1.0])) == pytest.approx(1.5)
+    assert np.isnan(area(np.array([np.nan, 1.0])))
+
+
+class ClickFollower(torch.nn.Module):
+    """A 'click-aware network': lesion (PET > 2.5) only near a tumour click, never near a background click."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pet, tumour, background = x[:, 1:2], x[:, 2:3], x[:, 3:4]
+        foreground = torch.where((tumour > 0.05) & (background < 0.05), pet - 2.5, torch.full_like(pet, -5.0))
+        return torch.cat([-foreground, foreground], dim=1)
+
+
+@pytest.mark.parametrize("direction", ["identity", "oblique"])
+def test_clicks_placed_from_the_errors_find_every_lesion_at_its_world_position(tmp_path, direction):
+    ct, pet = blob_study(direction=DIRECTIONS[direction], radius=9.0)
+    gt = sitk.Cast(pet > 2.5, sitk.sitkUInt8)
+    for name, image in (("ct", ct), ("pet", pet), ("gt", gt)):
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    settings = SMALL.with_overrides(click_sigma_mm=20.0, fold_batchnorm=False, channels_last=False)
+    predictor = Predictor([ClickFollower()], settings=settings)
+    curve = interactive_case(
+        predictor, case="c", ct=tmp_path / "ct.nii.gz", pet=tmp_path / "pet.nii.gz", gt=tmp_path / "gt.nii.gz", clicks=4
+    )
+    dsc = [row["dsc"] for row in curve.rows]
+    assert dsc[0] == 0.0 and dsc[-1] > 0.9  # nothing without clicks; both blobs after two
+    assert all(b >= a - 1e-9 for a, b in zip(dsc, dsc[1:]))
+    first = curve.rows[1]
+    assert first["click"] == "tumor" and first["tumor_clicks"] == 1
+    world = np.array([first["click_x_mm"], first["click_y_mm"], first["click_z_mm"]])
+    lesion = sitk.GetArrayFromImage(gt) > 0
+    x, y, z = np.round(Grid.of(pet).to_index(world)).astype(int)
+    assert lesion[z, y, x]  # the click lies in a lesion, wherever the grid's axes point
+    assert curve.rows[-1]["clicks"] == 4 and len(curve.rows) == 5
+    summary = summarize_curves([curve])
+    assert summary["dsc_final"] == pytest.approx(dsc[-1]) and summary["dsc_auc"] == pytest.approx(area(np.array(dsc)))
+
+
+def test_evaluate_interactive_cli_writes_curves_and_warns_for_a_ct_pet_model(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "gt").mkdir()
+    for name in ("a", "b"):
+        ct, pet = blob_study()
+        sitk.WriteImage(ct, str(tmp_path / "in" / f"{name}_0000.nii.gz"))
+        sitk.WriteImage(pet, str(tmp_path / "in" / f"{name}_0001.nii.gz"))
+        sitk.WriteImage(sitk.Cast(pet > 3.0, sitk.sitkUInt8), str(tmp_path / "gt" / f"{name}.nii.gz"))
+    args = [
+        "evaluate-interactive",
+        "-i",
+        str(tmp_path / "in"),
+        "--gt",
+        str(tmp_path / "gt"),
+        "-o",
+        str(tmp_path / "out"),
+    ]
+    assert main([*args, "--model-dir", str(tiny_model_dir), "--device", "cpu", "--clicks", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "takes no clicks" in captured.err
+    with (tmp_path / "out" / "interactive.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["case"], r["clicks"]) for r in rows] == [(c, str(k)) for c in ("a", "b") for k in range(4)]
+    assert len({r["dsc"] for r in rows if r["case"] == "a"}) == 1  # a CT/PET model: the same result every step
+    assert (tmp_path / "out" / "interactive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cases: DSC" in captured.out
