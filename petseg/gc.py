@@ -18,12 +18,15 @@ log = logging.getLogger(__name__)
 class Interface:
     output_slug: str  # folder under output/images/
     data_centric_json: bool  # autoPET III asks every algorithm to declare its category
-    clicks_file: str | None = None  # optional input the algorithm may ignore
+    time_budget_s: float  # the challenge's limit per case less 30 s for start-up, reading and writing
+    clicks_file: str | None = None  # optional input: used by click-aware models, else ignored
 
 
 INTERFACES = {
-    "autopet3": Interface("automated-petct-lesion-segmentation", data_centric_json=True),
-    "autopet4": Interface("tumor-lesion-segmentation", data_centric_json=False, clicks_file="lesion-clicks.json"),
+    "autopet3": Interface("automated-petct-lesion-segmentation", data_centric_json=True, time_budget_s=270.0),
+    "autopet4": Interface(
+        "tumor-lesion-segmentation", data_centric_json=False, time_budget_s=870.0, clicks_file="lesion-clicks.json"
+    ),
 }
 
 

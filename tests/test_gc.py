@@ -253,3 +253,74 @@ def test_outputs_get_the_usual_file_mode(gc_input, tiny_model_dir, tmp_path):
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+@pytest.fixture(scope="module")
+def click_model_dir(tmp_path_factory):
+    """A two-fold click-aware model folder: a tiny random UNet with 4 input channels."""
+    from petseg.model import build_network, write_model_folder
+
+    from conftest import SMALL, TINY_NETWORK
+
+    network = {**TINY_NETWORK, "in_channels": 4}
+    states = {}
+    for fold in range(2):
+        torch.manual_seed(10 + fold)
+        states[fold] = build_network(network).state_dict()
+    out = tmp_path_factory.mktemp("click_model")
+    settings = SMALL.with_overrides(click_sigma_mm=10.0)
+    write_model_folder(out, state_dicts=states, network=network, settings=settings, description="tiny click model")
+    return out
+
+
+def test_autopet4_feeds_the_clicks_to_a_click_aware_model_and_writes_one_mask(gc_input, click_model_dir, tmp_path):
+    pet = sitk.ReadImage(str(_pet_path(gc_input)))
+    centre = [s // 2 for s in pet.GetSize()]
+    assert run_process(gc_input, tmp_path / "none", click_model_dir, "--interface", "autopet4") == 0
+    clicks = {"points": [{"point": centre, "name": "tumor"}, {"point": [1, 1, 1], "name": "background"}]}
+    (gc_input / "lesion-clicks.json").write_text(json.dumps(clicks))
+    out = tmp_path / "out"
+    assert run_process(gc_input, out, click_model_dir, "--interface", "autopet4") == 0
+    assert files_under(out) == ["images/tumor-lesion-segmentation/3f1c0a6e-case.mha"]
+    name = "images/tumor-lesion-segmentation/3f1c0a6e-case.mha"
+    with_clicks, without = (
+        sitk.GetArrayFromImage(sitk.ReadImage(str(root / name))) for root in (out, tmp_path / "none")
+    )
+    assert not np.array_equal(with_clicks, without)  # the clicks reached the network
+
+
+def test_a_bad_clicks_file_fails_a_click_aware_job_with_one_line(gc_input, click_model_dir, tmp_path, capsys):
+    (gc_input / "lesion-clicks.json").write_text(json.dumps({"points": [{"point": [1, 2], "name": "tumor"}]}))
+    assert run_process(gc_input, tmp_path / "out", click_model_dir, "--interface", "autopet4") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lesion-clicks.json: point 0 has point [1, 2], expected three numbers" in err[0]
+    assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(("interface", "budget"), [("autopet3", 270.0), ("autopet4", 870.0)])
+def test_each_interface_has_its_challenges_time_budget(
+    gc_input, tiny_model_dir, tmp_path, monkeypatch, interface, budget
+):
+    seen = {}
+    monkeypatch.setattr(
+        process.gc, "run", lambda *, predictor, **kw: seen.setdefault("budget", predictor.settings.time_budget_s)
+    )
+    assert run_process(gc_input, tmp_path / "out", tiny_model_dir, "--interface", interface) == 0
+    assert seen["budget"] == budget
+    seen.clear()
+    assert run_process(gc_input, tmp_path / "out", tiny_model_dir, "--interface", interface, "--time-budget", "60") == 0
+    assert seen["budget"] == 60.0
+
+
+def test_a_ct_pet_model_logs_that_it_ignores_clicks(tiny_model_dir, caplog):
+    from petseg.clicks import Clicks
+    from petseg.predictor import Predictor
+
+    from conftest import blob_study
+
+    ct, pet = blob_study()
+    predictor = Predictor.from_model_dir(tiny_model_dir, device="cpu")
+    with caplog.at_level("INFO"):
+        mask = predictor.predict_images(ct, pet, clicks=Clicks(tumor=((0.0, 0.0, 0.0),))).mask
+    assert "this model takes no clicks: 1 click(s) ignored" in caplog.text
+    assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(predictor.predict(ct, pet)))
