@@ -1,4 +1,5 @@
-# petseg Grand Challenge algorithm container (autoPET III Task 1 interface).
+# petseg Grand Challenge algorithm container (autoPET III Task 1 interface; autoPET IV with
+# --build-arg MODEL_DIR=weights-clicks --build-arg INTERFACE=autopet4).
 FROM python:3.11.10-slim-bookworm
 
 # Which build of torch==2.13.0 (see README, "Grand Challenge container" for the NVIDIA driver each needs):
@@ -6,6 +7,10 @@ FROM python:3.11.10-slim-bookworm
 #   https://download.pytorch.org/whl/cuXYZ   a CUDA 12.x build (driver >= 525), if PyTorch publishes one for 2.13.0
 #   https://download.pytorch.org/whl/cpu     CPU only (smallest image)
 ARG TORCH_INDEX_URL=""
+# The model folder to ship (weights-clicks for the click-aware autoPET IV model) and the
+# Grand Challenge interface process.py serves (autopet3 | autopet4).
+ARG MODEL_DIR=weights
+ARG INTERFACE=autopet3
 # Optional pip index settings for the build only (a mirror, a wheel folder); they do not
 # reach the image's environment. test/container/build-offline.sh passes the host's.
 ARG PIP_INDEX_URL
@@ -18,6 +23,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PETSEG_MODEL_DIR=/opt/app/weights \
+    PETSEG_GC_INTERFACE=${INTERFACE} \
     MPLCONFIGDIR=/tmp/matplotlib
 
 # Runtime user uid 1001; it may write /output (and /tmp) only: code and weights belong to root.
@@ -44,7 +50,7 @@ RUN python -m pip install --no-cache-dir /tmp/petseg-src \
     && python -m pip check \
     && rm -rf /tmp/petseg-src /root/.cache /tmp/*
 
-COPY weights /opt/app/weights
+COPY ${MODEL_DIR} /opt/app/weights
 COPY process.py /opt/app/
 
 USER 1001:1001

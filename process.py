@@ -5,6 +5,7 @@ A thin handler over ``petseg.gc``; weights come from ``weights/`` beside this fi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,10 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, default=Path("/input"))
     parser.add_argument("--output", type=Path, default=Path("/output"))
     parser.add_argument("--model-dir", type=Path, default=HERE / "weights")
-    parser.add_argument("--interface", choices=sorted(gc.INTERFACES), default="autopet3")
+    parser.add_argument(
+        "--interface",
+        choices=sorted(gc.INTERFACES),
+        default=os.environ.get("PETSEG_GC_INTERFACE", "autopet3"),  # the image's build argument INTERFACE
+        help="Grand Challenge interface (default $PETSEG_GC_INTERFACE, else autopet3)",
+    )
     parser.add_argument("--device", default="auto")
     add_speed_options(parser)
     args = parser.parse_args(argv)
+    if args.interface not in gc.INTERFACES:  # argparse does not check a default against the choices
+        parser.error(f"PETSEG_GC_INTERFACE={args.interface!r} is not one of {sorted(gc.INTERFACES)}")
     if args.time_budget is None:  # the challenge's limit per case, less 30 s for start-up, reading, writing
         args.time_budget = gc.INTERFACES[args.interface].time_budget_s
     setup_logging()

@@ -396,3 +396,21 @@ def test_click_training_writes_a_four_channel_model_that_takes_clicks(phantom_da
     without = predictor.predict_paths(ct=case, pet=pet)
     p1, p0 = (sitk.GetArrayFromImage(p.probability) for p in (with_clicks, without))
     assert p1.shape == p0.shape and not np.array_equal(p1, p0)  # the click channel reaches the network
+
+
+def test_a_ct_pet_model_widened_for_clicks_starts_as_the_same_model():
+    import torch
+
+    from petseg.model import build_network, load_state_dict
+    from petseg.train.loop import widened
+
+    torch.manual_seed(0)
+    two = build_network(dict(TINY_NETWORK)).eval()
+    four = build_network({**TINY_NETWORK, "in_channels": 4}).eval()
+    load_state_dict(four, widened(two.state_dict(), four), source="test")
+    x = torch.randn(1, 2, 16, 16, 16)
+    clicks = torch.zeros(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(four(torch.cat([x, clicks], dim=1)), two(x))
+        torch.testing.assert_close(four(torch.cat([x, clicks + 1], dim=1)), two(x))  # zero weights: clicks unused
+    assert four.state_dict()["model.0.conv.unit0.conv.weight"][:, 2:].abs().sum() == 0

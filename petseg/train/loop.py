@@ -147,6 +147,23 @@ def init_checkpoint(path: str | Path, fold: int) -> Path:
     return path
 
 
+def widened(state: dict[str, torch.Tensor], network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weights of a model with fewer input channels (a CT/PET model, for a click-aware one):
+    the extra input channels get zero weights, so the new model starts as the old one."""
+    target = network.state_dict()
+    out = dict(state)
+    for key, value in state.items():
+        want = target.get(key)
+        if want is None or value.ndim < 2 or value.ndim != want.ndim:
+            continue
+        if value.shape[1] < want.shape[1] and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
+            grown = torch.zeros_like(want)
+            grown[:, : value.shape[1]] = value
+            out[key] = grown
+            log.info("%s: input channels %d -> %d (the new ones start at zero)", key, value.shape[1], want.shape[1])
+    return out
+
+
 def make_loader(config: TrainConfig, train_data: list[dict], transform, dist: Dist):
     from monai.data import DataLoader, Dataset
     from torch.utils.data.distributed import DistributedSampler
@@ -241,7 +258,7 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
     else:
         if config.init_from is not None:
             source = init_checkpoint(config.init_from, config.fold)
-            load_state_dict(trainer.network, read_state_dict(source), source=source)
+            load_state_dict(trainer.network, widened(read_state_dict(source), trainer.network), source=source)
             log.info("fold %d: starting from %s", config.fold, source)
         if log_path.exists() and dist.main:
             log_path.unlink()
