@@ -213,6 +213,8 @@ def _evaluate_interactive(args: argparse.Namespace) -> int:
     cases, problems = find_cases(args.input)
     if problems:
         raise problems[0]
+    if not cases:
+        raise InputError(args.input, "no cases (<case>_0000 CT and <case>_0001 PET)")
     labels = index_images(args.gt, role="ground truth")
     missing = [c.name for c in cases if c.name not in labels]
     if missing:
@@ -238,7 +240,7 @@ def _evaluate_interactive(args: argparse.Namespace) -> int:
     write_csv(per_case, out / "interactive_cases.csv")
     plot_curves(curves, out / "interactive.png", title=f"{len(curves)} studies, 0-{args.clicks} simulated clicks")
     print(
-        f"{summary['cases']} cases: DSC {curves and summary['dsc_final']:.4f} after {args.clicks} clicks "
+        f"{summary['cases']} cases: DSC {summary['dsc_final']:.4f} after {args.clicks} clicks "
         f"(AUC {summary['dsc_auc']:.3f}), FPV {summary['fpv_ml_final']:.3f} ml (AUC {summary['fpv_ml_auc']:.3f}), "
         f"FNV {summary['fnv_ml_final']:.3f} ml (AUC {summary['fnv_ml_auc']:.3f})"
     )

@@ -66,3 +66,33 @@ def test_demo_weights_reach_dsc_0_8_on_heldout_phantoms():
     dsc = heldout_mean_dsc(ROOT / "weights")
     assert dsc["all"] >= 0.8, dsc
     assert min(dsc["fdg"], dsc["psma"]) >= 0.7, dsc
+
+
+def test_click_weights_improve_with_clicks_and_match_the_ct_pet_weights_without(tmp_path):
+    """The click-aware demo weights on held-out hard phantoms (seeds 950/951, never trained on):
+    clicks help, and without clicks they stay close to the two-channel demo weights."""
+    from petseg.interactive import interactive_case
+    from petseg.phantom import make_study, write_study
+
+    cases = []
+    for tracer, seed in (("fdg", 950), ("psma", 951)):
+        for index in range(1):
+            study = make_study(
+                tracer=tracer, seed=seed, index=index, shape=(64, 56, 128), spacing=(6.0, 6.0, 5.5), hard=True
+            )
+            write_study(study, tmp_path)
+            cases.append(study.case_id)
+    images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    clicks = Predictor.from_model_dir(ROOT / "weights-clicks", device="cpu")
+    plain = Predictor.from_model_dir(ROOT / "weights", device="cpu")
+    gains, gaps = [], []
+    for case in cases:
+        paths = dict(
+            ct=images / f"{case}_0000.nii.gz", pet=images / f"{case}_0001.nii.gz", gt=labels / f"{case}.nii.gz"
+        )
+        curve = interactive_case(clicks, case=case, clicks=3, **paths)
+        automatic = interactive_case(plain, case=case, clicks=0, **paths)
+        gains.append(curve.rows[-1]["dsc"] - curve.rows[0]["dsc"])
+        gaps.append(curve.rows[0]["dsc"] - automatic.rows[0]["dsc"])
+    assert np.mean(gains) >= 0.05
+    assert abs(np.mean(gaps)) <= 0.05

@@ -324,3 +324,15 @@ def test_a_ct_pet_model_logs_that_it_ignores_clicks(tiny_model_dir, caplog):
         mask = predictor.predict_images(ct, pet, clicks=Clicks(tumor=((0.0, 0.0, 0.0),))).mask
     assert "this model takes no clicks: 1 click(s) ignored" in caplog.text
     assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(predictor.predict(ct, pet)))
+
+
+def test_the_images_interface_comes_from_its_build_argument(gc_input, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PETSEG_GC_INTERFACE", "autopet4")  # the Dockerfile's ARG INTERFACE
+    assert run_process(gc_input, tmp_path / "out", tiny_model_dir) == 0
+    assert files_under(tmp_path / "out") == ["images/tumor-lesion-segmentation/3f1c0a6e-case.mha"]
+    monkeypatch.setenv("PETSEG_GC_INTERFACE", "autopet9")
+    with pytest.raises(SystemExit) as exit_info:
+        run_process(gc_input, tmp_path / "bad", tiny_model_dir)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PETSEG_GC_INTERFACE='autopet9'" in err[0]
