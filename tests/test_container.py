@@ -25,6 +25,11 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _build_args() -> dict[str, str]:
+    args = [ln.split(None, 1)[1] for ln in _instructions() if ln.upper().startswith("ARG ") and "=" in ln]
+    return {a.split("=", 1)[0]: a.split("=", 1)[1].strip('"') for a in args}
+
+
 def test_every_copy_source_exists_and_is_not_dockerignored():
     ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip()}
     copies = [ln.split()[1:] for ln in _instructions() if ln.upper().startswith("COPY")]
@@ -32,6 +37,8 @@ def test_every_copy_source_exists_and_is_not_dockerignored():
     for args in copies:
         sources = [a for a in args if not a.startswith("--")][:-1]
         for source in sources:
+            for name, value in _build_args().items():  # ${MODEL_DIR}: the build argument's default
+                source = source.replace(f"${{{name}}}", value)
             assert (ROOT / source).exists(), f"COPY source {source} missing"
             assert source not in ignored, f"COPY source {source} is excluded by .dockerignore"
 

@@ -139,7 +139,7 @@ def test_model_json_with_other_input_channels_is_refused(tmp_path):
     meta = json.loads((folder.path / MODEL_JSON).read_text())
     meta["preprocessing"]["channels"] = ["PET", "CT"]
     (folder.path / MODEL_JSON).write_text(json.dumps(meta))
-    with pytest.raises(petseg.ModelError, match=r"input channels \['PET', 'CT'\] are not supported"):
+    with pytest.raises(petseg.ModelError, match=r"input channels \['PET', 'CT'\] do not match \['CT', 'PET'\]"):
         ModelFolder.open(folder.path)
 
 
