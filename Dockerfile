@@ -7,10 +7,6 @@ FROM python:3.11.10-slim-bookworm
 #   https://download.pytorch.org/whl/cuXYZ   a CUDA 12.x build (driver >= 525), if PyTorch publishes one for 2.13.0
 #   https://download.pytorch.org/whl/cpu     CPU only (smallest image)
 ARG TORCH_INDEX_URL=""
-# The model folder to ship (weights-clicks for the click-aware autoPET IV model) and the
-# Grand Challenge interface process.py serves (autopet3 | autopet4).
-ARG MODEL_DIR=weights
-ARG INTERFACE=autopet3
 # Optional pip index settings for the build only (a mirror, a wheel folder); they do not
 # reach the image's environment. test/container/build-offline.sh passes the host's.
 ARG PIP_INDEX_URL
@@ -23,7 +19,6 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PETSEG_MODEL_DIR=/opt/app/weights \
-    PETSEG_GC_INTERFACE=${INTERFACE} \
     MPLCONFIGDIR=/tmp/matplotlib
 
 # Runtime user uid 1001; it may write /output (and /tmp) only: code and weights belong to root.
@@ -50,6 +45,13 @@ RUN python -m pip install --no-cache-dir /tmp/petseg-src \
     && python -m pip check \
     && rm -rf /tmp/petseg-src /root/.cache /tmp/*
 
+# The model folder to ship (weights-clicks for the click-aware autoPET IV model) and the
+# Grand Challenge interface process.py serves (autopet3 | autopet4). Declared here, after the
+# installs: a changed build argument invalidates every RUN after its ARG line, and the two
+# images should share the dependency layers.
+ARG MODEL_DIR=weights
+ARG INTERFACE=autopet3
+ENV PETSEG_GC_INTERFACE=${INTERFACE}
 COPY ${MODEL_DIR} /opt/app/weights
 COPY process.py /opt/app/
 

@@ -15,6 +15,7 @@ from petseg.frontend import (
     ArgumentParser,
     add_speed_options,
     configure_threads,
+    number,
     positive,
     run_guarded,
     setup_logging,
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")
     p.add_argument(
         "--workers",
-        type=nonnegative_int,
+        type=number(int, low=0),
         help="background processes that read/preprocess the next cases and restore/write finished ones "
         "while the network runs (0: none; default 2 on a GPU, 0 on the CPU)",
     )
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--clicks-world", action="store_true", help="the clicks' points are in mm (LPS), not voxel indices")
     p.add_argument("--num-parts", type=positive(int), help="split the cases into N parts (cluster job arrays)")
-    p.add_argument("--part-id", type=nonnegative_int, help="which part this process predicts, 0..N-1")
+    p.add_argument("--part-id", type=number(int, low=0), help="which part this process predicts, 0..N-1")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("convert-dicom", help="DICOM PET[/CT] -> SUV.nii.gz [CT.nii.gz, CTres.nii.gz]")
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for interactive.csv, _cases.csv, .png")
     p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--clicks", type=nonnegative_int, default=10, help="clicks to simulate per study (default 10)")
+    p.add_argument("--clicks", type=number(int, low=0), default=10, help="clicks to simulate per study (default 10)")
     p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call (default from model.json)")
     p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
     add_speed_options(p)
@@ -431,26 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare an output folder with the expected one (test.sh)")
     p.add_argument("expected", type=Path)
     p.add_argument("actual", type=Path)
-    p.add_argument("--min-dice", type=fraction, default=0.99)
+    p.add_argument("--min-dice", type=number(float, low=0, high=1, low_open=True), default=0.99)
     p.set_defaults(func=_compare)
     return parser
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = positive(float)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

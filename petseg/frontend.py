@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 log = logging.getLogger("petseg")
 
@@ -85,20 +85,29 @@ def setup_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
-def positive(kind: type) -> Callable[[str], int | float]:
-    """argparse ``type=`` for a number > 0, with the value named in the error."""
+def number(kind: type, *, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], Any]:
+    """argparse ``type=`` for a number in [low, high] ((low, high] with ``low_open``), with the
+    value named in the error."""
+    where = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not (value > low if low_open else value >= low) or (high is not None and not value <= high):
+            raise argparse.ArgumentTypeError(f"must be in {where}, got {text}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{kind.__name__} in {where}"
     return parse
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """A number > 0."""
+    return number(kind, low=0, low_open=True)
 
 
 def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float | None = None) -> None:

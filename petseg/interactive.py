@@ -94,10 +94,10 @@ def interactive_case(predictor, *, case: str, ct: Path, pet: Path, gt: Path, cli
     given = Clicks()
     rows, prediction, click = [], None, None
     last: dict = {"click": "", "click_x_mm": "", "click_y_mm": "", "click_z_mm": ""}
+    takes_clicks = predictor.settings.click_sigma_mm is not None
     for step in range(clicks + 1):
         # a step without a new click (nothing left to fix), or a model that takes no clicks,
         # gives the previous result
-        takes_clicks = predictor.settings.click_sigma_mm is not None
         if step == 0 or (click is not None and takes_clicks):
             maps = predictor.network_maps(with_clicks(prep, given, settings=predictor.settings))
             prediction = (

@@ -106,7 +106,9 @@ def with_clicks(
             log.info("this model takes no clicks: %s ignored", clicks)
         return prep
     if clicks is not None and not isinstance(clicks, Clicks):
-        clicks = read_clicks(clicks, grid=prep.record.native, world=world)
+        source = clicks
+        clicks = read_clicks(source, grid=prep.record.native, world=world)
+        log.info("clicks from %s: %d tumour, %d background", source, len(clicks.tumor), len(clicks.background))
     maps = click_maps(clicks or Clicks(), prep.record.network, sigma_mm=settings.click_sigma_mm)
     return dataclasses.replace(prep, image=np.concatenate([prep.image[:2], maps]))
 

@@ -53,6 +53,16 @@ def test_image_is_pinned_runs_as_non_root_and_enters_process_py():
     assert lines[-1].startswith("ENTRYPOINT") and "process.py" in lines[-1]
 
 
+def test_model_and_interface_build_arguments_come_after_every_install():
+    """A changed build argument invalidates every RUN after its ARG line: declared after the
+    installs, the autoPET III and IV images share all dependency layers."""
+    lines = _instructions()
+    last_run = max(i for i, ln in enumerate(lines) if ln.upper().startswith("RUN "))
+    for name in ("MODEL_DIR", "INTERFACE"):
+        declared = [i for i, ln in enumerate(lines) if re.match(rf"ARG {name}\b", ln)]
+        assert declared and min(declared) > last_run, name
+
+
 def test_requirements_pin_the_same_torch_as_the_package():
     req = (ROOT / "requirements.txt").read_text()
     assert "torch==2.13.0" in req.splitlines()
@@ -61,7 +71,15 @@ def test_requirements_pin_the_same_torch_as_the_package():
 
 @pytest.mark.parametrize(
     "script",
-    ["build.sh", "export.sh", "test.sh", ".ci/run", "test/container/build-offline.sh", "test/container/check-image.sh"],
+    [
+        "build.sh",
+        "export.sh",
+        "test.sh",
+        ".ci/run",
+        "test/container/build-offline.sh",
+        "test/container/check-image.sh",
+        "test/container/check-autopet4.sh",
+    ],
 )
 def test_scripts_are_executable_bash(script):
     path = ROOT / script

@@ -273,14 +273,18 @@ def click_model_dir(tmp_path_factory):
     return out
 
 
-def test_autopet4_feeds_the_clicks_to_a_click_aware_model_and_writes_one_mask(gc_input, click_model_dir, tmp_path):
+def test_autopet4_feeds_the_clicks_to_a_click_aware_model_and_writes_one_mask(
+    gc_input, click_model_dir, tmp_path, caplog
+):
     pet = sitk.ReadImage(str(_pet_path(gc_input)))
     centre = [s // 2 for s in pet.GetSize()]
     assert run_process(gc_input, tmp_path / "none", click_model_dir, "--interface", "autopet4") == 0
     clicks = {"points": [{"point": centre, "name": "tumor"}, {"point": [1, 1, 1], "name": "background"}]}
     (gc_input / "lesion-clicks.json").write_text(json.dumps(clicks))
     out = tmp_path / "out"
-    assert run_process(gc_input, out, click_model_dir, "--interface", "autopet4") == 0
+    with caplog.at_level("INFO"):
+        assert run_process(gc_input, out, click_model_dir, "--interface", "autopet4") == 0
+    assert f"clicks from {gc_input / 'lesion-clicks.json'}: 1 tumour, 1 background" in caplog.text
     assert files_under(out) == ["images/tumor-lesion-segmentation/3f1c0a6e-case.mha"]
     name = "images/tumor-lesion-segmentation/3f1c0a6e-case.mha"
     with_clicks, without = (

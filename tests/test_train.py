@@ -368,10 +368,100 @@ def test_simulated_clicks_sit_on_lesion_centres_and_hot_background():
         assert peaks <= {(6, 6, 6), (21, 21, 21)}
         assert all(image[1][tuple(p)] >= 3.0 for p in np.argwhere(background > 0.999))
         seen.add((len(peaks), bool(background.any())))
-    assert {n for n, _ in seen} == {0, 1, 2} and {b for _, b in seen} == {False, True}  # 0..10 of each kind
+    assert {n for n, _ in seen} == {0, 1, 2} and {b for _, b in seen} == {False, True}  # 0..n lesions, 0..10
 
 
-def test_click_training_writes_a_four_channel_model_that_takes_clicks(phantom_data, tmp_path, caplog):
+def test_simulated_clicks_leave_lesions_unclicked_and_some_patches_click_free():
+    from petseg.train.clicks import SimulateClicksd
+
+    label = np.zeros((1, 24, 24, 24), np.float32)
+    label[0, 8:14, 8:14, 8:14] = 1  # one lesion
+    image = np.zeros((2, 24, 24, 24), np.float32)
+    image[1, 18:21, 2:5, 2:5] = 9.0
+
+    def draws(click_free: float) -> list[tuple[bool, bool]]:
+        transform = SimulateClicksd(spacing=(2.0, 3.0, 1.5), sigma_mm=3.0, hot_suv=3.0, click_free=click_free)
+        out = []
+        for seed in range(400):
+            transform.set_random_state(seed)
+            maps = transform({"image": image, "label": label})["image"][2:]
+            out.append((bool(maps[0].any()), bool(maps[1].any())))
+        return out
+
+    # the single lesion is clicked in about half of the patches (0..1 clicks), not 10 in 11
+    clicked = np.mean([t for t, _ in draws(0.0)])
+    assert 0.4 < clicked < 0.6
+    assert not any(t or b for t, b in draws(1.0))  # click-free: no map at all
+    free = np.mean([not (t or b) for t, b in draws(0.5)])
+    none_otherwise = 0.5 * (1 / 11)  # clicked patches with 0 tumour and 0 background clicks
+    assert abs(free - (0.5 + none_otherwise)) < 0.08
+
+
+class _FixedPrediction(torch.nn.Module):
+    """Predicts ``mask`` (X, Y, Z) for every sample; records the mode of each call."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        super().__init__()
+        self.mask = torch.from_numpy(mask)
+        self.modes: list[bool] = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        logits = torch.stack([~self.mask, self.mask]).float()
+        return logits.expand(x.shape[0], *logits.shape)
+
+
+def _error_click_batch():
+    spacing = (3.0, 1.0, 1.0)  # lesion A below is 9 mm along each axis: one farthest voxel, (10, 12, 12)
+    label = np.zeros((2, 1, 20, 30, 30), np.float32)
+    label[:, 0, 9:12, 8:17, 8:17] = 1  # A, missed by the prediction
+    label[:, 0, 2:4, 2:5, 2:5] = 1  # B, found
+    predicted = np.zeros((20, 30, 30), bool)
+    predicted[2:4, 2:5, 2:5] = True
+    x = torch.zeros(2, 4, 20, 30, 30)
+    x[0, 3, 18, 25, 25] = 1.0  # patch 0 already has a background click, patch 1 none
+    return spacing, torch.from_numpy(label), predicted, x
+
+
+def test_error_clicks_go_to_the_largest_error_of_the_networks_prediction():
+    from petseg.train.clicks import ErrorClicks
+
+    spacing, y, predicted, x = _error_click_batch()
+    network = _FixedPrediction(predicted).train()
+    out = ErrorClicks(network, spacing=spacing, sigma_mm=2.0, probability=1.0, max_rounds=1)(x, y)
+    tumour = out[0, 2].numpy()
+    assert np.unravel_index(np.argmax(tumour), tumour.shape) == (10, 12, 12) and tumour.max() == pytest.approx(1.0)
+    torch.testing.assert_close(out[0, 3], x[0, 3])  # the earlier click stays
+    torch.testing.assert_close(out[1], x[1])  # a click-free patch stays click-free
+    torch.testing.assert_close(out[:, :2], x[:, :2])
+    assert network.modes == [False] and network.training  # predicted in eval mode, then back to training
+
+    # a false region larger than every missed one gets a background click at its centre
+    false = predicted.copy()
+    false[14:19, 20:29, 20:29] = True
+    label = y.clone()
+    label[:, 0, 9:12, 8:17, 8:17] = 0
+    label[:, 0, 9:10, 8:10, 8:10] = 1  # a small missed lesion
+    out = ErrorClicks(_FixedPrediction(false), spacing=spacing, sigma_mm=2.0, probability=1.0, max_rounds=1)(x, label)
+    background = out[0, 3].numpy() - x[0, 3].numpy()
+    peak = np.unravel_index(np.argmax(background), background.shape)
+    assert false[peak] and not label[0, 0][peak] and not out[0, 2].any()
+
+
+def test_error_clicks_are_drawn_for_a_share_of_the_batches():
+    from petseg.train.clicks import ErrorClicks
+
+    spacing, y, predicted, x = _error_click_batch()
+    network = _FixedPrediction(predicted)
+    never = ErrorClicks(network, spacing=spacing, sigma_mm=2.0, probability=0.0)
+    assert never(x, y) is x and network.modes == []
+    sometimes = ErrorClicks(network, spacing=spacing, sigma_mm=2.0, probability=0.5, max_rounds=3)
+    changed = [not torch.equal(sometimes(x, y), x) for _ in range(200)]
+    assert 0.35 < np.mean(changed) < 0.65
+    assert 1 < len(network.modes) / sum(changed) < 3  # 1..3 rounds each
+
+
+def test_click_training_writes_a_four_channel_model_that_takes_clicks(phantom_data, tmp_path, caplog, capsys):
     import SimpleITK as sitk
 
     from petseg.model import ModelFolder
@@ -380,7 +470,9 @@ def test_click_training_writes_a_four_channel_model_that_takes_clicks(phantom_da
     args = ["train", "-d", str(phantom_data), "-o", str(tmp_path / "run"), "--folds", "2", "--fold", "0"]
     args += ["--epochs", "1", "--batch-size", "2", "--patch-size", "32", "32", "32", "--channels", "4", "8"]
     args += ["--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32"]
-    assert main([*args, "--device", "cpu", "--clicks", "--click-sigma-mm", "6"]) == 0
+    assert main([*args, "--device", "cpu", "--error-clicks", "0.5"]) == 1  # error-driven clicks need --clicks
+    assert "error_clicks" in capsys.readouterr().err
+    assert main([*args, "--device", "cpu", "--clicks", "--click-sigma-mm", "6", "--error-clicks", "1"]) == 0
     assert main(["assemble", str(tmp_path / "run"), "-o", str(tmp_path / "model")]) == 0
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["network"]["kwargs"]["in_channels"] == 4

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from petseg.frontend import positive
+from petseg.frontend import number, positive
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -43,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
         pos_neg=tuple(args.pos_neg),
         hard_negatives=args.hard_negatives,
         hot_suv=args.hot_suv,
+        click_free=args.click_free,
+        error_clicks=args.error_clicks,
         focal_weight=tuple(args.focal_weight),
     )
     for fold in range(args.folds) if args.fold == -1 else [args.fold]:
@@ -121,6 +123,21 @@ def add_train_commands(sub) -> None:
     )
     p.add_argument(
         "--click-sigma-mm", type=positive(float), default=5.0, help="Gaussian width of a click map, mm (default 5)"
+    )
+    p.add_argument(
+        "--click-free",
+        type=number(float, low=0, high=1),
+        default=0.3,
+        metavar="P",
+        help="with --clicks: share of training patches without any click, so the model also works alone (default 0.3)",
+    )
+    p.add_argument(
+        "--error-clicks",
+        type=number(float, low=0, high=1),
+        default=0.0,
+        metavar="P",
+        help="with --clicks: share of batches that also get 1-3 rounds of error-driven clicks from the "
+        "network's own prediction (default 0 = off)",
     )
     p.set_defaults(func=_train)
 

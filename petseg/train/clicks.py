@@ -1,26 +1,35 @@
 """Simulated lesion clicks for training a click-aware model.
 
 Per training patch, after cropping and before the spatial augmentation (so the click maps
-move with the image): a random number 0..10 of tumour clicks, each at the centre of a
-different lesion of the patch (the maximum of the Euclidean distance transform, in mm, of
-an 18-connected component of the label), and 0..10 background clicks at random hot voxels
+move with the image): with probability ``click_free`` no click at all; otherwise a random
+number 0..n of tumour clicks (n = the patch's lesions, at most 10), each at the centre of a
+different lesion (the maximum of the Euclidean distance transform, in mm, of an
+18-connected component of the label), and 0..10 background clicks at random hot voxels
 outside the label (PET >= ``hot_suv``: brain, heart, kidneys, bladder, where false
-positives come from), else at random voxels outside the label. Zero clicks are drawn as
-often as any other count, so the model also learns to work without any.
+positives come from), else at random voxels outside the label.
+
+Why not 0..10 tumour clicks: a patch holds a few lesions, so 0..10 clicks on distinct
+lesions clicks every one of them in most patches, and the model learns that a lesion
+without a click is not one: it then misses lesions it found before fine-tuning. Drawing
+0..n leaves unclicked lesions in most patches, and the click-free patches keep it an
+automatic model when no one clicks.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import cc3d
 import numpy as np
+import torch
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
 from petseg.clicks import MAX_CLICKS, Clicks, click_maps
 from petseg.geometry import Grid
+from petseg.interactive import next_click
 from petseg.metrics import CONNECTIVITY
 
 
@@ -50,6 +59,7 @@ class SimulateClicksd(Randomizable, MapTransform):
         spacing: Sequence[float],
         sigma_mm: float,
         hot_suv: float,
+        click_free: float = 0.0,
         max_clicks: int = MAX_CLICKS,
         keys: Sequence[Hashable] = ("image",),
     ) -> None:
@@ -57,19 +67,26 @@ class SimulateClicksd(Randomizable, MapTransform):
         self.spacing = tuple(float(s) for s in spacing)
         self.sigma_mm = sigma_mm
         self.hot_suv = hot_suv
+        self.click_free = click_free
         self.max_clicks = max_clicks
 
-    def randomize(self, data: Any = None) -> None:
-        self.counts = (int(self.R.randint(0, self.max_clicks + 1)), int(self.R.randint(0, self.max_clicks + 1)))
+    def randomize(self, lesions: int = 0) -> None:
+        if self.R.random_sample() < self.click_free:
+            self.counts = (0, 0)
+        else:
+            self.counts = (
+                int(self.R.randint(0, min(lesions, self.max_clicks) + 1)),
+                int(self.R.randint(0, self.max_clicks + 1)),
+            )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        self.randomize()
         out = dict(data)
         image = np.asarray(out["image"])
         label = np.asarray(out["label"])[0] > 0.5
         grid = Grid(tuple(image.shape[1:]), self.spacing, (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
         clicks = Clicks()
         centres = lesion_centres(label, spacing=self.spacing)
+        self.randomize(len(centres))
         order = self.R.permutation(len(centres))[: self.counts[0]]
         for i in order:
             clicks = clicks.added("tumor", grid.to_physical(centres[i]))
@@ -81,3 +98,62 @@ class SimulateClicksd(Randomizable, MapTransform):
         maps = click_maps(clicks, grid, sigma_mm=self.sigma_mm)
         out["image"] = np.concatenate([image[:2], maps]).astype(np.float32)
         return out
+
+
+class ErrorClicks:
+    """Error-driven clicks during training, placed as the interactive evaluation places them.
+
+    For a share ``probability`` of the batches, 1..``max_rounds`` rounds: the network (eval
+    mode, no gradient) predicts the batch, and each patch that already has simulated clicks
+    gets one more click at the centre of its largest error region: a tumour click for a
+    missed region, a background click for a false one. Click-free patches stay click-free,
+    so the model still learns to work without any click.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        *,
+        spacing: Sequence[float],
+        sigma_mm: float,
+        probability: float,
+        max_rounds: int = 3,
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        self.network = network
+        self.grid_spacing = tuple(float(s) for s in spacing)
+        self.sigma_mm = sigma_mm
+        self.probability = probability
+        self.max_rounds = max_rounds
+        self.autocast = autocast
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, 4, X, Y, Z) with the new clicks in channels 2 and 3; ``y`` (B, 1, X, Y, Z)."""
+        if self.probability <= 0 or random.random() >= self.probability:
+            return x
+        rounds = random.randint(1, self.max_rounds)
+        clicked = x[:, 2:].flatten(1).amax(1) > 0
+        if not clicked.any():
+            return x
+        truth = y[:, 0].detach().cpu().numpy() > 0.5
+        grid = Grid(tuple(truth.shape[1:]), self.grid_spacing, (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+        x = x.clone()
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            for _ in range(rounds):
+                with (
+                    torch.no_grad(),
+                    torch.autocast(x.device.type, dtype=self.autocast, enabled=self.autocast is not None),
+                ):
+                    predicted = self.network(x).argmax(1).cpu().numpy() > 0
+                for b in np.flatnonzero(clicked.cpu().numpy()):
+                    found = next_click(truth[b].T, predicted[b].T, grid=grid)  # next_click takes (z, y, x)
+                    if found is None:
+                        continue
+                    kind, point = found
+                    maps = click_maps(Clicks().added(kind, point), grid, sigma_mm=self.sigma_mm)
+                    x[b, 2:] = torch.maximum(x[b, 2:], torch.from_numpy(maps).to(x))
+        finally:
+            self.network.train(was_training)
+        return x

@@ -34,6 +34,8 @@ class TrainConfig:
     # kidneys, bladder, salivary glands, where false positives come from); relative to pos_neg
     hard_negatives: float = 0.0
     hot_suv: float = 3.0
+    click_free: float = 0.3  # click-aware models only: share of patches trained without any click
+    error_clicks: float = 0.0  # click-aware models only: share of batches with error-driven clicks added
     val_every: int = 10
     augment: bool = True
     network: dict = field(default_factory=lambda: dict(PAPER_NETWORK))
@@ -59,5 +61,10 @@ class TrainConfig:
                 "network",
                 f"in_channels {self.network.get('in_channels')} != input channels {list(self.settings.channels)}",
             )
+        for name in ("click_free", "error_clicks"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(name, f"must be a share in [0, 1], got {getattr(self, name)}")
+        if self.error_clicks > 0 and self.settings.click_sigma_mm is None:
+            raise ConfigError("error_clicks", "needs a click-aware model (petseg train --clicks)")
         if self.num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")

@@ -48,6 +48,7 @@ class Trainer:
     loss_fn: Any
     start_epoch: int = 0
     best: float = -1.0
+    error_clicks: Any = None  # train.clicks.ErrorClicks for a click-aware model with --error-clicks
 
     def state(self, *, epoch: int, config: TrainConfig) -> dict:
         """Everything resume needs, as tensors, numbers and strings (loadable with weights_only)."""
@@ -132,7 +133,18 @@ def build_trainer(config: TrainConfig, *, device: torch.device, dist: Dist) -> T
     autocast = resolve_precision(config.settings.precision, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)  # bf16 needs no scaling
     loss_fn = GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True, weight=list(config.focal_weight))
-    return Trainer(network, network, optimizer, scheduler, scaler, autocast, loss_fn)
+    trainer = Trainer(network, network, optimizer, scheduler, scaler, autocast, loss_fn)
+    if config.error_clicks > 0:
+        from petseg.train.clicks import ErrorClicks
+
+        trainer.error_clicks = ErrorClicks(
+            network,
+            spacing=config.settings.target_spacing,
+            sigma_mm=config.settings.click_sigma_mm,
+            probability=config.error_clicks,
+            autocast=autocast,
+        )
+    return trainer
 
 
 def init_checkpoint(path: str | Path, fold: int) -> Path:
@@ -190,6 +202,8 @@ def train_epoch(trainer: Trainer, loader, device: torch.device, dist: Dist) -> f
     losses = []
     for batch in loader:
         x, y = batch["image"].to(device), batch["label"].to(device)
+        if trainer.error_clicks is not None:
+            x = trainer.error_clicks(x, y)
         trainer.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=trainer.autocast, enabled=trainer.autocast is not None):
             loss = trainer.loss_fn(trainer.model(x), y)

@@ -43,7 +43,10 @@ def train_transforms(config: TrainConfig):
 
         steps.append(
             SimulateClicksd(
-                spacing=config.settings.target_spacing, sigma_mm=config.settings.click_sigma_mm, hot_suv=config.hot_suv
+                spacing=config.settings.target_spacing,
+                sigma_mm=config.settings.click_sigma_mm,
+                hot_suv=config.hot_suv,
+                click_free=config.click_free,
             )
         )
     # gamma and noise change CT and PET, never the click maps
