@@ -18,6 +18,9 @@ python -m petseg -q phantom -o "$tmp/data" -n 6 --seed 3 --shape 64 56 128 --spa
 train=(train -d "$tmp/data" --fold 0 --epochs 2 --val-every 2 --batch-size 2 --patch-size 48 48 48
        --target-spacing 4 4 4 --roi-size 96 96 96 --channels 16 32 64 128 --num-res-units 1 --device cuda)
 { time python -m petseg "${train[@]}" -o "$tmp/run1"; } 2>&1 | grep -E "epoch|precision|real|error" | tee -a "$out"
+# click-aware training with error-driven clicks (the network predicts inside the step, under autocast)
+{ time python -m petseg "${train[@]}" -o "$tmp/run3" --init-from weights --clicks --error-clicks 1; } 2>&1 \
+  | grep -E "epoch|real|error" | tee -a "$out"
 gpus="$(python -c 'import torch; print(min(2, torch.cuda.device_count()))')"
 { time torchrun --standalone --nproc-per-node "$gpus" -m petseg "${train[@]}" -o "$tmp/run2"; } 2>&1 \
   | grep -E "epoch|nccl|NCCL|real|error" | tee -a "$out"

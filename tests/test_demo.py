@@ -70,19 +70,15 @@ def test_demo_weights_reach_dsc_0_8_on_heldout_phantoms():
 
 def test_click_weights_improve_with_clicks(tmp_path):
     """The click-aware demo weights on held-out hard phantoms (seeds 950/951, never trained on):
-    clicks help, and the curve does not fall; without clicks both models are near zero there
-    (the README reports the gap, which misses the 0.03 target)."""
+    clicks help, and without clicks they stay close to the two-channel demo weights."""
     from petseg.interactive import interactive_case
     from petseg.phantom import make_study, write_study
 
     cases = []
     for tracer, seed in (("fdg", 950), ("psma", 951)):
-        for index in range(1):
-            study = make_study(
-                tracer=tracer, seed=seed, index=index, shape=(64, 56, 128), spacing=(6.0, 6.0, 5.5), hard=True
-            )
-            write_study(study, tmp_path)
-            cases.append(study.case_id)
+        study = make_study(tracer=tracer, seed=seed, index=0, shape=(64, 56, 128), spacing=(6.0, 6.0, 5.5), hard=True)
+        write_study(study, tmp_path)
+        cases.append(study.case_id)
     images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
     clicks = Predictor.from_model_dir(ROOT / "weights-clicks", device="cpu")
     plain = Predictor.from_model_dir(ROOT / "weights", device="cpu")
@@ -93,7 +89,17 @@ def test_click_weights_improve_with_clicks(tmp_path):
         )
         curve = interactive_case(clicks, case=case, clicks=3, **paths)
         automatic = interactive_case(plain, case=case, clicks=0, **paths)
-        gains.append(curve.rows[-1]["dsc"] - curve.rows[0]["dsc"])
-        gaps.append(curve.rows[0]["dsc"] - automatic.rows[0]["dsc"])
+        dsc = [row["dsc"] for row in curve.rows]
+        assert all(b >= a - 0.05 for a, b in zip(dsc, dsc[1:])), dsc
+        gains.append(dsc[-1] - dsc[0])
+        gaps.append(dsc[0] - automatic.rows[0]["dsc"])
     assert np.mean(gains) >= 0.05
-    assert abs(np.mean(gaps)) <= 0.15
+    assert abs(np.mean(gaps)) <= 0.05
+
+
+def test_click_weights_without_clicks_stay_an_automatic_model():
+    """Held-out ordinary phantoms, no clicks: the click-aware weights keep the demo weights'
+    quality (README: 0.879 vs 0.899 over 20 studies; here 3 per tracer)."""
+    clicked = heldout_mean_dsc(ROOT / "weights-clicks", n_per_tracer=3)
+    plain = heldout_mean_dsc(ROOT / "weights", n_per_tracer=3)
+    assert clicked["all"] >= plain["all"] - 0.05, (clicked, plain)
