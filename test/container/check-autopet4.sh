@@ -2,9 +2,9 @@
 # The autoPET IV image (click-aware model, --interface autopet4) run as Grand Challenge runs it:
 #   - without lesion-clicks.json: exit 0, exactly one mask in images/tumor-lesion-segmentation/,
 #     nothing on stderr but warnings (on a machine without a GPU: that it runs on the CPU);
-#   - with a background click on the centre of the largest lesion of that mask: the log names
-#     the clicks read, exactly one mask again, and it differs from the click-free one (the
-#     clicks reach the network inside the image).
+#   - with a background click on the centre of each lesion of that mask: the log names the
+#     clicks read, exactly one mask again, and it differs from the click-free one (the clicks
+#     reach the network inside the image).
 #   test/container/check-autopet4.sh     (image: $PETSEG_IMAGE, default petseg-autopet4; build it with
 #   PETSEG_IMAGE=petseg-autopet4 test/container/build-offline.sh \
 #     --build-arg MODEL_DIR=weights-clicks --build-arg INTERFACE=autopet4)
@@ -55,7 +55,7 @@ else
   fail "no clicks: exit $(cat "$work/none.code"), files [$(cat "$work/none.files")]"; cat "$work/none.err" >&2
 fi
 
-# A background click at the centre of the largest lesion the click-free run found.
+# A background click at the centre of each lesion the click-free run found (at most 10).
 mkdir -p "$work/clicked"
 cp -r "$root/test/input/images" "$work/clicked/images"
 docker run --rm --network none --volume "$work:/work" --user 0 --entrypoint python "$image" -c "
@@ -66,15 +66,17 @@ mask = sitk.GetArrayFromImage(sitk.ReadImage('/work/none/$task/$case_file'))  # 
 labels, n = cc3d.connected_components(mask > 0, connectivity=18, return_N=True)
 if n == 0:
     sys.exit('no lesion to click on')
-largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-z, y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(labels == largest)), mask.shape)
-json.dump({'points': [{'point': [int(x), int(y), int(z)], 'name': 'background'}]},
-          open('/work/clicked/lesion-clicks.json', 'w'))
-"
+points = []
+for lesion in range(1, min(n, 10) + 1):
+    z, y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(labels == lesion)), mask.shape)
+    points.append({'point': [int(x), int(y), int(z)], 'name': 'background'})
+json.dump({'points': points}, open('/work/clicked/lesion-clicks.json', 'w'))
+print(len(points))
+" > "$work/n_clicks"
 chmod -R a+rX,a-w "$work/clicked"
 run_job "$work/clicked" clicks
 if [ "$(cat "$work/clicks.code")" = 0 ] && [ "$(cat "$work/clicks.files")" = "$task/$case_file" ] \
-   && grep -q "clicks from /input/lesion-clicks.json: 0 tumour, 1 background" "$work/clicks.out"; then
+   && grep -q "clicks from /input/lesion-clicks.json: 0 tumour, $(cat "$work/n_clicks") background" "$work/clicks.out"; then
   ok "clicks: exit 0, one mask, log: $(grep -o 'clicks from .*' "$work/clicks.out")"
 else
   fail "clicks: exit $(cat "$work/clicks.code"), files [$(cat "$work/clicks.files")]"; cat "$work/clicks.out" "$work/clicks.err" >&2
