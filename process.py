@@ -21,7 +21,7 @@ from petseg.frontend import (
 configure_threads()  # before torch is imported: a Grand Challenge instance may have 4 of the host's CPUs
 
 from petseg import gc  # noqa: E402
-from petseg.layout import find_gc_case  # noqa: E402
+from petseg.model import ModelFolder  # noqa: E402
 from petseg.predictor import Predictor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def job() -> int:
-        find_gc_case(args.input)  # bad input fails before five folds are loaded
+        takes_clicks = ModelFolder.open(args.model_dir).settings.click_sigma_mm is not None  # model.json only
+        gc.check_input(args.input, args.interface, takes_clicks=takes_clicks)  # fails before five folds load
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
         gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
         return 0

@@ -62,6 +62,7 @@ def _predict(args: argparse.Namespace) -> int:
         shard = Shard.from_environment() or Shard()  # torchrun: one part per process
     cases, problems = find_cases(args.input)
     check_output_folder(args.output)
+    click_files = clicks_by_case([case.name for case in cases], args.clicks)  # before the model loads
     cases = shard.select(cases, key=lambda case: case.name)
     problems = problems if shard.part_id == 0 else []  # each incomplete case is reported once
     if shard.num_parts > 1:
@@ -83,7 +84,7 @@ def _predict(args: argparse.Namespace) -> int:
             uncertainty=map_path(case, args.output, kind="uncertainty") if args.save_uncertainty else None,
             report=args.report,
             qc=args.qc,
-            clicks=clicks_of(case.name, args.clicks, single=len(cases) == 1),
+            clicks=click_files.get(case.name),
             clicks_world=args.clicks_world,
         )
         for case in cases
@@ -107,17 +108,42 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def clicks_of(case: str, clicks: Path | None, *, single: bool) -> Path | None:
-    """--clicks: a JSON file (one case), or a folder of ``<case>_clicks.json`` (a case without
-    one runs without clicks)."""
-    if clicks is None:
-        return None
+def clicks_by_case(cases: list[str], clicks: Path | None) -> dict[str, Path]:
+    """--clicks: a JSON file (one case; its form is checked now, before any work), or a folder
+    of ``<case>_clicks.json`` (a case without one runs without clicks; files that match no
+    case get a warning: a misnamed file would otherwise be silently unused)."""
+    from petseg.clicks import check_clicks_file
+
+    if clicks is None or not cases:
+        return {}
     if clicks.is_dir():
-        path = clicks / f"{case}_clicks.json"
-        return path if path.is_file() else None
-    if not single:
-        raise ConfigError("--clicks", f"{clicks} is one file but the input holds several cases: give a folder")
-    return clicks
+        found = {case: clicks / f"{case}_clicks.json" for case in cases}
+        found = {case: path for case, path in found.items() if path.is_file()}
+        unused = sorted(p.name for p in clicks.glob("*.json") if p not in set(found.values()))
+        if unused:
+            log.warning(
+                "--clicks %s: %d file(s) match no case (<case>_clicks.json), not used: %s",
+                clicks,
+                len(unused),
+                ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""),
+            )
+        if not found:
+            log.warning(
+                "--clicks %s: no <case>_clicks.json for any of the %d case(s): all run without clicks",
+                clicks,
+                len(cases),
+            )
+        elif len(found) < len(cases):
+            log.info(
+                "--clicks %s: %d of %d case(s) have clicks, the others run without", clicks, len(found), len(cases)
+            )
+        return found
+    if not clicks.exists():
+        raise ConfigError("--clicks", f"{clicks}: no such file or folder")
+    if len(cases) > 1:
+        raise ConfigError("--clicks", f"{clicks} is one file but the input holds {len(cases)} cases: give a folder")
+    check_clicks_file(clicks)
+    return {cases[0]: clicks}
 
 
 def _predict_dicom(args: argparse.Namespace) -> int:
@@ -126,6 +152,10 @@ def _predict_dicom(args: argparse.Namespace) -> int:
 
     if not (args.pet_dicom and args.ct_dicom):
         raise ConfigError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
+    if args.clicks is not None:
+        from petseg.clicks import check_clicks_file
+
+        check_clicks_file(args.clicks)  # before the DICOM is read and the model loaded
     pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
     ct = read_ct(args.ct_dicom, uid=args.ct_series)
     prediction = _make_predictor(args).predict_images(
@@ -222,7 +252,7 @@ def _evaluate_interactive(args: argparse.Namespace) -> int:
         raise InputError(args.gt, f"no ground truth for {len(missing)} case(s): {', '.join(missing[:5])}")
     check_output_folder(args.output)
     predictor = _make_predictor(args)
-    if predictor.settings.click_sigma_mm is None:
+    if predictor.settings.click_sigma_mm is None and args.clicks > 0:
         log.warning("the model takes no clicks: every step gives the automatic result")
     curves = [
         interactive_case(predictor, case=c.name, ct=c.ct, pet=c.pet, gt=labels[c.name], clicks=args.clicks)

@@ -4,13 +4,14 @@ A click is a point in patient space (LPS, mm) labelled "tumor" or "background". 
 click-aware model takes two more input channels after CT and PET: the tumour-click map and
 the background-click map, made on the network grid as the maximum over that kind's clicks
 of a Gaussian exp(-d^2 / (2 sigma^2)), d the distance in mm to the click, sigma from
-model.json (``clicks.sigma_mm``). No clicks: both maps are zero.
+model.json (``preprocessing.click_sigma_mm``). No clicks: both maps are zero.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +35,64 @@ class Clicks:
     tumor: tuple[tuple[float, float, float], ...] = ()
     background: tuple[tuple[float, float, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        for kind in KINDS:
+            points = []
+            for point in getattr(self, kind):
+                xyz = coordinates(point)
+                if xyz is None:
+                    raise ValueError(f"Clicks.{kind}: {point!r} is not a point of three finite numbers (mm)")
+                points.append(xyz)
+            object.__setattr__(self, kind, tuple(points))
+
     def __len__(self) -> int:
         return len(self.tumor) + len(self.background)
 
     def added(self, kind: str, point: Any) -> Clicks:
-        point = tuple(float(v) for v in point)
         if kind == "tumor":
             return Clicks(self.tumor + (point,), self.background)
         return Clicks(self.tumor, self.background + (point,))
 
     def of(self, kind: str) -> tuple[tuple[float, float, float], ...]:
         return self.tumor if kind == "tumor" else self.background
+
+
+def coordinates(point: Any) -> tuple[float, float, float] | None:
+    """Three finite numbers as floats, else None (a string, a bool, NaN, a 400-digit integer)."""
+    if not isinstance(point, list | tuple | np.ndarray) or len(point) != 3:
+        return None
+    values = []
+    for v in point:
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+            return None
+        try:
+            v = float(v)
+        except OverflowError:
+            return None
+        if not math.isfinite(v):
+            return None
+        values.append(v)
+    return (values[0], values[1], values[2])
+
+
+def click_points(data: Any, *, source: str | Path) -> list[tuple[int, str, tuple[float, float, float]]]:
+    """The points of a clicks JSON document as (position in the list, kind, coordinates),
+    checked for form only (no image needed: bad files fail before any model is loaded)."""
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+        raise InputError(source, 'expected {"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}')
+    points = []
+    for n, entry in enumerate(data["points"]):
+        if not isinstance(entry, dict):
+            raise InputError(source, f"point {n} is not an object with 'point' and 'name'")
+        name, point = entry.get("name"), entry.get("point")
+        if name not in KINDS:
+            raise InputError(source, f"point {n} has name {name!r}, expected 'tumor' or 'background'")
+        xyz = coordinates(point)
+        if xyz is None:
+            shown = repr(point) if len(repr(point)) <= 80 else repr(point)[:77] + "..."
+            raise InputError(source, f"point {n} has point {shown}, expected three finite numbers")
+        points.append((n, name, xyz))
+    return points
 
 
 def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = False) -> Clicks:
@@ -54,45 +102,44 @@ def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = Fal
     physical coordinates in mm (LPS). A malformed file is an error naming it; a point
     outside the image is skipped with a warning naming it (a job should not fail for one
     stray click)."""
-    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-        raise InputError(source, 'expected {"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}')
     clicks = Clicks()
-    for n, entry in enumerate(data["points"]):
-        where = f"point {n}"
-        if not isinstance(entry, dict):
-            raise InputError(source, f"{where} is not an object with 'point' and 'name'")
-        name, point = entry.get("name"), entry.get("point")
-        if name not in KINDS:
-            raise InputError(source, f"{where} has name {name!r}, expected 'tumor' or 'background'")
-        if (
-            not isinstance(point, list | tuple)
-            or len(point) != 3
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in point)
-        ):
-            raise InputError(source, f"{where} has point {point!r}, expected three numbers")
+    for n, name, point in click_points(data, source=source):
         index = grid.to_index(np.asarray(point, float)) if world else np.asarray(point, float)
+        shown = [int(v) if v.is_integer() else v for v in point]
         if not grid.contains(index):
-            log.warning("%s: %s %s %s lies outside the PET (%s voxels): skipped", source, where, name, point, grid.size)
+            log.warning(
+                "%s: point %d %s %s lies outside the PET (%s voxels): skipped", source, n, name, shown, grid.size
+            )
             continue
         if len(clicks.of(name)) >= MAX_CLICKS:
-            log.warning("%s: more than %d %s clicks: %s skipped", source, MAX_CLICKS, name, where)
+            log.warning("%s: more than %d %s clicks: point %d skipped", source, MAX_CLICKS, name, n)
             continue
         clicks = clicks.added(name, grid.to_physical(index))
     return clicks
 
 
-def read_clicks(path: str | Path, *, grid: Grid, world: bool = False) -> Clicks:
-    """Clicks from a JSON file (see :func:`parse_clicks`)."""
+def load_clicks_json(path: str | Path) -> Any:
+    """The JSON document of a clicks file; a missing or unreadable file is an InputError naming it."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(path, "clicks file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not a clicks file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(path, f"not a JSON clicks file ({type(err).__name__}: {err})") from None
-    clicks = parse_clicks(data, grid=grid, source=path, world=world)
-    log.info("clicks: %d tumour, %d background from %s", len(clicks.tumor), len(clicks.background), path)
-    return clicks
+
+
+def check_clicks_file(path: str | Path) -> int:
+    """Read and check a clicks file's form before any work (its points are placed later, on the
+    PET); returns the number of points."""
+    return len(click_points(load_clicks_json(path), source=Path(path)))
+
+
+def read_clicks(path: str | Path, *, grid: Grid, world: bool = False) -> Clicks:
+    """Clicks from a JSON file (see :func:`parse_clicks`)."""
+    return parse_clicks(load_clicks_json(path), grid=grid, source=Path(path), world=world)
 
 
 def click_maps(clicks: Clicks, grid: Grid, *, sigma_mm: float) -> np.ndarray:
@@ -108,6 +155,8 @@ def _stamp(target: np.ndarray, grid: Grid, point: np.ndarray, sigma_mm: float) -
     """target = max(target, Gaussian at ``point``), evaluated within 3 sigma only."""
     centre = grid.to_index(point)
     reach = 3.0 * sigma_mm / np.asarray(grid.spacing)
+    if np.any(centre + reach < 0) or np.any(centre - reach > np.asarray(grid.size)):
+        return  # no voxel within 3 sigma (a click outside the cropped body)
     lo = np.maximum(np.floor(centre - reach), 0).astype(int)
     hi = np.minimum(np.ceil(centre + reach) + 1, np.asarray(grid.size)).astype(int)
     if np.any(hi <= lo):

@@ -121,6 +121,17 @@ class Job:
             paths.append(folder / f"{self.name}_qc.png")
         return [*paths, self.mask]
 
+    def clicks_key(self) -> str | None:
+        """The clicks' part of what decides this case's result: their file's content and how its
+        points are read (a changed clicks file must redo the case, not skip it as done)."""
+        if self.clicks is None:
+            return None
+        try:
+            content = self.clicks.read_bytes()
+        except OSError:
+            return "unreadable"  # never matches a done case; the run reports the file
+        return f"{hashlib.sha256(content).hexdigest()[:16]}:{'mm' if self.clicks_world else 'voxels'}"
+
 
 @dataclass
 class Loaded:
@@ -415,14 +426,17 @@ def _not_done(jobs: list[Job], manifest: Manifest, summary: Summary) -> list[Job
             entry is not None
             and {p.name for p in outputs} <= set(entry.get("outputs", []))
             and all(p.is_file() for p in outputs)
+            and entry.get("clicks") == job.clicks_key()
         ):
             summary.skipped.append(job.name)
-            manifest.append({"case": job.name, "status": "skipped", "message": "done before, same model and settings"})
+            manifest.append(
+                {"case": job.name, "status": "skipped", "message": "done before, same model, settings and clicks"}
+            )
         else:
             todo.append(job)
     if summary.skipped:
         log.info(
-            "%d case(s) done before with this model and settings: skipped (--overwrite redoes them)",
+            "%d case(s) done before with this model, settings and clicks: skipped (--overwrite redoes them)",
             len(summary.skipped),
         )
     return todo
@@ -440,6 +454,7 @@ def _record_done(job: Job, seconds: dict[str, float], voxels: int, manifest: Man
                 "seconds": {k: round(v, 3) for k, v in seconds.items()},
                 "lesion_voxels": voxels,
                 "outputs": [p.name for p in job.outputs()],  # in the output folder
+                **({"clicks": job.clicks_key()} if job.clicks is not None else {}),
             }
         )
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from petseg.clicks import check_clicks_file
 from petseg.io import atomic_paths, check_output_folder, save_image
 from petseg.layout import find_gc_case, gc_output_path
 from petseg.predictor import Predictor, timed
@@ -30,6 +31,22 @@ INTERFACES = {
 }
 
 
+def clicks_file(input_dir: str | Path, interface: str) -> Path | None:
+    """The interface's optional clicks file, if the job has one."""
+    name = INTERFACES[interface].clicks_file
+    path = Path(input_dir) / name if name else None
+    return path if path is not None and path.is_file() else None
+
+
+def check_input(input_dir: str | Path, interface: str, *, takes_clicks: bool) -> None:
+    """What can be checked before the model loads: the CT/PET pair, and for a click-aware
+    model the clicks file's form (a CT/PET model never reads it: its job must not fail on it)."""
+    find_gc_case(input_dir)
+    path = clicks_file(input_dir, interface)
+    if path is not None and takes_clicks:
+        check_clicks_file(path)
+
+
 def run(
     *, input_dir: str | Path, output_dir: str | Path, predictor: Predictor, interface: str = "autopet3"
 ) -> list[Path]:
@@ -37,9 +54,7 @@ def run(
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
     check_output_folder(output_dir)
-    clicks = None
-    if spec.clicks_file and (Path(input_dir) / spec.clicks_file).is_file():
-        clicks = Path(input_dir) / spec.clicks_file  # a CT/PET model logs that it ignores them
+    clicks = clicks_file(input_dir, interface)  # a CT/PET model warns that it ignores them
     mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
     outputs = {gc_output_path(case, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:

@@ -56,7 +56,10 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
         channels = preprocessing.pop("channels", list(CHANNELS))
         settings = Settings.from_model_sections({"preprocessing": preprocessing, "inference": meta["inference"]})
         if list(channels) != list(settings.channels):
-            raise ValueError(f"input channels {channels!r} do not match {list(settings.channels)!r}")
+            hint = ""
+            if settings.click_sigma_mm is None and len(channels) > len(settings.channels):
+                hint = " (click channels need preprocessing.click_sigma_mm)"
+            raise ValueError(f"input channels {channels!r} do not match {list(settings.channels)!r}{hint}")
         return settings
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelError(source, f"invalid model description ({type(err).__name__}: {err})") from None

@@ -100,15 +100,18 @@ def with_clicks(
     network grid (zero without clicks). A CT/PET model gets its input unchanged, and a log
     line when clicks were given."""
     if settings.click_sigma_mm is None:
+        # given on purpose and not used: a warning, so a wrong model folder does not pass unnoticed
         if isinstance(clicks, Clicks) and clicks:
-            log.info("this model takes no clicks: %d click(s) ignored", len(clicks))
+            log.warning("this model takes no clicks: %d click(s) ignored", len(clicks))
         elif clicks is not None and not isinstance(clicks, Clicks):
-            log.info("this model takes no clicks: %s ignored", clicks)
+            log.warning("this model takes no clicks: %s ignored", clicks)
         return prep
     if clicks is not None and not isinstance(clicks, Clicks):
         source = clicks
         clicks = read_clicks(source, grid=prep.record.native, world=world)
         log.info("clicks from %s: %d tumour, %d background", source, len(clicks.tumor), len(clicks.background))
+    elif not clicks:
+        log.info("no clicks: this click-aware model runs with empty click maps (automatic)")
     maps = click_maps(clicks or Clicks(), prep.record.network, sigma_mm=settings.click_sigma_mm)
     return dataclasses.replace(prep, image=np.concatenate([prep.image[:2], maps]))
 

@@ -119,6 +119,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def click_model_dir(tmp_path_factory) -> Path:
+    """A two-fold click-aware model folder: a tiny random UNet with 4 input channels."""
+    from petseg.model import build_network
+
+    network = {**TINY_NETWORK, "in_channels": 4}
+    states = {}
+    for fold in range(2):
+        torch.manual_seed(10 + fold)
+        states[fold] = build_network(network).state_dict()
+    out = tmp_path_factory.mktemp("click_model")
+    settings = SMALL.with_overrides(click_sigma_mm=10.0)
+    write_model_folder(out, state_dicts=states, network=network, settings=settings, description="tiny click model")
+    return out
+
+
 @pytest.fixture()
 def gc_input(tmp_path) -> Path:
     """A Grand Challenge input folder with a small phantom study."""

@@ -239,3 +239,78 @@ def test_report_and_qc_carry_each_lesions_confidence(tiny_model_dir, tmp_path):
         assert lesion["doubtful"] == (lesion["fold_vote"] < 2)
     header = (out / "case_lesions.csv").read_text().splitlines()[0].split(",")
     assert {"probability_mean", "probability_max", "uncertainty_mean", "fold_vote", "folds", "doubtful"} <= set(header)
+
+
+def _clicks_json(path, points):
+    path.write_text(json.dumps({"points": [{"point": list(p), "name": kind} for kind, p in points]}))
+    return path
+
+
+def _predict(src, out, model_dir, *extra):
+    return main(["predict", "-i", str(src), "-o", str(out), "--model-dir", str(model_dir), "--device", "cpu", *extra])
+
+
+def _mask(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_predict_with_clicks_in_voxels_or_mm_gives_the_same_mask(click_model_dir, tmp_path, caplog):
+    src = _nnunet_folder(tmp_path / "in", cases=("psma_a_1",))
+    pet = sitk.ReadImage(str(src / "psma_a_1_0001.nii.gz"))
+    voxels = [("tumor", (20, 18, 15)), ("background", (5, 30, 25))]
+    by_index = _clicks_json(tmp_path / "voxels.json", voxels)
+    in_mm = _clicks_json(
+        tmp_path / "mm.json", [(kind, pet.TransformContinuousIndexToPhysicalPoint(p)) for kind, p in voxels]
+    )
+    assert _predict(src, tmp_path / "none", click_model_dir) == 0
+    with caplog.at_level("INFO"):
+        assert _predict(src, tmp_path / "voxels", click_model_dir, "--clicks", str(by_index)) == 0
+    assert f"clicks from {by_index}: 1 tumour, 1 background" in caplog.text
+    assert _predict(src, tmp_path / "mm", click_model_dir, "--clicks", str(in_mm), "--clicks-world") == 0
+    none, voxel_mask, mm_mask = (_mask(tmp_path / d / "psma_a_1.nii.gz") for d in ("none", "voxels", "mm"))
+    assert not np.array_equal(voxel_mask, none)  # the clicks reached the network
+    assert np.array_equal(voxel_mask, mm_mask)
+
+
+def test_predict_with_a_clicks_folder_redoes_a_case_whose_clicks_changed(click_model_dir, tmp_path, caplog):
+    src = _nnunet_folder(tmp_path / "in")  # psma_a_1, fdg_b_2
+    folder = tmp_path / "clicks"
+    folder.mkdir()
+    clicks = _clicks_json(folder / "psma_a_1_clicks.json", [("tumor", (20, 18, 15))])
+    _clicks_json(folder / "fdg_b_2.json", [("tumor", (20, 18, 15))])  # misnamed: used by no case
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert _predict(src, out, click_model_dir, "--clicks", str(folder)) == 0
+    assert "1 file(s) match no case (<case>_clicks.json), not used: fdg_b_2.json" in caplog.text
+    assert "1 of 2 case(s) have clicks, the others run without" in caplog.text
+    first = _mask(out / "psma_a_1.nii.gz")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert _predict(src, out, click_model_dir, "--clicks", str(folder)) == 0
+    assert "0 done, 2 skipped" in caplog.text
+    _clicks_json(clicks, [("tumor", (20, 18, 15)), ("background", (12, 10, 12))])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert _predict(src, out, click_model_dir, "--clicks", str(folder)) == 0
+    assert "1 done, 1 skipped" in caplog.text  # only the case whose clicks changed
+    assert not np.array_equal(_mask(out / "psma_a_1.nii.gz"), first)
+
+
+def test_bad_clicks_arguments_fail_with_one_line_before_the_model_loads(click_model_dir, tmp_path, capsys, monkeypatch):
+    import petseg.cli
+
+    monkeypatch.setattr(petseg.cli, "_make_predictor", lambda *a, **k: pytest.fail("the model was loaded"))
+    one = _nnunet_folder(tmp_path / "one", cases=("psma_a_1",))
+    two = _nnunet_folder(tmp_path / "two")
+    good = _clicks_json(tmp_path / "c.json", [("tumor", (1, 2, 3))])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"points": [{"point": [1, 2, 3], "name": "lesion"}]}')
+    cases = [
+        (two, good, "is one file but the input holds 2 cases: give a folder"),
+        (one, tmp_path / "missing.json", "missing.json: no such file or folder"),
+        (one, bad, "bad.json: point 0 has name 'lesion'"),
+    ]
+    for src, clicks, message in cases:
+        assert _predict(src, tmp_path / "out", click_model_dir, "--clicks", str(clicks)) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from petseg.clicks import Clicks, click_maps, parse_clicks, read_clicks
+from petseg.clicks import Clicks, check_clicks_file, click_maps, parse_clicks, read_clicks
 from petseg.errors import InputError
 from petseg.geometry import Grid
 
@@ -44,9 +44,12 @@ def test_good_clicks_become_physical_points_of_the_pet_voxels():
         ({"points": "none"}, "expected {"),
         ({"points": [[1, 2, 3]]}, "point 0 is not an object"),
         ({"points": [{"point": [1, 2, 3], "name": "lesion"}]}, "name 'lesion'"),
-        ({"points": [{"point": [1, 2], "name": "tumor"}]}, "expected three numbers"),
-        ({"points": [{"point": [1, "a", 2], "name": "tumor"}]}, "expected three numbers"),
-        ({"points": [{"point": [1, float("nan"), 2], "name": "tumor"}]}, "expected three numbers"),
+        ({"points": [{"point": [1, 2], "name": "tumor"}]}, "expected three finite numbers"),
+        ({"points": [{"point": [1, "a", 2], "name": "tumor"}]}, "expected three finite numbers"),
+        ({"points": [{"point": [1, float("nan"), 2], "name": "tumor"}]}, "expected three finite numbers"),
+        ({"points": [{"point": [1, True, 2], "name": "tumor"}]}, "expected three finite numbers"),
+        ({"points": [{"point": [1, [2], 3], "name": "tumor"}]}, "expected three finite numbers"),
+        ({"points": [{"point": [1, 2, 10**400], "name": "tumor"}]}, "expected three finite numbers"),  # > float
     ],
 )
 def test_malformed_clicks_are_one_error_naming_the_file(data, problem):
@@ -74,9 +77,11 @@ def test_a_clicks_file_that_is_not_json_is_refused(tmp_path):
     assert len(read_clicks(path, grid=PET)) == 0
 
 
+@pytest.mark.parametrize("network_kind", ["identity 2 mm", "RAS anisotropic"])
 @pytest.mark.parametrize("direction", ["identity", "flipped", "oblique"])
-def test_a_click_peaks_on_the_network_grid_at_the_same_world_point(direction):
-    """A click at PET voxel v lands where that voxel's world point is on another grid."""
+def test_a_click_peaks_on_the_network_grid_at_the_same_world_point(direction, network_kind):
+    """A click at PET voxel v lands where that voxel's world point is on another grid (the
+    network grid is RAS: its x and y axes point against LPS's)."""
     pet = Grid.of(
         make_image(
             np.zeros((30, 26, 20), np.float32),
@@ -88,21 +93,50 @@ def test_a_click_peaks_on_the_network_grid_at_the_same_world_point(direction):
     voxel = (12, 9, 7)
     clicks = parse_clicks({"points": [{"point": list(voxel), "name": "tumor"}]}, grid=pet, source="c.json")
     world = pet.to_physical(np.asarray(voxel, float))
-    # a 2 mm RAS-like grid around the same field of view, other origin and orientation
+    # a grid around the same field of view, other origin, spacing and orientation
+    if network_kind == "identity 2 mm":
+        spacing, axes = np.array([2.0, 2.0, 2.0]), np.eye(3)
+    else:
+        spacing, axes = np.array([1.7, 2.3, 1.9]), np.diag([-1.0, -1.0, 1.0])
     network = Grid(
         size=(60, 50, 60),
-        spacing=(2.0, 2.0, 2.0),
-        origin=tuple(world - np.array([51.0, 47.0, 63.0])),
-        direction=tuple(np.eye(3).ravel()),
+        spacing=tuple(spacing),
+        origin=tuple(world - axes @ (spacing * np.array([25.5, 23.5, 31.5]))),
+        direction=tuple(axes.ravel()),
     )
     maps = click_maps(clicks, network, sigma_mm=4.0)
     assert maps.shape == (2, 60, 50, 60) and maps[1].max() == 0.0
     peak = np.array(np.unravel_index(np.argmax(maps[0]), maps[0].shape), float)
-    assert np.linalg.norm(network.to_physical(peak) - world) <= np.sqrt(3) * 1.0 + 1e-6  # within half a voxel diagonal
+    assert np.linalg.norm(network.to_physical(peak) - world) <= np.linalg.norm(spacing) / 2 + 1e-6  # half a voxel
     # the Gaussian: value at a voxel = exp(-d^2 / 2 sigma^2) of its distance in mm
     probe = peak + np.array([2.0, 0.0, 1.0])
     d2 = np.sum((network.to_physical(probe) - world) ** 2)
     assert maps[0][tuple(probe.astype(int))] == pytest.approx(np.exp(-d2 / 32.0), abs=1e-6)
+
+
+def test_clicks_in_code_are_checked_and_far_ones_leave_the_maps_empty():
+    with pytest.raises(ValueError, match=r"Clicks.tumor: \(1.0, nan, 2.0\)"):
+        Clicks(tumor=((1.0, float("nan"), 2.0),))
+    with pytest.raises(ValueError, match="three finite numbers"):
+        Clicks(background=((1.0, 2.0),))
+    assert Clicks(tumor=(np.array([1, 2, 3]),)).tumor == ((1.0, 2.0, 3.0),)  # numpy points become floats
+    network = Grid((10, 10, 10), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    far = Clicks(tumor=((1e30, 1.0, 1.0),), background=((-50.0, 5.0, 5.0),))  # outside the grid (e.g. the body crop)
+    assert not click_maps(far, network, sigma_mm=3.0).any()
+    near = Clicks(background=((-4.0, 5.0, 5.0),))  # outside, but within 3 sigma of the first voxels
+    assert click_maps(near, network, sigma_mm=3.0)[1, 0, 2, 2] == pytest.approx(np.exp(-(16.0 + 1.0 + 1.0) / 18.0))
+
+
+def test_check_clicks_file_needs_no_image(tmp_path):
+    good = tmp_path / "c.json"
+    good.write_text(json.dumps({"points": [{"point": [1e6, 2, 3], "name": "tumor"}]}))  # placed later, on the PET
+    assert check_clicks_file(good) == 1
+    with pytest.raises(InputError, match="is a folder"):
+        check_clicks_file(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"points": [{"point": [1, 2, 3], "name": "tumour"}]}))
+    with pytest.raises(InputError, match="bad.json: point 0 has name 'tumour'"):
+        check_clicks_file(bad)
 
 
 def test_no_clicks_give_empty_maps_and_kinds_go_to_their_channel():

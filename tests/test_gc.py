@@ -67,11 +67,16 @@ def test_mask_is_written_compressed(gc_input, tiny_model_dir, tmp_path):
     assert "CompressedData = True" in header
 
 
-def test_autopet4_interface_tolerates_clicks(gc_input, tiny_model_dir, tmp_path):
-    (gc_input / "lesion-clicks.json").write_text(json.dumps({"tumor": [[1, 2, 3]], "background": []}))
+@pytest.mark.parametrize("content", ['{"points": [{"point": [1, 2, 3], "name": "tumor"}]}', "{not json"])
+def test_a_ct_pet_model_warns_that_it_ignores_the_clicks_file_and_never_reads_it(
+    gc_input, tiny_model_dir, tmp_path, caplog, content
+):
+    (gc_input / "lesion-clicks.json").write_text(content)
     out = tmp_path / "out"
     assert run_process(gc_input, out, tiny_model_dir, "--interface", "autopet4") == 0
     assert files_under(out) == ["images/tumor-lesion-segmentation/3f1c0a6e-case.mha"]
+    warning = f"this model takes no clicks: {gc_input / 'lesion-clicks.json'} ignored"
+    assert ("WARNING", warning) in [(r.levelname, r.getMessage()) for r in caplog.records]
 
 
 def test_process_runs_as_a_script_with_a_real_exit_code(gc_input, tiny_model_dir, tmp_path):
@@ -255,30 +260,14 @@ def test_outputs_get_the_usual_file_mode(gc_input, tiny_model_dir, tmp_path):
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
-@pytest.fixture(scope="module")
-def click_model_dir(tmp_path_factory):
-    """A two-fold click-aware model folder: a tiny random UNet with 4 input channels."""
-    from petseg.model import build_network, write_model_folder
-
-    from conftest import SMALL, TINY_NETWORK
-
-    network = {**TINY_NETWORK, "in_channels": 4}
-    states = {}
-    for fold in range(2):
-        torch.manual_seed(10 + fold)
-        states[fold] = build_network(network).state_dict()
-    out = tmp_path_factory.mktemp("click_model")
-    settings = SMALL.with_overrides(click_sigma_mm=10.0)
-    write_model_folder(out, state_dicts=states, network=network, settings=settings, description="tiny click model")
-    return out
-
-
 def test_autopet4_feeds_the_clicks_to_a_click_aware_model_and_writes_one_mask(
     gc_input, click_model_dir, tmp_path, caplog
 ):
     pet = sitk.ReadImage(str(_pet_path(gc_input)))
     centre = [s // 2 for s in pet.GetSize()]
-    assert run_process(gc_input, tmp_path / "none", click_model_dir, "--interface", "autopet4") == 0
+    with caplog.at_level("INFO"):
+        assert run_process(gc_input, tmp_path / "none", click_model_dir, "--interface", "autopet4") == 0
+    assert "no clicks: this click-aware model runs with empty click maps" in caplog.text
     clicks = {"points": [{"point": centre, "name": "tumor"}, {"point": [1, 1, 1], "name": "background"}]}
     (gc_input / "lesion-clicks.json").write_text(json.dumps(clicks))
     out = tmp_path / "out"
@@ -293,11 +282,16 @@ def test_autopet4_feeds_the_clicks_to_a_click_aware_model_and_writes_one_mask(
     assert not np.array_equal(with_clicks, without)  # the clicks reached the network
 
 
-def test_a_bad_clicks_file_fails_a_click_aware_job_with_one_line(gc_input, click_model_dir, tmp_path, capsys):
+def test_a_bad_clicks_file_fails_a_click_aware_job_with_one_line_before_the_folds_load(
+    gc_input, click_model_dir, tmp_path, capsys, monkeypatch
+):
+    loaded = []
+    monkeypatch.setattr(process.Predictor, "from_model_dir", lambda *a, **k: loaded.append(a))
     (gc_input / "lesion-clicks.json").write_text(json.dumps({"points": [{"point": [1, 2], "name": "tumor"}]}))
     assert run_process(gc_input, tmp_path / "out", click_model_dir, "--interface", "autopet4") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lesion-clicks.json: point 0 has point [1, 2], expected three numbers" in err[0]
+    assert len(err) == 1 and "lesion-clicks.json: point 0 has point [1, 2], expected three finite numbers" in err[0]
+    assert loaded == []
     assert files_under(tmp_path / "out") == []
 
 
@@ -326,7 +320,9 @@ def test_a_ct_pet_model_logs_that_it_ignores_clicks(tiny_model_dir, caplog):
     predictor = Predictor.from_model_dir(tiny_model_dir, device="cpu")
     with caplog.at_level("INFO"):
         mask = predictor.predict_images(ct, pet, clicks=Clicks(tumor=((0.0, 0.0, 0.0),))).mask
-    assert "this model takes no clicks: 1 click(s) ignored" in caplog.text
+    assert ("WARNING", "this model takes no clicks: 1 click(s) ignored") in [
+        (r.levelname, r.getMessage()) for r in caplog.records
+    ]
     assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(predictor.predict(ct, pet)))
 
 

@@ -90,3 +90,37 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(caplog):
     assert "CUDA is not available" in caplog.text
     with pytest.raises(ValueError, match="'tpu'"):
         resolve_device("tpu")
+
+
+class ClickOracle(torch.nn.Module):
+    """Foreground wherever the tumour-click map exceeds 0.5: a ball around each tumour click."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tumor = x[:, 2:3]
+        return torch.cat([0.5 - tumor, tumor - 0.5], dim=1)
+
+
+@pytest.mark.parametrize("name", ["flipped", "oblique"])
+def test_a_click_at_a_pet_voxel_segments_around_that_voxel_on_the_native_grid(name, tmp_path):
+    from petseg.clicks import Clicks
+
+    ct, pet = blob_study(spacing=(3.1, 2.4, 4.3), origin=(-37.5, 120.0, -400.2), direction=DIRECTIONS[name])
+    settings = SMALL.with_overrides(click_sigma_mm=8.0)
+    voxel = (14, 20, 9)
+    world = np.array(pet.TransformIndexToPhysicalPoint(voxel))
+    file = tmp_path / "clicks.json"
+    file.write_text('{"points": [{"point": [14, 20, 9], "name": "tumor"}]}')
+    masks = [
+        petseg.segment(ct, pet, networks=[ClickOracle()], device="cpu", settings=settings, clicks=clicks)
+        for clicks in (file, Clicks(tumor=(tuple(world),)), None)
+    ]
+    from_file, from_points, without = (sitk.GetArrayFromImage(m).transpose(2, 1, 0) for m in masks)  # x, y, z
+    assert not without.any()  # no click, empty click map: nothing
+    assert np.array_equal(from_file, from_points)
+    inside = np.argwhere(from_file > 0)
+    assert len(inside) > 0
+    points = np.array([pet.TransformIndexToPhysicalPoint([int(i) for i in v]) for v in inside])
+    # the ball exp(-d^2 / 2 sigma^2) > 0.5: d < 9.4 mm, centred on the clicked voxel's world point
+    assert np.linalg.norm(points.mean(axis=0) - world) < 2.0
+    assert np.linalg.norm(points - world, axis=1).max() < 8.0 * np.sqrt(2 * np.log(2)) + 4.3
+    assert from_file[voxel]
