@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from petseg.clicks import MAX_CLICKS
 from petseg.errors import ConfigError, InputError
 from petseg.frontend import (
     ArgumentParser,
@@ -419,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for interactive.csv, _cases.csv, .png")
     p.add_argument("--model-dir", type=Path, help="model folder (default: $PETSEG_MODEL_DIR or ./weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--clicks", type=number(int, low=0), default=10, help="clicks to simulate per study (default 10)")
+    # autoPET IV scores 0..10 clicks; more would also exceed the 10 per kind a clicks file may hold
+    p.add_argument(
+        "--clicks",
+        type=number(int, low=0, high=MAX_CLICKS),
+        default=MAX_CLICKS,
+        help="clicks per study, 0..10 (default 10)",
+    )
     p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call (default from model.json)")
     p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
     add_speed_options(p)

@@ -14,12 +14,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from petseg.errors import InputError
-from petseg.geometry import Grid
+
+if TYPE_CHECKING:  # annotations only: the CLI imports MAX_CLICKS without SimpleITK
+    from petseg.geometry import Grid
 
 log = logging.getLogger(__name__)
 

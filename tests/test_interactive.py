@@ -100,3 +100,14 @@ def test_evaluate_interactive_cli_writes_curves_and_warns_for_a_ct_pet_model(tin
     assert len({r["dsc"] for r in rows if r["case"] == "a"}) == 1  # a CT/PET model: the same result every step
     assert (tmp_path / "out" / "interactive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cases: DSC" in captured.out
+
+
+@pytest.mark.parametrize("count", ["11", "-1", "two"])
+def test_evaluate_interactive_refuses_a_click_count_outside_0_to_10_in_one_line(count, tmp_path, capsys):
+    args = ["evaluate-interactive", "-i", str(tmp_path), "--gt", str(tmp_path), "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--clicks", count])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--clicks" in err[0] and count in err[0]
+    assert not (tmp_path / "out").exists()
