@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
-        "evaluate-interactive", help="autoPET IV evaluation: DSC/FPV/FNV after 0..N simulated clicks, and their AUC"
+        "evaluate-interactive",
+        help="interactive evaluation (autoPET IV measures): DSC/FPV/FNV after 0..N error-driven clicks, and their AUC",
     )
     p.add_argument("-i", "--input", required=True, type=Path, help="nnU-Net-named images folder")
     p.add_argument("--gt", required=True, type=Path, help="ground-truth masks folder (<case>.<ext>)")

@@ -129,6 +129,8 @@ def load_clicks_json(path: str | Path) -> Any:
         raise InputError(path, "clicks file not found") from None
     except IsADirectoryError:
         raise InputError(path, "is a folder, not a clicks file") from None
+    except RecursionError:
+        raise InputError(path, "not a clicks file: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(path, f"not a JSON clicks file ({type(err).__name__}: {err})") from None
 
@@ -149,22 +151,26 @@ def click_maps(clicks: Clicks, grid: Grid, *, sigma_mm: float) -> np.ndarray:
     maps = np.zeros((2, *grid.size), np.float32)
     for channel, kind in enumerate(KINDS):
         for point in clicks.of(kind):
-            _stamp(maps[channel], grid, np.asarray(point, float), sigma_mm)
+            if not _stamp(maps[channel], grid, np.asarray(point, float), sigma_mm):
+                shown = [round(v, 1) for v in point]
+                log.warning("%s click at %s mm lies outside the body crop the network sees: no effect", kind, shown)
     return maps
 
 
-def _stamp(target: np.ndarray, grid: Grid, point: np.ndarray, sigma_mm: float) -> None:
-    """target = max(target, Gaussian at ``point``), evaluated within 3 sigma only."""
+def _stamp(target: np.ndarray, grid: Grid, point: np.ndarray, sigma_mm: float) -> bool:
+    """target = max(target, Gaussian at ``point``), evaluated within 3 sigma only; False when
+    no voxel of ``grid`` lies within 3 sigma."""
     centre = grid.to_index(point)
     reach = 3.0 * sigma_mm / np.asarray(grid.spacing)
     if np.any(centre + reach < 0) or np.any(centre - reach > np.asarray(grid.size)):
-        return  # no voxel within 3 sigma (a click outside the cropped body)
+        return False
     lo = np.maximum(np.floor(centre - reach), 0).astype(int)
     hi = np.minimum(np.ceil(centre + reach) + 1, np.asarray(grid.size)).astype(int)
     if np.any(hi <= lo):
-        return
+        return False
     axes = [np.arange(a, b, dtype=float) for a, b in zip(lo, hi)]
     index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     distance2 = np.sum((grid.to_physical(index) - point) ** 2, axis=-1)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     np.maximum(target[box], np.exp(-distance2 / (2.0 * sigma_mm**2)).astype(np.float32), out=target[box])
+    return True

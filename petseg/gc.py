@@ -54,7 +54,11 @@ def run(
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
     check_output_folder(output_dir)
-    clicks = clicks_file(input_dir, interface)  # a CT/PET model warns that it ignores them
+    clicks = clicks_file(input_dir, interface)
+    if clicks is not None and predictor.settings.click_sigma_mm is None:
+        # every autoPET IV job has the file: routine, so INFO (stdout), not a warning on each job
+        log.info("this model takes no clicks: %s not read", clicks)
+        clicks = None
     mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
     outputs = {gc_output_path(case, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:

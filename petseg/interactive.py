@@ -1,4 +1,4 @@
-"""Interactive evaluation as autoPET IV scores it: 0..10 clicks simulated from the ground truth.
+"""Interactive evaluation with autoPET IV's measures: 0..10 clicks simulated from the ground truth.
 
 Per study the model runs once per step. Step 0 has no clicks; after each step the next click
 goes to the centre of the largest remaining error region (the voxel farthest, in mm, from
@@ -7,6 +7,9 @@ voxels on the PET grid): a tumour click for a missed region, a background click 
 false one. Per step: DSC, FPV and FNV (the challenge's definitions); per study and overall:
 the value after the last click and the area under each curve over the steps (trapezoidal
 rule, x = number of clicks, so a constant DSC of 1 over 0..10 clicks has area 10).
+The clicks are error-driven, one per step; autoPET IV itself gives pre-simulated clicks
+(a tumour and a background click per step), so these curves rank models like its curves,
+but are not its numbers.
 """
 
 from __future__ import annotations
@@ -50,12 +53,17 @@ def next_click(gt: np.ndarray, pred: np.ndarray, *, grid: Grid) -> tuple[str, np
         return None
     _, kind, labels, largest = best
     box = ndimage.find_objects(labels)[largest - 1]
-    padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-    region = labels[padded] == largest
-    distance = ndimage.distance_transform_edt(region, sampling=grid.spacing[::-1])
-    inner = np.unravel_index(np.argmax(distance), distance.shape)
-    zyx = np.array([s.start + i for s, i in zip(padded, inner)], float)
+    zyx = region_centre(labels[box] == largest, spacing=grid.spacing[::-1])
+    zyx += [s.start for s in box]
     return kind, grid.to_physical(zyx[::-1])
+
+
+def region_centre(region: np.ndarray, *, spacing: Sequence[float]) -> np.ndarray:
+    """Index (float, array order) of the voxel of ``region`` farthest in mm from its border
+    (ties: the first in array order). The array's faces count as border, so a region cut by
+    them (a lesion at the edge of a patch or scan) gets its click inside, not on the face."""
+    distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[(slice(1, -1),) * region.ndim]
+    return np.array(np.unravel_index(np.argmax(distance), region.shape), float)
 
 
 @dataclass
@@ -96,9 +104,9 @@ def interactive_case(predictor, *, case: str, ct: Path, pet: Path, gt: Path, cli
     last: dict = {"click": "", "click_x_mm": "", "click_y_mm": "", "click_z_mm": ""}
     takes_clicks = predictor.settings.click_sigma_mm is not None
     for step in range(clicks + 1):
-        # a step without a new click (nothing left to fix), or a model that takes no clicks,
-        # gives the previous result
-        if step == 0 or (click is not None and takes_clicks):
+        # a step without a new click (nothing left to fix) gives the previous result; a model
+        # that takes no clicks gets none, so its curve is its automatic result at every step
+        if step == 0 or click is not None:
             maps = predictor.network_maps(with_clicks(prep, given, settings=predictor.settings))
             prediction = (
                 sitk.GetArrayFromImage(
@@ -119,7 +127,7 @@ def interactive_case(predictor, *, case: str, ct: Path, pet: Path, gt: Path, cli
                 **last,  # the click this step added (patient coordinates, LPS)
             }
         )
-        click = next_click(truth, prediction, grid=native) if step < clicks else None
+        click = next_click(truth, prediction, grid=native) if step < clicks and takes_clicks else None
         last = dict.fromkeys(last, "")
         if click is not None:
             given = given.added(*click)

@@ -39,6 +39,7 @@ class Predictor:
 
     def __init__(self, networks: Sequence[torch.nn.Module], *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
+        check_input_channels(networks, self.settings)
         self.device = resolve_device(self.settings.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed window shape: autotuning pays off
@@ -60,6 +61,13 @@ class Predictor:
             raise ModelError("model", "no model folder: pass --model-dir / model_dir or set PETSEG_MODEL_DIR")
         folder = ModelFolder.open(model_dir)
         base = folder.settings if settings is None else settings
+        if base.channels != folder.settings.channels:
+            raise ConfigError(
+                "click_sigma_mm",
+                f"the given settings make input channels {list(base.channels)}, but {folder.path} takes "
+                f"{list(folder.settings.channels)} (set click_sigma_mm to model.json's "
+                f"{folder.settings.click_sigma_mm}, or pass no settings)",
+            )
         predictor = cls(folder.load_networks(), settings=base.with_overrides(**overrides))
         predictor.model = folder
         return predictor
@@ -189,3 +197,16 @@ class Predictor:
         return restore_prediction(
             self.network_maps(prep, start=start), prep.record, settings=self.settings, timings=self.timings
         )
+
+
+def check_input_channels(networks: Sequence[torch.nn.Module], settings: Settings) -> None:
+    """Each network's first convolution must take the input the settings make (CT, PET and,
+    with ``click_sigma_mm``, two click maps): otherwise PyTorch fails deep in the first window."""
+    for n, network in enumerate(networks):
+        first = next((m for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+        if first is not None and first.in_channels != len(settings.channels):
+            raise ConfigError(
+                "click_sigma_mm",
+                f"network {n} takes {first.in_channels} input channels, the settings make "
+                f"{len(settings.channels)} {list(settings.channels)}",
+            )

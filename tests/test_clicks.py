@@ -73,6 +73,9 @@ def test_a_clicks_file_that_is_not_json_is_refused(tmp_path):
         read_clicks(path, grid=PET)
     with pytest.raises(InputError, match="not found"):
         read_clicks(tmp_path / "missing.json", grid=PET)
+    path.write_text('{"points": ' + "[" * 100_000 + "]" * 100_000 + "}")  # Python's JSON parser recurses
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_clicks(path, grid=PET)
     path.write_text(json.dumps({"points": []}))
     assert len(read_clicks(path, grid=PET)) == 0
 
@@ -114,7 +117,7 @@ def test_a_click_peaks_on_the_network_grid_at_the_same_world_point(direction, ne
     assert maps[0][tuple(probe.astype(int))] == pytest.approx(np.exp(-d2 / 32.0), abs=1e-6)
 
 
-def test_clicks_in_code_are_checked_and_far_ones_leave_the_maps_empty():
+def test_clicks_in_code_are_checked_and_far_ones_leave_the_maps_empty_with_a_warning(caplog):
     with pytest.raises(ValueError, match=r"Clicks.tumor: \(1.0, nan, 2.0\)"):
         Clicks(tumor=((1.0, float("nan"), 2.0),))
     with pytest.raises(ValueError, match="three finite numbers"):
@@ -122,9 +125,14 @@ def test_clicks_in_code_are_checked_and_far_ones_leave_the_maps_empty():
     assert Clicks(tumor=(np.array([1, 2, 3]),)).tumor == ((1.0, 2.0, 3.0),)  # numpy points become floats
     network = Grid((10, 10, 10), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
     far = Clicks(tumor=((1e30, 1.0, 1.0),), background=((-50.0, 5.0, 5.0),))  # outside the grid (e.g. the body crop)
-    assert not click_maps(far, network, sigma_mm=3.0).any()
+    with caplog.at_level("WARNING"):
+        assert not click_maps(far, network, sigma_mm=3.0).any()
+    dropped = [r.getMessage() for r in caplog.records if "outside the body crop" in r.getMessage()]
+    assert len(dropped) == 2 and dropped[1].startswith("background click at [-50.0, 5.0, 5.0] mm")
+    caplog.clear()
     near = Clicks(background=((-4.0, 5.0, 5.0),))  # outside, but within 3 sigma of the first voxels
     assert click_maps(near, network, sigma_mm=3.0)[1, 0, 2, 2] == pytest.approx(np.exp(-(16.0 + 1.0 + 1.0) / 18.0))
+    assert not caplog.records  # a click that reaches the grid is not reported
 
 
 def test_check_clicks_file_needs_no_image(tmp_path):

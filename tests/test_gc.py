@@ -68,15 +68,18 @@ def test_mask_is_written_compressed(gc_input, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("content", ['{"points": [{"point": [1, 2, 3], "name": "tumor"}]}', "{not json"])
-def test_a_ct_pet_model_warns_that_it_ignores_the_clicks_file_and_never_reads_it(
+def test_a_ct_pet_model_never_reads_the_clicks_file_and_says_so_on_stdout_only(
     gc_input, tiny_model_dir, tmp_path, caplog, content
 ):
     (gc_input / "lesion-clicks.json").write_text(content)
     out = tmp_path / "out"
-    assert run_process(gc_input, out, tiny_model_dir, "--interface", "autopet4") == 0
+    with caplog.at_level("INFO"):
+        assert run_process(gc_input, out, tiny_model_dir, "--interface", "autopet4") == 0
     assert files_under(out) == ["images/tumor-lesion-segmentation/3f1c0a6e-case.mha"]
-    warning = f"this model takes no clicks: {gc_input / 'lesion-clicks.json'} ignored"
-    assert ("WARNING", warning) in [(r.levelname, r.getMessage()) for r in caplog.records]
+    # every autoPET IV job has the file: a warning (stderr) would flag every job on Grand Challenge
+    note = f"this model takes no clicks: {gc_input / 'lesion-clicks.json'} not read"
+    assert ("INFO", note) in [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert not [r for r in caplog.records if "click" in r.getMessage() and r.levelname != "INFO"]
 
 
 def test_process_runs_as_a_script_with_a_real_exit_code(gc_input, tiny_model_dir, tmp_path):
@@ -324,6 +327,22 @@ def test_a_ct_pet_model_logs_that_it_ignores_clicks(tiny_model_dir, caplog):
         (r.levelname, r.getMessage()) for r in caplog.records
     ]
     assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(predictor.predict(ct, pet)))
+
+
+def test_settings_without_the_models_click_channels_are_refused_before_any_work(click_model_dir):
+    from petseg.errors import ConfigError
+    from petseg.model import ModelFolder
+    from petseg.predictor import Predictor
+    from petseg.settings import Settings
+
+    # a user's own Settings replace model.json's: without click_sigma_mm they would feed 2 channels to a 4-channel net
+    with pytest.raises(ConfigError, match=r"takes \['CT', 'PET', 'tumor_clicks', 'background_clicks'\]"):
+        Predictor.from_model_dir(click_model_dir, settings=Settings(device="cpu"))
+    networks = ModelFolder.open(click_model_dir).load_networks()
+    with pytest.raises(ConfigError, match=r"network 0 takes 4 input channels, the settings make 2"):
+        Predictor(networks, settings=Settings(device="cpu"))
+    model_sigma = ModelFolder.open(click_model_dir).settings.click_sigma_mm
+    assert Predictor.from_model_dir(click_model_dir, settings=Settings(device="cpu", click_sigma_mm=model_sigma))
 
 
 def test_the_images_interface_comes_from_its_build_argument(gc_input, tiny_model_dir, tmp_path, monkeypatch, capsys):

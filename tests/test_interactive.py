@@ -11,7 +11,7 @@ import torch
 
 from petseg.cli import main
 from petseg.geometry import Grid
-from petseg.interactive import area, interactive_case, next_click, summarize_curves
+from petseg.interactive import area, interactive_case, next_click, region_centre, summarize_curves
 from petseg.predictor import Predictor
 
 from conftest import DIRECTIONS, SMALL, blob_study
@@ -32,6 +32,19 @@ def test_the_next_click_goes_to_the_centre_of_the_largest_error_region():
     pred[0:12, 12:16, 0:20] = True  # now a large false region
     assert next_click(gt, pred, grid=GRID)[0] == "background"
     assert next_click(gt, gt, grid=GRID) is None
+
+
+@pytest.mark.parametrize("face", ["low", "high"])
+def test_a_region_cut_by_the_array_face_gets_its_click_inside_not_on_the_face(face):
+    gt = np.zeros((12, 16, 20), bool)  # (z, y, x); the region spans z 0..4 or 7..11, cut by the face
+    gt[0:5, 3:12, 4:15] = True
+    if face == "high":
+        gt = gt[::-1].copy()
+    kind, point = next_click(gt, np.zeros_like(gt), grid=GRID)
+    z = round(float(GRID.to_index(point)[2]))
+    assert kind == "tumor" and z == (2 if face == "low" else 9)
+    # the same rule for the training clicks (x, y, z arrays, spacing per axis)
+    np.testing.assert_array_equal(region_centre(np.ones((5, 5, 5), bool), spacing=(1.0, 1.0, 1.0)), [2, 2, 2])
 
 
 def test_area_is_the_trapezoidal_rule_over_click_counts():
@@ -98,6 +111,7 @@ def test_evaluate_interactive_cli_writes_curves_and_warns_for_a_ct_pet_model(tin
         rows = list(csv.DictReader(fh))
     assert [(r["case"], r["clicks"]) for r in rows] == [(c, str(k)) for c in ("a", "b") for k in range(4)]
     assert len({r["dsc"] for r in rows if r["case"] == "a"}) == 1  # a CT/PET model: the same result every step
+    assert {(r["tumor_clicks"], r["background_clicks"], r["click"]) for r in rows} == {("0", "0", "")}  # and no clicks
     assert (tmp_path / "out" / "interactive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cases: DSC" in captured.out
 

@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from petseg.clicks import MAX_CLICKS, Clicks, click_maps
 from petseg.geometry import Grid
-from petseg.interactive import next_click
+from petseg.interactive import next_click, region_centre
 from petseg.metrics import CONNECTIVITY
 
 
@@ -41,11 +41,9 @@ def lesion_centres(label: np.ndarray, *, spacing: Sequence[float]) -> list[np.nd
     for box_index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        component = labels[padded] == box_index
-        distance = ndimage.distance_transform_edt(component, sampling=spacing)
-        inner = np.unravel_index(np.argmax(distance), distance.shape)
-        centres.append((int(component.sum()), np.array([s.start + i for s, i in zip(padded, inner)], float)))
+        component = labels[box] == box_index
+        centre = region_centre(component, spacing=spacing) + [s.start for s in box]
+        centres.append((int(component.sum()), centre))
     centres.sort(key=lambda item: -item[0])
     return [centre for _, centre in centres]
 
