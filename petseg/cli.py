@@ -39,8 +39,17 @@ def _make_predictor(args: argparse.Namespace, *, device: str | None = None):
         threshold=args.threshold,
         uncertainty=getattr(args, "save_uncertainty", False) or report or None,
         fold_votes=report or None,
+        click_removal=False if getattr(args, "no_click_removal", False) else None,
         progress=getattr(args, "verbose", False),
         **speed_overrides(args),
+    )
+
+
+def add_click_removal_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-click-removal",
+        action="store_true",
+        help="background clicks only reach the network; by default one on a predicted lesion also removes it",
     )
 
 
@@ -388,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or a folder of <case>_clicks.json",
     )
     p.add_argument("--clicks-world", action="store_true", help="the clicks' points are in mm (LPS), not voxel indices")
+    add_click_removal_option(p)
     p.add_argument("--num-parts", type=positive(int), help="split the cases into N parts (cluster job arrays)")
     p.add_argument("--part-id", type=number(int, low=0), help="which part this process predicts, 0..N-1")
     p.set_defaults(func=_predict)
@@ -428,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_CLICKS,
         help="clicks per study, 0..10 (default 10)",
     )
+    add_click_removal_option(p)
     p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call (default from model.json)")
     p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
     add_speed_options(p)

@@ -107,13 +107,10 @@ def interactive_case(predictor, *, case: str, ct: Path, pet: Path, gt: Path, cli
         # a step without a new click (nothing left to fix) gives the previous result; a model
         # that takes no clicks gets none, so its curve is its automatic result at every step
         if step == 0 or click is not None:
-            maps = predictor.network_maps(with_clicks(prep, given, settings=predictor.settings))
-            prediction = (
-                sitk.GetArrayFromImage(
-                    restore_prediction(maps, prep.record, settings=predictor.settings, timings=timings).mask
-                )
-                > 0
-            )
+            clicked = with_clicks(prep, given, settings=predictor.settings)
+            maps = predictor.network_maps(clicked)
+            restored = restore_prediction(maps, clicked.record, settings=predictor.settings, timings=timings)
+            prediction = sitk.GetArrayFromImage(restored.mask) > 0
         m = case_metrics(truth, prediction, voxel_volume_ml=ml)
         rows.append(
             {

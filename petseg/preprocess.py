@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,6 +29,9 @@ from petseg.checks import check_ct_range, check_network_size, check_overlap, che
 from petseg.errors import InputError
 from petseg.geometry import Grid, array_to_image, image_to_array, same_grid
 from petseg.settings import Settings
+
+if TYPE_CHECKING:
+    from petseg.clicks import Clicks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class Record:
     oriented: Grid  # step 4 (RAS)
     network: Grid  # step 5: the grid of the network array
     resampled: bool  # step 5 was needed
+    clicks: Clicks | None = None  # a click-aware model's clicks (mm), for restore's click removal
 
 
 @dataclass(frozen=True)

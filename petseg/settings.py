@@ -63,6 +63,9 @@ class Settings:
             (fold disagreement), from running sums of p and p^2 in the one pass.
         click_sigma_mm: None for a CT/PET model; for a click-aware model (input channels
             CT, PET, tumour clicks, background clicks) the Gaussian width of a click, mm.
+        click_removal: a background click on a predicted lesion removes that lesion (its
+            18-connected component on the PET grid gets probability 0) unless a tumour click
+            lies in it too; off, background clicks only reach the network as its input.
         fold_votes: also keep each fold's own probability (one map per fold on the network
             grid: memory grows by the fold count) to tell, per lesion, how many folds' own
             masks overlap it.
@@ -88,6 +91,7 @@ class Settings:
     uncertainty: bool = False
     fold_votes: bool = False
     click_sigma_mm: float | None = None
+    click_removal: bool = True
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
@@ -128,7 +132,7 @@ class Settings:
         """The network's input channels, in order."""
         return CHANNELS if self.click_sigma_mm is None else CHANNELS + CLICK_CHANNELS
 
-    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold")
+    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold", "click_removal")
     # fields that change how fast, where or how visibly a study runs, never its outputs
     RUNTIME_ONLY = ("device", "sw_batch_size", "progress", "compile")
 

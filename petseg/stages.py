@@ -11,12 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cc3d
 import numpy as np
 import SimpleITK as sitk
 
 from petseg.clicks import Clicks, click_maps, read_clicks
 from petseg.errors import ConfigError
+from petseg.geometry import Grid
 from petseg.io import atomic_paths, read_image, save_image
+from petseg.metrics import CONNECTIVITY
 from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, restore
 from petseg.settings import Settings
 
@@ -112,17 +115,22 @@ def with_clicks(
         log.info("clicks from %s: %d tumour, %d background", source, len(clicks.tumor), len(clicks.background))
     elif not clicks:
         log.info("no clicks: this click-aware model runs with empty click maps (automatic)")
-    maps = click_maps(clicks or Clicks(), prep.record.network, sigma_mm=settings.click_sigma_mm)
-    return dataclasses.replace(prep, image=np.concatenate([prep.image[:2], maps]))
+    clicks = clicks or Clicks()
+    maps = click_maps(clicks, prep.record.network, sigma_mm=settings.click_sigma_mm)
+    record = dataclasses.replace(prep.record, clicks=clicks)
+    return dataclasses.replace(prep, image=np.concatenate([prep.image[:2], maps]), record=record)
 
 
 def restore_prediction(
     maps: EnsembleMaps, record: Record, *, settings: Settings, timings: dict[str, float]
 ) -> Prediction:
     """The ensemble's maps back on the PET's native grid (stage "restore"); the mask is
-    exactly ``probability > settings.threshold``."""
+    exactly ``probability > settings.threshold``, after the lesions that background clicks
+    remove (``settings.click_removal``) got probability 0."""
     with timed("restore", timings):
         probability = restore(maps.mean, record)
+        if settings.click_removal and record.clicks is not None and record.clicks.background:
+            probability = remove_clicked_lesions(probability, record.clicks, threshold=settings.threshold)
         uncertainty = votes = None
         if maps.variance is not None:
             uncertainty = restore(maps.std(), record)
@@ -131,6 +139,31 @@ def restore_prediction(
             votes = fold_votes(maps.folds, record, threshold=settings.threshold)
         mask = probability_to_mask(probability, threshold=settings.threshold)
     return Prediction(mask, probability, uncertainty, votes, 0 if maps.folds is None else len(maps.folds))
+
+
+def remove_clicked_lesions(probability: sitk.Image, clicks: Clicks, *, threshold: float) -> sitk.Image:
+    """``probability`` with 0 on every predicted lesion (18-connected component of probability
+    > ``threshold``) that holds a background click's voxel (the nearest voxel of its grid) and
+    no tumour click: the user said it is not a lesion. Contradictory clicks leave the
+    network's answer."""
+    values = sitk.GetArrayFromImage(probability)  # (z, y, x), a copy
+    lesions = cc3d.connected_components(values > threshold, connectivity=CONNECTIVITY)
+    grid = Grid.of(probability)
+
+    def lesion_at(point: tuple[float, float, float]) -> int:
+        index = np.rint(grid.to_index(np.asarray(point, float))).astype(int)
+        return int(lesions[index[2], index[1], index[0]]) if grid.contains(index) else 0
+
+    confirmed = {lesion_at(point) for point in clicks.tumor}
+    removed = sorted({lesion_at(point) for point in clicks.background} - confirmed - {0})
+    if not removed:
+        return probability
+    gone = np.isin(lesions, removed)
+    values[gone] = 0.0
+    log.info("background clicks removed %d predicted lesion(s), %d voxels", len(removed), int(gone.sum()))
+    out = sitk.GetImageFromArray(values)
+    out.CopyInformation(probability)
+    return out
 
 
 def fold_votes(folds: np.ndarray, record: Record, *, threshold: float) -> sitk.Image:

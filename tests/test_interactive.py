@@ -125,3 +125,57 @@ def test_evaluate_interactive_refuses_a_click_count_outside_0_to_10_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--clicks" in err[0] and count in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("direction", ["identity", "oblique"])
+def test_a_background_click_on_a_predicted_lesion_removes_it_unless_a_tumour_click_confirms_it(direction):
+    import cc3d
+
+    from petseg.clicks import Clicks
+
+    from conftest import Oracle
+
+    ct, pet = blob_study(direction=DIRECTIONS[direction])  # spheres at the PET's centre
+    values = sitk.GetArrayFromImage(pet)
+    values[2:7, 2:7, 2:7] = 6.0  # and a lesion in a corner, apart from them
+    pet = _like(values, pet)
+    centre = pet.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in pet.GetSize()])
+    settings = SMALL.with_overrides(click_sigma_mm=10.0, fold_batchnorm=False, channels_last=False)
+    predictor = Predictor([Oracle()], settings=settings)  # click-blind: PET > 2.5
+    auto = sitk.GetArrayFromImage(predictor.predict_images(ct, pet, ct_source="ct", pet_source="pet").mask)
+    lesions, count = cc3d.connected_components(auto, connectivity=18, return_N=True)
+    assert count >= 2
+    index = np.rint(pet.TransformPhysicalPointToContinuousIndex(centre)).astype(int)
+    clicked_lesion = lesions[index[2], index[1], index[0]]
+    assert clicked_lesion > 0
+
+    def predict(clicks, **overrides):
+        p = Predictor([Oracle()], settings=settings.with_overrides(**overrides))
+        out = p.predict_images(ct, pet, ct_source="ct", pet_source="pet", clicks=clicks)
+        return sitk.GetArrayFromImage(out.mask), sitk.GetArrayFromImage(out.probability)
+
+    mask, probability = predict(Clicks(background=(centre,)))
+    np.testing.assert_array_equal(mask, auto * (lesions != clicked_lesion))  # that lesion gone, the other kept
+    assert not probability[lesions == clicked_lesion].any()
+    np.testing.assert_array_equal(mask, probability > settings.threshold)  # the mask is still the probability > T
+    # a tumour click on the same lesion contradicts: the network's answer stands
+    np.testing.assert_array_equal(predict(Clicks(tumor=(centre,), background=(centre,)))[0], auto)
+    np.testing.assert_array_equal(predict(Clicks(background=(centre,)), click_removal=False)[0], auto)
+    outside = pet.TransformIndexToPhysicalPoint([10, 10, 1])  # on no lesion
+    np.testing.assert_array_equal(predict(Clicks(background=(outside,)))[0], auto)
+
+
+def _like(values: np.ndarray, image: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(values)
+    out.CopyInformation(image)
+    return out
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate-interactive"])
+def test_no_click_removal_reaches_the_settings(command, tiny_model_dir):
+    from petseg.cli import _make_predictor, build_parser
+
+    extra = ["--gt", "g"] if command == "evaluate-interactive" else []
+    base = [command, "-i", "x", "-o", "y", *extra, "--model-dir", str(tiny_model_dir), "--device", "cpu"]
+    assert _make_predictor(build_parser().parse_args(base)).settings.click_removal is True
+    assert _make_predictor(build_parser().parse_args([*base, "--no-click-removal"])).settings.click_removal is False
