@@ -270,6 +270,8 @@ def run_key(model: Mapping[str, Any], settings: Settings) -> str:
     """Checksum of what decides the outputs: the folds' checksums and the settings that
     change results (not the device, window batch, progress bar or compilation)."""
     fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in Settings.RUNTIME_ONLY}
+    if settings.click_sigma_mm is None:
+        del fields["click_removal"]  # a CT/PET model takes no clicks: nothing to remove, nothing to redo
     text = json.dumps({"folds": [f["sha256"] for f in model.get("folds", [])], "settings": fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -114,6 +114,8 @@ class Settings:
             raise ConfigError("threshold", f"must be in [0, 1), got {self.threshold!r}")
         if self.click_sigma_mm is not None and not self.click_sigma_mm > 0:
             raise ConfigError("click_sigma_mm", f"must be positive or None, got {self.click_sigma_mm!r}")
+        if not isinstance(self.click_removal, bool):  # "false" from a hand-edited model.json would be truthy
+            raise ConfigError("click_removal", f"must be true or false, got {self.click_removal!r}")
         if self.body_margin_mm < 0:
             raise ConfigError("body_margin_mm", f"must be >= 0, got {self.body_margin_mm!r}")
 

@@ -151,8 +151,12 @@ def remove_clicked_lesions(probability: sitk.Image, clicks: Clicks, *, threshold
     grid = Grid.of(probability)
 
     def lesion_at(point: tuple[float, float, float]) -> int:
-        index = np.rint(grid.to_index(np.asarray(point, float))).astype(int)
-        return int(lesions[index[2], index[1], index[0]]) if grid.contains(index) else 0
+        index = grid.to_index(np.asarray(point, float))
+        if not grid.contains(index):
+            return 0
+        # clipped: an index of size - 0.5 (the outer half-voxel, inside the image) rounds to size
+        x, y, z = np.clip(np.rint(index), 0, np.asarray(grid.size) - 1).astype(int)
+        return int(lesions[z, y, x])
 
     confirmed = {lesion_at(point) for point in clicks.tumor}
     removed = sorted({lesion_at(point) for point in clicks.background} - confirmed - {0})

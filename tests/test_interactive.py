@@ -179,3 +179,21 @@ def test_no_click_removal_reaches_the_settings(command, tiny_model_dir):
     base = [command, "-i", "x", "-o", "y", *extra, "--model-dir", str(tiny_model_dir), "--device", "cpu"]
     assert _make_predictor(build_parser().parse_args(base)).settings.click_removal is True
     assert _make_predictor(build_parser().parse_args([*base, "--no-click-removal"])).settings.click_removal is False
+
+
+def test_a_background_click_in_the_outer_half_voxel_still_finds_its_lesion():
+    from petseg.clicks import Clicks
+    from petseg.stages import remove_clicked_lesions
+
+    from conftest import make_image
+
+    values = np.zeros((4, 5, 6), np.float32)  # (x, y, z) here; a lesion on the last x planes
+    values[2:] = 0.9
+    probability = make_image(values, spacing=(3.1, 2.4, 4.3), origin=(5.0, -7.0, 30.0), direction=DIRECTIONS["oblique"])
+    edge = probability.TransformContinuousIndexToPhysicalPoint((3.49, 1.0, 2.0))  # in the outer half-voxel
+    kept = remove_clicked_lesions(probability, Clicks(background=(edge,)), threshold=0.5)
+    assert not sitk.GetArrayFromImage(kept).any()
+    beyond = probability.TransformContinuousIndexToPhysicalPoint((4.6, 1.0, 2.0))  # outside: nothing to remove
+    assert sitk.GetArrayFromImage(
+        remove_clicked_lesions(probability, Clicks(background=(beyond,)), threshold=0.5)
+    ).any()

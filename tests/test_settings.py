@@ -22,6 +22,7 @@ def test_defaults_are_the_paper_method():
         ("overlap", 1.0),
         ("sw_batch_size", 0),
         ("body_margin_mm", -1.0),
+        ("click_removal", "false"),
     ],
 )
 def test_invalid_values_name_the_field_and_value(field, value):
@@ -40,3 +41,12 @@ def test_model_sections_round_trip():
     s = Settings(roi_size=(96, 96, 96), target_spacing=(3.0, 3.0, 3.0))
     sections = s.model_sections()
     assert Settings.from_model_sections(sections) == s
+
+
+def test_the_run_key_follows_click_removal_only_for_a_click_aware_model():
+    from petseg.cohort import run_key
+
+    model = {"folds": [{"sha256": "ab"}]}
+    assert run_key(model, Settings()) == run_key(model, Settings(click_removal=False))
+    clicks = Settings(click_sigma_mm=5.0)
+    assert run_key(model, clicks) != run_key(model, dataclasses.replace(clicks, click_removal=False))
