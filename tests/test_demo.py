@@ -76,13 +76,15 @@ def test_click_weights_improve_with_clicks(tmp_path):
 
     cases = []
     for tracer, seed in (("fdg", 950), ("psma", 951)):
-        study = make_study(tracer=tracer, seed=seed, index=0, shape=(64, 56, 128), spacing=(6.0, 6.0, 5.5), hard=True)
-        write_study(study, tmp_path)
-        cases.append(study.case_id)
+        for index in (0, 1):
+            spacing = (6.0, 6.0, 5.5)
+            study = make_study(tracer=tracer, seed=seed, index=index, shape=(64, 56, 128), spacing=spacing, hard=True)
+            write_study(study, tmp_path)
+            cases.append(study.case_id)
     images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
     clicks = Predictor.from_model_dir(ROOT / "weights-clicks", device="cpu")
     plain = Predictor.from_model_dir(ROOT / "weights", device="cpu")
-    gains, gaps = [], []
+    gains, gaps, checked = [], [], 0
     for case in cases:
         paths = dict(
             ct=images / f"{case}_0000.nii.gz", pet=images / f"{case}_0001.nii.gz", gt=labels / f"{case}.nii.gz"
@@ -90,11 +92,15 @@ def test_click_weights_improve_with_clicks(tmp_path):
         curve = interactive_case(clicks, case=case, clicks=3, **paths)
         automatic = interactive_case(plain, case=case, clicks=0, **paths)
         dsc = [row["dsc"] for row in curve.rows]
-        assert all(b >= a - 0.05 for a, b in zip(dsc, dsc[1:])), dsc
+        # a DSC over a few voxels moves by a quarter per voxel: steadiness is judged where it means something
+        if sitk.GetArrayFromImage(sitk.ReadImage(str(paths["gt"]))).sum() >= 20:
+            assert all(b >= a - 0.05 for a, b in zip(dsc, dsc[1:])), (case, dsc)
+            checked += 1
         gains.append(dsc[-1] - dsc[0])
         gaps.append(dsc[0] - automatic.rows[0]["dsc"])
-    assert np.mean(gains) >= 0.05
-    assert abs(np.mean(gaps)) <= 0.05
+    assert checked >= 2
+    assert np.mean(gains) >= 0.05, gains
+    assert abs(np.mean(gaps)) <= 0.05, gaps
 
 
 def test_click_weights_without_clicks_stay_an_automatic_model():
