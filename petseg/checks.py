@@ -9,44 +9,106 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
-from petseg.geometry import physical_bounds, same_grid
+from petseg.geometry import Grid, physical_bounds, same_grid
 
 log = logging.getLogger(__name__)
 
 PET_MAX_SUV = 1000.0  # a PET whose maximum is above this is in Bq/ml (or counts), not SUV
+PET_MIN_SUV = -10.0  # reconstruction noise stays well above this; a "PET" below it is not SUV
 CT_AIR_HU = -500.0  # a CT in HU has air (about -1000 HU) around or inside the patient
 CT_STORED_MIN_MAX = 1000.0  # min >= 0 with max above this: stored values without the -1024 intercept
-MIN_AXIAL_OVERLAP = 0.5  # CT must cover this fraction of the PET's axial extent ...
-WARN_AXIAL_OVERLAP = 0.9  # ... and below this fraction a warning is logged
+MIN_COVERAGE = 0.5  # the CT must cover this fraction of the PET's extent along each axis ...
+WARN_AXIAL_COVERAGE = 0.9  # ... and below this fraction of its axial extent a warning is logged
+SPACING_MM = (0.3, 10.0)  # a human PET or CT has voxels within this range along every axis
+IN_PLANE_MM = (50.0, 1000.0)  # ... and a transaxial field of view within this range
+MIN_NETWORK_VOXELS = 8  # the network grid needs at least this many voxels along every axis
 # The network grid (before the body crop) is refused above this many voxels: input (2 x float32),
 # probability, blending weights and the resampling buffers take about 24 bytes per voxel, so
 # 250 M voxels (an 1000 x 500 x 500 mm field of view at 2 mm is 31 M) would need ~6 GB.
 MAX_NETWORK_VOXELS = 250_000_000
+# An image file is refused above this many voxels before any is read (4 GB as float32; a
+# total-body CT of 512 x 512 x 1900 voxels has 0.5 G).
+MAX_IMAGE_VOXELS = 1_000_000_000
 
 
-def check_geometry(image: sitk.Image, *, source: str | Path) -> None:
-    """Reject images that are not 3D scalar volumes with a usable grid."""
-    dim = image.GetDimension()
-    if dim != 3:
-        raise InputError(source, f"expected a 3D image, got a {dim}D image of size {image.GetSize()}")
-    if image.GetNumberOfComponentsPerPixel() != 1:
+def check_geometry(
+    *,
+    dimension: int,
+    size: Sequence[int],
+    spacing: Sequence[float],
+    direction: Sequence[float],
+    components: int,
+    source: str | Path,
+) -> None:
+    """Reject what is not a 3D scalar volume with a usable grid: from a file's header, before
+    its voxels are read, or from an image in memory (:func:`check_image`)."""
+    if dimension != 3:
+        raise InputError(source, f"expected a 3D image, got a {dimension}D image of size {tuple(size)}")
+    if components != 1:
+        raise InputError(source, f"expected a scalar image, got {components} components per voxel")
+    if min(size) < 2:
+        raise InputError(source, f"expected a 3D volume, got size {tuple(size)} (a single slice)")
+    voxels = int(np.prod(np.asarray(size, dtype=np.int64)))
+    if voxels > MAX_IMAGE_VOXELS:
         raise InputError(
-            source, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel"
+            source, f"size {' x '.join(map(str, size))} is {voxels:,} voxels, above the {MAX_IMAGE_VOXELS:,} allowed"
         )
-    if min(image.GetSize()) < 2:
-        raise InputError(source, f"expected a 3D volume, got size {image.GetSize()} (a single slice)")
-    if min(image.GetSpacing()) <= 0:
-        raise InputError(source, f"spacing must be positive, got {image.GetSpacing()}")
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    error = np.abs(direction.T @ direction - np.eye(3)).max()
+    if not np.all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(source, f"spacing must be positive, got {tuple(spacing)}")
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    error = np.abs(matrix.T @ matrix - np.eye(3)).max() if np.all(np.isfinite(matrix)) else np.inf
     if error > 1e-3:  # orthonormality, not |det| = 1: a shear can have determinant 1
         raise InputError(source, f"direction matrix is not orthonormal (|D^T D - I| = {error:.3g})")
+
+
+def check_image(image: sitk.Image, *, source: str | Path) -> None:
+    """:func:`check_geometry` of an image in memory."""
+    check_geometry(
+        dimension=image.GetDimension(),
+        size=image.GetSize(),
+        spacing=image.GetSpacing(),
+        direction=image.GetDirection() if image.GetDimension() == 3 else np.eye(3).ravel(),
+        components=image.GetNumberOfComponentsPerPixel(),
+        source=source,
+    )
+
+
+def axial_axis(grid: Grid) -> int:
+    """The image axis closest to the patient's head-feet axis (physical z)."""
+    return int(np.argmax(np.abs(np.asarray(grid.direction).reshape(3, 3)[2])))
+
+
+def check_field_of_view(image: sitk.Image, *, role: str, source: str | Path, extent: bool = True) -> None:
+    """A human study's grid: every spacing within SPACING_MM and (with ``extent``; the CT only
+    needs to cover the PET) the transaxial field of view within IN_PLANE_MM. Catches headers in
+    metres or centimetres and absurd spacings."""
+    grid = Grid.of(image)
+    low, high = SPACING_MM
+    if min(grid.spacing) < low or max(grid.spacing) > high + 1e-6:
+        raise InputError(
+            source,
+            f"{role} spacing {' x '.join(f'{s:g}' for s in grid.spacing)} mm lies outside {low:g}-{high:g} mm "
+            "per axis: is the header in mm?",
+        )
+    if not extent:
+        return
+    mm = np.asarray(grid.size) * np.asarray(grid.spacing)
+    axial = axial_axis(grid)
+    low, high = IN_PLANE_MM
+    in_plane = [mm[a] for a in range(3) if a != axial]
+    if min(in_plane) < low or max(in_plane) > high:
+        raise InputError(
+            source,
+            f"{role} field of view {' x '.join(f'{e:.0f}' for e in mm)} mm: the transaxial extent "
+            f"must lie within {low:.0f}-{high:.0f} mm for a human study",
+        )
 
 
 def check_values(array: np.ndarray, *, source: str | Path, role: str) -> None:
@@ -58,10 +120,26 @@ def check_values(array: np.ndarray, *, source: str | Path, role: str) -> None:
         raise InputError(source, "PET is all zero")
 
 
+def check_swapped(ct: np.ndarray, pet: np.ndarray, *, ct_source: str | Path, pet_source: str | Path) -> None:
+    """A "PET" with air-like values beside a "CT" with SUV-like values: the two were swapped."""
+    pet_min, ct_min, ct_max = float(pet.min()), float(ct.min()), float(ct.max())
+    if pet_min <= CT_AIR_HU and ct_min >= PET_MIN_SUV and ct_max <= PET_MAX_SUV:
+        raise InputError(
+            pet_source,
+            f"CT and PET look swapped: this PET has values down to {pet_min:g} (air in HU) and the CT "
+            f"({ct_source}) holds {ct_min:g}..{ct_max:g} (SUV-like)",
+        )
+
+
 def check_pet_range(array: np.ndarray, *, source: str | Path) -> None:
-    top = float(array.max())
+    low, top = float(array.min()), float(array.max())
     if top <= 0:
         raise InputError(source, f"PET has no positive value (maximum {top:g}): expected SUV")
+    if low < PET_MIN_SUV:
+        hint = " (values of a CT in HU?)" if low <= CT_AIR_HU else ""
+        raise InputError(
+            source, f"PET minimum {low:.4g} lies far below 0{hint}: expected SUV (at least {PET_MIN_SUV:g})"
+        )
     if top > PET_MAX_SUV:
         raise InputError(
             source, f"PET maximum {top:.4g} looks like Bq/ml or counts, not SUV (expected below {PET_MAX_SUV:g})"
@@ -79,45 +157,61 @@ def check_ct_range(array: np.ndarray, *, source: str | Path) -> None:
         log.warning("%s: CT minimum %g HU: no air below %g HU, is this a CT in HU?", source, low, CT_AIR_HU)
 
 
-def axial_overlap(ct: sitk.Image, pet: sitk.Image) -> float:
-    """Fraction of the PET's extent along its slice axis that the CT's bounding box covers."""
-    axis = np.asarray(pet.GetDirection()).reshape(3, 3)[:, 2]
-    spans = []
-    for image in (pet, ct):
-        lo, hi = physical_bounds(image)
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        along = corners @ axis
-        spans.append((along.min(), along.max()))
-    (p0, p1), (c0, c1) = spans
-    return float(max(0.0, min(p1, c1) - max(p0, c0)) / (p1 - p0))
+def coverage(ct: sitk.Image, pet: sitk.Image) -> np.ndarray:
+    """Fraction of the PET's extent along each of its axes that the CT's box covers, measured
+    in the PET's own frame (the CT's corners taken into the PET's voxel coordinates)."""
+    pet_grid, ct_grid = Grid.of(pet), Grid.of(ct)
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    corners = corners * np.asarray(ct_grid.size) - 0.5
+    inside = pet_grid.to_index(ct_grid.to_physical(corners))
+    size = np.asarray(pet_grid.size, float)
+    lo = np.maximum(inside.min(axis=0), -0.5)
+    hi = np.minimum(inside.max(axis=0), size - 0.5)
+    return np.clip(hi - lo, 0.0, None) / size
+
+
+def _extent_mm(image: sitk.Image) -> str:
+    lo, hi = physical_bounds(image)
+    return ", ".join(f"{axis} {a:.0f}..{b:.0f}" for axis, a, b in zip("xyz", lo, hi)) + " mm"
 
 
 def check_overlap(ct: sitk.Image, pet: sitk.Image, *, ct_source: str | Path, pet_source: str | Path) -> None:
-    fraction = axial_overlap(ct, pet)
-    if fraction <= 0:
-        raise InputError(ct_source, f"CT and PET ({pet_source}) do not overlap in space")
-    if fraction < MIN_AXIAL_OVERLAP:
-        raise InputError(
-            ct_source,
-            f"CT covers {fraction:.0%} of the PET's axial extent ({pet_source}), expected at least "
-            f"{MIN_AXIAL_OVERLAP:.0%}",
-        )
-    if fraction < WARN_AXIAL_OVERLAP:
-        log.warning("%s: CT covers only %.0f%% of the PET's axial extent", ct_source, 100 * fraction)
+    """The CT must cover at least MIN_COVERAGE of the PET along every axis (the PET's axial
+    extent and both transaxial ones); refusals give both boxes in mm (LPS)."""
+    fractions = coverage(ct, pet)
+    boxes = f"CT {_extent_mm(ct)}; PET {_extent_mm(pet)}"
+    if fractions.min() <= 0:
+        raise InputError(ct_source, f"CT and PET ({pet_source}) do not overlap in space ({boxes})")
+    axial = axial_axis(Grid.of(pet))
+    for axis in np.argsort(fractions):
+        if fractions[axis] < MIN_COVERAGE:
+            where = "axial" if axis == axial else f"transaxial (PET axis {axis})"
+            raise InputError(
+                ct_source,
+                f"CT covers {fractions[axis]:.0%} of the PET's {where} extent ({pet_source}), expected at least "
+                f"{MIN_COVERAGE:.0%} ({boxes})",
+            )
+    if fractions[axial] < WARN_AXIAL_COVERAGE:
+        log.warning("%s: CT covers only %.0f%% of the PET's axial extent", ct_source, 100 * fractions[axial])
 
 
 def check_network_size(pet: sitk.Image, target_spacing, *, source: str | Path) -> None:
-    """Refuse before allocating when the PET's field of view would make an absurd network grid."""
+    """Refuse before allocating when the PET's field of view would make an absurd network grid,
+    or one too small for the network to see anything."""
     extent = np.asarray(pet.GetSize()) * np.asarray(pet.GetSpacing())
     shape = np.maximum(1, np.round(extent / np.asarray(target_spacing))).astype(int)
     voxels = int(np.prod(shape, dtype=np.int64))
+    described = (
+        f"field of view {' x '.join(f'{e:.0f}' for e in extent)} mm (spacing "
+        f"{', '.join(f'{s:g}' for s in pet.GetSpacing())} mm) makes a {' x '.join(map(str, shape))} network grid"
+    )
     if voxels > MAX_NETWORK_VOXELS:
         raise InputError(
             source,
-            f"field of view {' x '.join(f'{e:.0f}' for e in extent)} mm (spacing "
-            f"{', '.join(f'{s:g}' for s in pet.GetSpacing())} mm) makes a {' x '.join(map(str, shape))} network grid, "
-            f"above the budget of {MAX_NETWORK_VOXELS:,} voxels: is the spacing in the header right?",
+            f"{described}, above the budget of {MAX_NETWORK_VOXELS:,} voxels: is the spacing in the header right?",
         )
+    if shape.min() < MIN_NETWORK_VOXELS:
+        raise InputError(source, f"{described}: fewer than {MIN_NETWORK_VOXELS} voxels along an axis")
 
 
 def check_nifti_data(path: Path, *, role: str) -> None:

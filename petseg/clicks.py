@@ -9,7 +9,6 @@ model.json (``preprocessing.click_sigma_mm``). No clicks: both maps are zero.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from petseg.errors import InputError
+from petseg.schemas import ClicksDocument, convert, read_json
 
 if TYPE_CHECKING:  # annotations only: the CLI imports MAX_CLICKS without SimpleITK
     from petseg.geometry import Grid
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 KINDS = ("tumor", "background")
 CLICK_CHANNELS = ("tumor_clicks", "background_clicks")
 MAX_CLICKS = 10  # per kind, as autoPET IV gives them
+FORMAT = '{"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}'
 
 
 @dataclass(frozen=True)
@@ -81,58 +82,48 @@ def click_points(data: Any, *, source: str | Path) -> list[tuple[int, str, tuple
     """The points of a clicks JSON document as (position in the list, kind, coordinates),
     checked for form only (no image needed: bad files fail before any model is loaded)."""
     if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-        raise InputError(source, 'expected {"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}')
-    points = []
-    for n, entry in enumerate(data["points"]):
-        if not isinstance(entry, dict):
-            raise InputError(source, f"point {n} is not an object with 'point' and 'name'")
-        name, point = entry.get("name"), entry.get("point")
-        if name not in KINDS:
-            raise InputError(source, f"point {n} has name {name!r}, expected 'tumor' or 'background'")
-        xyz = coordinates(point)
-        if xyz is None:
-            shown = repr(point) if len(repr(point)) <= 80 else repr(point)[:77] + "..."
-            raise InputError(source, f"point {n} has point {shown}, expected three finite numbers")
-        points.append((n, name, xyz))
-    return points
+        raise InputError(source, f"expected {FORMAT}")
+    document = convert(data, ClicksDocument, source=source, hint=FORMAT)
+    return [(n, p.name, p.point) for n, p in enumerate(document.points)]
 
 
 def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = False) -> Clicks:
     """``{"points": [{"point": [i, j, k], "name": "tumor" | "background"}, ...]}`` -> Clicks.
 
     Points are voxel indices of the PET in (x, y, z) order (autoPET IV), or with ``world``
-    physical coordinates in mm (LPS). A malformed file is an error naming it; a point
-    outside the image is skipped with a warning naming it (a job should not fail for one
-    stray click)."""
-    clicks = Clicks()
+    physical coordinates in mm (LPS). A malformed file is an error naming it, the point and
+    the value; points outside the image, and points beyond the first MAX_CLICKS of a kind,
+    are skipped with one WARNING each that counts them and names the first (a job should
+    not fail for a stray click, nor flood its log)."""
+    kept: dict[str, list] = {kind: [] for kind in KINDS}
+    outside: list[str] = []
+    beyond = 0
     for n, name, point in click_points(data, source=source):
         index = grid.to_index(np.asarray(point, float)) if world else np.asarray(point, float)
-        shown = [int(v) if v.is_integer() else v for v in point]
         if not grid.contains(index):
-            log.warning(
-                "%s: point %d %s %s lies outside the PET (%s voxels): skipped", source, n, name, shown, grid.size
-            )
-            continue
-        if len(clicks.of(name)) >= MAX_CLICKS:
-            log.warning("%s: more than %d %s clicks: point %d skipped", source, MAX_CLICKS, name, n)
-            continue
-        clicks = clicks.added(name, grid.to_physical(index))
-    return clicks
+            outside.append(f"point {n} {name} {[int(v) if v.is_integer() else v for v in point]}")
+        elif len(kept[name]) >= MAX_CLICKS:
+            beyond += 1
+        else:
+            kept[name].append(grid.to_physical(index))
+    if outside:
+        log.warning(
+            "%s: %d point(s) lie outside the PET (%s voxels) and were skipped: %s%s",
+            source,
+            len(outside),
+            grid.size,
+            "; ".join(outside[:3]),
+            " ..." if len(outside) > 3 else "",
+        )
+    if beyond:
+        log.warning("%s: %d point(s) beyond the first %d of their kind were skipped", source, beyond, MAX_CLICKS)
+    return Clicks(tuple(kept["tumor"]), tuple(kept["background"]))
 
 
 def load_clicks_json(path: str | Path) -> Any:
-    """The JSON document of a clicks file; a missing or unreadable file is an InputError naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "clicks file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a clicks file") from None
-    except RecursionError:
-        raise InputError(path, "not a clicks file: JSON nested too deeply") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a JSON clicks file ({type(err).__name__}: {err})") from None
+    """The JSON document of a clicks file (a regular file of at most MAX_JSON_BYTES); a
+    missing, unreadable or oversized file is an InputError naming it."""
+    return read_json(path, role="clicks file")
 
 
 def check_clicks_file(path: str | Path) -> int:

@@ -23,23 +23,27 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from petseg.errors import ConfigError, InputError, OutputError, PetsegError
 from petseg.io import write_text
+from petseg.layout import qc_path, report_paths
+from petseg.schemas import CaseEntry, convert, parse_json_text
 from petseg.settings import Settings
 from petseg.stages import EnsembleMaps, Prediction, load_study, restore_prediction, write_prediction
 
@@ -116,10 +120,14 @@ class Job:
         paths = [p for p in (self.probability, self.uncertainty) if p is not None]
         folder = self.mask.parent
         if self.report:
-            paths += [folder / f"{self.name}_lesions.json", folder / f"{self.name}_lesions.csv"]
+            paths += report_paths(self.name, folder)
         if self.qc:
-            paths.append(folder / f"{self.name}_qc.png")
+            paths.append(qc_path(self.name, folder))
         return [*paths, self.mask]
+
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """What identifies this case's input files now (see :func:`input_stamp`)."""
+        return {role: input_stamp(path) for role, path in (("ct", self.ct), ("pet", self.pet))}
 
     def clicks_key(self) -> str | None:
         """The clicks' part of what decides this case's result: their file's content and how its
@@ -131,6 +139,22 @@ class Job:
         except OSError:
             return "unreadable"  # never matches a done case; the run reports the file
         return f"{hashlib.sha256(content).hexdigest()[:16]}:{'mm' if self.clicks_world else 'voxels'}"
+
+
+def input_stamp(path: Path) -> dict[str, Any]:
+    """Size, modification time and a hash of the first and last MiB: a replaced input redoes
+    its case on resume, at the cost of reading 2 MiB (not the whole study)."""
+    try:
+        info = path.stat()
+        digest = hashlib.sha256(str(info.st_size).encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if info.st_size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read(1 << 20))
+    except OSError:
+        return {"size": 0, "mtime_ns": 0, "digest": "unreadable"}  # never matches: the run reports the file
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "digest": digest.hexdigest()[:16]}
 
 
 @dataclass
@@ -229,7 +253,7 @@ def write_extras(
         from petseg.qc import render_qc
 
         doubtful = doubtful_mask(prediction.mask, lesions) if lesions.get("doubtful_lesions") else None
-        render_qc(pet=pet, mask=prediction.mask, doubtful=doubtful, output=output_dir / f"{name}_qc.png", title=name)
+        render_qc(pet=pet, mask=prediction.mask, doubtful=doubtful, output=qc_path(name, output_dir), title=name)
     if report:
         write_report(lesions, output_dir)
 
@@ -246,6 +270,13 @@ def _worker_finish(job: Job, maps: EnsembleMaps, record: Any, settings: Settings
     return finished
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    from petseg.frontend import Terminated
+
+    signal.signal(signum, signal.SIG_DFL)
+    raise Terminated(signum)
+
+
 def _worker_init(threads: int, level: int) -> None:
     # a worker holds both ends of its task queue, so it would wait forever for a parent that
     # was killed: leave as soon as the parent is gone
@@ -257,6 +288,11 @@ def _worker_init(threads: int, level: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="petseg-parent-watch").start()
+    # Ctrl-C reaches the whole process group: the main process alone answers it (one line, no
+    # worker tracebacks); a SIGTERM runs a worker's clean-up (no temporary file left)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     logger = logging.getLogger("petseg")
     logger.setLevel(level)
@@ -303,20 +339,47 @@ class Manifest:
     def start(self) -> None:
         write_text(json.dumps(self.header, indent=2) + "\n", self.folder / MANIFEST)
 
-    def completed(self) -> dict[str, dict]:
-        """case -> its last line, for cases whose last line is "done" with this run's key."""
-        last: dict[str, dict] = {}
-        if not self.case_log.is_file():
-            return {}
-        with self.case_log.open() as fh:
-            for line in fh:
+    def entries(self) -> Iterator[CaseEntry]:
+        """The case log's lines in order; a malformed line (cut by a crash, edited, not UTF-8,
+        of the wrong form) is skipped with a WARNING naming its line number."""
+        try:
+            fd = os.open(self.case_log, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise OutputError(self.case_log, f"cannot be read ({err.strerror}; a symbolic link is refused)") from None
+        bad: list[str] = []
+        with os.fdopen(fd, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
                 try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash of the writer's machine
-                if isinstance(entry, dict) and "case" in entry and entry.get("status") != "skipped":
-                    last[entry["case"]] = entry
-        return {case: e for case, e in last.items() if e.get("status") == "done" and e.get("run_key") == self.key}
+                    yield convert(parse_json_text(line, source=self.case_log), CaseEntry, source=self.case_log)
+                except InputError as err:
+                    bad.append(f"line {number} ({err.problem})")
+        if bad:
+            log.warning(
+                "%s: %d malformed line(s) skipped: %s%s",
+                self.case_log,
+                len(bad),
+                "; ".join(bad[:3]),
+                " ..." if len(bad) > 3 else "",
+            )
+
+    def last_entries(self) -> dict[str, CaseEntry]:
+        """case -> its last line that is not "skipped"."""
+        return {entry.case: entry for entry in self.entries() if entry.status != "skipped"}
+
+    def completed(self) -> dict[str, CaseEntry]:
+        """case -> its last line, for cases whose last line is "done" with this run's key."""
+        return {c: e for c, e in self.last_entries().items() if e.status == "done" and e.run_key == self.key}
+
+    def recorded_outputs(self) -> dict[str, set[str]]:
+        """case -> every output name a line of the case log lists for it."""
+        recorded: dict[str, set[str]] = {}
+        for entry in self.entries():
+            recorded.setdefault(entry.case, set()).update(entry.outputs)
+        return recorded
 
     def append(self, entry: Mapping[str, Any]) -> None:
         line = json.dumps(
@@ -331,7 +394,10 @@ class Manifest:
             }
         )
         data = (line + "\n").encode()
-        fd = os.open(self.case_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link: it would append to whatever file it points at
+            fd = os.open(self.case_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise OutputError(self.case_log, f"cannot be appended to ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # one line at a time from every shard sharing the folder
             if os.write(fd, data) != len(data):
@@ -400,8 +466,10 @@ def run_cohort(
     summary = Summary()
     started = time.perf_counter()
     todo = list(jobs)
+    recorded: dict[str, set[str]] = {}
     if manifest is not None:
         manifest.start()
+        recorded = manifest.recorded_outputs()
         if not overwrite:
             todo = _not_done(todo, manifest, summary)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per redraw)
@@ -409,9 +477,9 @@ def run_cohort(
     bar = tqdm(total=len(todo), desc="cases", unit="case", disable=True if quiet else None, dynamic_ncols=True)
     try:
         if workers == 0:
-            _sequential(todo, predictor, manifest, summary, bar)
+            _sequential(todo, predictor, manifest, summary, bar, recorded)
         else:
-            _pipelined(todo, predictor, manifest, summary, bar, workers=workers)
+            _pipelined(todo, predictor, manifest, summary, bar, recorded, workers=workers)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - started
@@ -419,29 +487,57 @@ def run_cohort(
 
 
 def _not_done(jobs: list[Job], manifest: Manifest, summary: Summary) -> list[Job]:
-    completed = manifest.completed()
+    """The jobs to run: all but those whose last record is "done" with this run's key, the same
+    inputs and clicks, and every output still there."""
+    last = manifest.last_entries()
     todo = []
     for job in jobs:
-        entry = completed.get(job.name)
+        entry = last.get(job.name)
         outputs = job.outputs()
         if (
             entry is not None
-            and {p.name for p in outputs} <= set(entry.get("outputs", []))
+            and entry.status == "done"
+            and entry.run_key == manifest.key
+            and {p.name for p in outputs} <= set(entry.outputs)
             and all(p.is_file() for p in outputs)
-            and entry.get("clicks") == job.clicks_key()
+            and entry.clicks == job.clicks_key()
+            and _same_inputs(entry, job)
         ):
             summary.skipped.append(job.name)
             manifest.append(
-                {"case": job.name, "status": "skipped", "message": "done before, same model, settings and clicks"}
+                {"case": job.name, "status": "skipped", "message": "done before, same model, settings and inputs"}
             )
         else:
             todo.append(job)
     if summary.skipped:
         log.info(
-            "%d case(s) done before with this model, settings and clicks: skipped (--overwrite redoes them)",
+            "%d case(s) done before with this model, settings and inputs: skipped (--overwrite redoes them)",
             len(summary.skipped),
         )
     return todo
+
+
+def _same_inputs(entry: CaseEntry, job: Job) -> bool:
+    now = job.inputs()
+    return set(entry.inputs) == set(now) and all(
+        msgspec.structs.asdict(entry.inputs[role]) == stamp for role, stamp in now.items()
+    )
+
+
+def clear_earlier_outputs(job: Job, recorded: Mapping[str, set[str]]) -> None:
+    """A case that runs starts from nothing: what an earlier run wrote for it (the outputs the
+    case log lists in ``recorded``, and this job's own targets) is removed, so no stale file
+    (another model's probability map, an old mask) can pass for this run's."""
+    folder = job.mask.parent
+    names = {p.name for p in job.outputs()} | recorded.get(job.name, set())
+    removed = []
+    for name in sorted(names):
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    if removed:
+        log.info("case %s: removed %d output(s) of an earlier run: %s", job.name, len(removed), ", ".join(removed))
 
 
 def _record_done(job: Job, seconds: dict[str, float], voxels: int, manifest: Manifest | None, summary: Summary) -> None:
@@ -456,6 +552,7 @@ def _record_done(job: Job, seconds: dict[str, float], voxels: int, manifest: Man
                 "seconds": {k: round(v, 3) for k, v in seconds.items()},
                 "lesion_voxels": voxels,
                 "outputs": [p.name for p in job.outputs()],  # in the output folder
+                "inputs": job.inputs(),
                 **({"clicks": job.clicks_key()} if job.clicks is not None else {}),
             }
         )
@@ -464,35 +561,34 @@ def _record_done(job: Job, seconds: dict[str, float], voxels: int, manifest: Man
 def _record_failed(job: Job, err: BaseException | str, manifest: Manifest | None, summary: Summary) -> None:
     from petseg.frontend import describe
 
-    if isinstance(err, str):
-        message = err
-    elif isinstance(err, PetsegError | OSError | MemoryError):
-        message = describe(err)
-    else:
-        message = f"internal error: {type(err).__name__}: {err}"
+    message = err if isinstance(err, str) else describe(err)
     summary.failed[job.name] = message
     log.error("case %s failed: %s", job.name, message)
     if manifest is not None:
         manifest.append({"case": job.name, "status": "failed", "message": message})
 
 
-# a case's own failures; a model or configuration error ends the run (it would repeat)
-FAILURES = (InputError, OutputError, OSError, MemoryError)
 WORKER_DIED = "a background worker process died (killed for memory?)"
 
 
 def _sequential(
-    jobs: list[Job], predictor: NetworkStage, manifest: Manifest | None, summary: Summary, bar: tqdm
+    jobs: list[Job],
+    predictor: NetworkStage,
+    manifest: Manifest | None,
+    summary: Summary,
+    bar: tqdm,
+    recorded: Mapping[str, set[str]],
 ) -> None:
     for job in jobs:
         log.info("case %s", job.name)
         summary.max_in_flight = 1
         try:
             start = time.monotonic()
+            clear_earlier_outputs(job, recorded)
             loaded = load_job(job, predictor.settings)
             maps = _network(predictor, loaded, start)
             finished = finish_job(job, maps, loaded.record, predictor.settings)
-        except FAILURES as err:
+        except Exception as err:  # any failure is this case's: recorded, and the run goes on
             _record_failed(job, err, manifest, summary)
         else:
             _record_done(
@@ -518,7 +614,14 @@ def _replay(records: Iterable[logging.LogRecord]) -> None:
 
 
 def _pipelined(
-    jobs: list[Job], predictor: NetworkStage, manifest: Manifest | None, summary: Summary, bar: tqdm, *, workers: int
+    jobs: list[Job],
+    predictor: NetworkStage,
+    manifest: Manifest | None,
+    summary: Summary,
+    bar: tqdm,
+    recorded: Mapping[str, set[str]],
+    *,
+    workers: int,
 ) -> None:
     from petseg.frontend import available_cpus
 
@@ -547,6 +650,13 @@ def _pipelined(
     def top_up() -> None:
         while queue and len(loading) < workers:
             job = queue.popleft()
+            if job.name not in retried:
+                try:
+                    clear_earlier_outputs(job, recorded)
+                except OSError as err:
+                    _record_failed(job, err, manifest, summary)
+                    bar.update()
+                    continue
             loading.append((job, submit(_worker_load, job, predictor.settings)))
 
     def failed(job: Job, err: BaseException) -> None:
@@ -557,7 +667,7 @@ def _pipelined(
     def collect(job: Job, future: Future, seconds: dict[str, float]) -> None:
         try:
             finished = future.result()
-        except BaseException as err:  # a worker's failure is this case's failure
+        except Exception as err:  # a worker's failure is this case's failure
             failed(job, err)
             if isinstance(err, BrokenProcessPool):
                 restart()
@@ -594,7 +704,7 @@ def _pipelined(
             job, future = loading.popleft()
             try:
                 loaded = future.result()
-            except BaseException as err:
+            except Exception as err:
                 if isinstance(err, BrokenProcessPool) and job.name not in retried:
                     loading.appendleft((job, future))
                 else:
@@ -609,7 +719,7 @@ def _pipelined(
             summary.max_in_flight = max(summary.max_in_flight, len(loading) + len(finishing) + 1)
             try:
                 maps = _network(predictor, loaded)
-            except FAILURES as err:
+            except Exception as err:
                 _record_failed(job, err, manifest, summary)
                 bar.update()
                 continue

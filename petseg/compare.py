@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.errors import InputError
 from petseg.geometry import same_grid
 from petseg.layout import image_suffix
+from petseg.schemas import read_json
 
 
 @dataclass
@@ -49,10 +50,10 @@ def compare_outputs(expected: str | Path, actual: str | Path, *, min_dice: float
         exp, act = expected / name, actual / name
         if name.endswith(".json"):
             try:
-                if json.loads(exp.read_text()) != json.loads(act.read_text()):
+                if read_json(exp, role="JSON file") != read_json(act, role="JSON file"):
                     result.problems.append(f"{act}: JSON differs from {exp}")
-            except json.JSONDecodeError as err:
-                result.problems.append(f"{act}: invalid JSON ({err})")
+            except InputError as err:
+                result.problems.append(str(err))
         elif image_suffix(name):
             result.problems += _compare_images(exp, act, min_dice=min_dice)
         elif exp.read_bytes() != act.read_bytes():

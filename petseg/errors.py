@@ -35,3 +35,13 @@ class OutputError(PetsegError):
 
 class ConfigError(PetsegError, ValueError):
     """A setting or option has a value that cannot work; ``source`` names the setting."""
+
+
+OUT_OF_MEMORY = ("failed to allocate", "out of memory", "can't allocate memory", "bad_alloc", "cannot allocate")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A MemoryError, or the RuntimeError by which ITK and PyTorch report a failed allocation."""
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and any(s in str(err).lower() for s in OUT_OF_MEMORY)
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
 from petseg.layout import index_images, index_maps, strip_suffix
 from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
+from petseg.schemas import read_table
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,12 @@ def rank(summaries: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
 
 
 def read_groups(path: str | Path) -> dict[str, str]:
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"case", "group"} <= set(reader.fieldnames):
-            raise InputError(path, "a groups table needs the columns case,group")
-        return {row["case"]: row["group"] for row in reader}
+    """case -> group from a UTF-8 CSV with the columns case,group (a case given twice must
+    name the same group)."""
+    groups: dict[str, str] = {}
+    for row in read_table(path, role="groups table", columns=("case", "group")):
+        if groups.setdefault(row["case"], row["group"]) != row["group"]:
+            raise InputError(
+                path, f"case {row['case']!r} is in two groups, {groups[row['case']]!r} and {row['group']!r}"
+            )
+    return groups

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, MutableMapping
+import threading
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -139,14 +142,50 @@ def speed_overrides(args: argparse.Namespace) -> dict:
     }
 
 
+class Terminated(BaseException):
+    """A SIGTERM or SIGHUP (how Grand Challenge, SLURM and a closed terminal stop a job) as an
+    exception, so that the clean-up of a failure runs: outputs all or none, no temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_for(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise :class:`Terminated` and SIGINT KeyboardInterrupt in the main thread
+    while the block runs; the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_for) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_guarded(prog: str, command: Callable[[], int], *, verbose: bool = False) -> int:
     """Run ``command``. A :class:`PetsegError` (a bad input, option, model folder or output),
     an operating-system error (permissions, full disk) or running out of memory ends as
-    ``<prog>: error: <message>`` on stderr and exit code 1; ``verbose`` adds the traceback."""
+    ``<prog>: error: <message>`` on stderr and exit code 1; ``verbose`` adds the traceback.
+    SIGTERM/SIGHUP and Ctrl-C run the same clean-up and end with one line and 128 + signal."""
     from petseg.errors import PetsegError
 
     try:
-        return command()
+        with signals_as_exceptions():
+            return command()
     except (PetsegError, OSError, MemoryError) as err:
         if verbose:
             log.exception("traceback")
@@ -154,13 +193,33 @@ def run_guarded(prog: str, command: Callable[[], int], *, verbose: bool = False)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated as stop:
+        print(f"{prog}: stopped by {signal.Signals(stop.signum).name}; nothing half-written is left", file=sys.stderr)
+        return 128 + stop.signum
+    except Exception as err:  # noqa: BLE001 - the last edge: one line, never a traceback
+        if verbose:
+            log.exception("traceback")
+        hint = "" if verbose else "; -v shows the traceback"
+        print(f"{prog}: error: {describe(err)}{hint}", file=sys.stderr)
+        return 1
 
 
 def describe(err: BaseException) -> str:
-    """One line for an error: the message of ours, ``<file>: <reason>`` for an OS error."""
+    """One line for an error: the message of ours, ``<file>: <reason>`` for an OS error, "out of
+    memory" for a failed allocation, else the error's type and first line (a bug of ours)."""
+    from petseg.errors import PetsegError, is_out_of_memory
+
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or type(err).__name__}"
-    if isinstance(err, MemoryError):
-        return "out of memory"
-    return " ".join(str(err).split()) or type(err).__name__
+    if is_out_of_memory(err):
+        return "out of memory" + (f" ({_first_line(err)})" if isinstance(err, RuntimeError) else "")
+    if isinstance(err, PetsegError | OSError):
+        return " ".join(str(err).split()) or type(err).__name__
+    return f"internal error: {type(err).__name__}: {_first_line(err)}"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("description:")), None)
+    return (text or (lines[0] if lines else type(err).__name__))[:300]

@@ -24,8 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.checks import check_geometry, check_nifti_data
-from petseg.errors import InputError, OutputError
+from petseg.errors import InputError, OutputError, is_out_of_memory
 from petseg.layout import image_suffix
+from petseg.schemas import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +52,112 @@ def _quiet_native_stderr() -> Iterator[None]:
 
 
 def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
-    """Read a 3D scalar image as float32; errors name the file and the problem."""
+    """Read a 3D scalar image as float32; errors name the file and the problem.
+
+    Confined: only a regular file is opened (a FIFO or device would hang), a MetaImage or NRRD
+    header may take its voxels only from itself or from a file beside it, and the header is
+    checked (dimension, grid, voxel count) before any voxel is allocated."""
     path = Path(path)
     if not path.exists():
-        raise InputError(path, f"{role} file not found")
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise InputError(path, f"{role} file not found{broken}")
     if path.is_dir():
         raise InputError(path, f"{role}: expected an image file, found a folder")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, f"{role} file is not readable (permission denied)")
+    regular_file(path, role=f"{role} file")
+    check_data_files(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
         with _quiet_native_stderr():
-            image = sitk.ReadImage(str(path))
+            reader.ReadImageInformation()
     except RuntimeError as err:
-        detail = _first_itk_line(err)
-        detail = "" if "no such file" in detail.lower() else f": {detail}"
         raise InputError(
-            path, f"cannot be read as an image (truncated, corrupt or not an image file{detail})"
+            path, f"cannot be read as an image (truncated, corrupt or not an image file{_detail(err)})"
         ) from None
-    check_geometry(image, source=path)
+    check_geometry(
+        dimension=reader.GetDimension(),
+        size=reader.GetSize(),
+        spacing=reader.GetSpacing(),
+        direction=reader.GetDirection(),
+        components=reader.GetNumberOfComponents(),
+        source=path,
+    )
+    try:
+        with _quiet_native_stderr():
+            image = reader.Execute()
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise InputError(
+                path, f"out of memory while reading {' x '.join(map(str, reader.GetSize()))} voxels"
+            ) from None
+        raise InputError(
+            path, f"cannot be read as an image (truncated, corrupt or not an image file{_detail(err)})"
+        ) from None
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti_data(path, role=role)
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _detail(err: Exception) -> str:
+    detail = _first_itk_line(err)
+    return "" if "no such file" in detail.lower() else f": {detail}"
+
+
+# MetaImage and NRRD headers may keep the voxels in other files; only these names are read.
+_DATA_FILE_KEYS = {
+    ".mha": (("elementdatafile",), "="),
+    ".mhd": (("elementdatafile",), "="),
+    ".nrrd": (("data file", "datafile"), ":"),
+    ".nhdr": (("data file", "datafile"), ":"),
+}
+HEADER_BYTES = 1 << 16
+
+
+def check_data_files(path: Path) -> None:
+    """Refuse a MetaImage/NRRD header whose voxels live outside its folder (an absolute or
+    ``../`` path, a file pattern) or in something other than a regular file beside it."""
+    key = _DATA_FILE_KEYS.get(image_suffix(path))
+    if key is None:
+        return
+    names, separator = key
+    with open(path, "rb") as fh:
+        head = fh.read(HEADER_BYTES).decode("latin-1")
+    lines = head.splitlines()
+    for n, line in enumerate(lines):
+        field, found, value = line.partition(separator)
+        if not found or field.strip().lower() not in names:
+            if separator == ":" and not line.strip():
+                return  # the end of a NRRD header: its data follow inline
+            continue
+        value = value.strip()
+        if value.upper() == "LOCAL" or (separator == ":" and not value):
+            return
+        files = [ln.strip() for ln in lines[n + 1 :] if ln.strip()] if value.upper().startswith("LIST") else [value]
+        for data_file in files:
+            _check_sibling(path, data_file)
+        return
+
+
+def _check_sibling(header: Path, name: str) -> None:
+    problem = None
+    if "%" in name or " " in name.strip():
+        problem = "a file pattern, which petseg does not read"
+    elif os.path.isabs(name) or "/" in name or "\\" in name or name in (".", ".."):
+        problem = "outside the header's folder"
+    else:
+        target = header.parent / name
+        if not target.exists():
+            problem = "not found beside the header"
+        elif target.resolve().parent != header.parent.resolve():
+            problem = "a link to a file outside the header's folder"
+        elif not target.is_file():
+            problem = "not a regular file"
+    if problem is not None:
+        raise InputError(
+            header,
+            f"the header's voxel data file {name[:80]!r} is {problem}; expected LOCAL data "
+            "or a regular file beside the header",
+        )
 
 
 def _first_itk_line(err: Exception) -> str:
@@ -97,12 +183,54 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_partials(target: Path) -> None:
-    """Remove temporary files of ``target`` left by a killed run (their writer process is gone)."""
+    """Remove temporary files and folders of ``target`` left by a killed run (their writer
+    process is gone)."""
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*{PARTIAL}*"):
         parts = stale.name[len(target.name) + 2 :].split(".")
         if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
-            stale.unlink(missing_ok=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
             log.info("removed %s, left by an interrupted run", stale)
+
+
+def _temporary_name(target: Path, tag: str = "") -> Path:
+    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}{tag}"
+
+
+@contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """A new folder beside ``target`` to fill; when the block succeeds it replaces ``target``
+    (an existing one is moved aside, the new one renamed in, the old one removed). On any
+    failure, an exception or a signal the front end turns into one, the new folder is
+    removed and ``target`` is left exactly as it was."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise OutputError(target, "is a file; expected a folder")
+    _prepare_target(target, folder=True)
+    staging = _temporary_name(target)
+    staging.mkdir()
+    aside = None
+    try:
+        yield staging
+        if target.exists():
+            aside = _temporary_name(target, ".old")
+            os.rename(target, aside)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside, target)
+                aside = None
+            raise
+        _fsync(target.parent)
+    except OSError as err:
+        raise OutputError(target, f"write failed ({err.strerror or err})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_output_folder(folder: str | Path) -> None:
@@ -118,8 +246,8 @@ def check_output_folder(folder: str | Path) -> None:
         raise OutputError(existing, "output folder is not writable (permission denied)")
 
 
-def _prepare_target(path: Path) -> None:
-    if path.is_dir():
+def _prepare_target(path: Path, *, folder: bool = False) -> None:
+    if path.is_dir() and not folder:
         raise OutputError(path, "is a folder; cannot write a file there")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,10 +286,7 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
     targets = [Path(p) for p in paths]
     for target in targets:
         _prepare_target(target)
-    temps = [
-        t.parent / f".{t.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL}{image_suffix(t) or t.suffix}"
-        for t in targets
-    ]
+    temps = [_temporary_name(t, image_suffix(t) or t.suffix) for t in targets]
     published: list[Path] = []
     try:
         yield temps
@@ -229,8 +354,13 @@ def write_text(text: str, path: str | Path) -> Path:
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """:func:`csv_text` of ``rows``, written atomically."""
+    return write_text(csv_text(rows), path)
+
+
+def csv_text(rows: Sequence[dict]) -> str:
     """CSV with the union of keys in first-seen order (so ``case,dsc,...`` lead); floats to 6
-    significant digits, NaN as "nan". Written atomically."""
+    significant digits, NaN as "nan"."""
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
@@ -239,7 +369,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    return write_text(buffer.getvalue(), path)
+    return buffer.getvalue()
 
 
 def _csv_value(value):

@@ -11,6 +11,7 @@ Three layouts:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +196,23 @@ def map_path(case: Case, output_dir: str | Path, *, kind: str) -> Path:
     return Path(output_dir) / f"{case.name}{MAP_SUFFIXES[kind]}{case.suffix}"
 
 
+def report_paths(name: str, output_dir: str | Path) -> tuple[Path, Path]:
+    """``<output>/<case>_lesions.json`` and ``.csv``: the lesion report of a case."""
+    return Path(output_dir) / f"{name}_lesions.json", Path(output_dir) / f"{name}_lesions.csv"
+
+
+def qc_path(name: str, output_dir: str | Path) -> Path:
+    """``<output>/<case>_qc.png``: the QC picture of a case."""
+    return Path(output_dir) / f"{name}_qc.png"
+
+
+def case_outputs(case: Case, output_dir: str | Path) -> list[Path]:
+    """Every file ``petseg predict`` may write for ``case``, whatever the options: what an
+    earlier run into the same folder may have left (the mask last)."""
+    maps = [map_path(case, output_dir, kind=kind) for kind in MAP_SUFFIXES]
+    return [*maps, *report_paths(case.name, output_dir), qc_path(case.name, output_dir), output_path(case, output_dir)]
+
+
 def index_maps(path: str | Path, *, kind: str) -> dict[str, Path]:
     """case name -> ``<case>_probability`` (or ``_uncertainty``) file of a folder (or one file)."""
     suffix = MAP_SUFFIXES[kind]
@@ -203,3 +221,28 @@ def index_maps(path: str | Path, *, kind: str) -> dict[str, Path]:
     if not maps:
         raise InputError(path, f"no {kind} maps found (files named <case>{suffix}.<ext>)")
     return maps
+
+
+# --- a training run folder -------------------------------------------------------------------
+
+TRAIN_JSON, SPLITS_JSON = "train.json", "splits_final.json"
+BEST, LAST, TRAIN_LOG, CURVES = "best.pt", "last.pt", "log.csv", "curves.png"
+_FOLD_DIR = re.compile(r"fold_(\d{1,3})")
+
+
+def fold_dir(run_dir: str | Path, fold: int) -> Path:
+    """``<run>/fold_<K>``: one fold's checkpoints, log and curves."""
+    return Path(run_dir) / f"fold_{fold}"
+
+
+def fold_dirs(run_dir: str | Path) -> tuple[dict[int, Path], list[str]]:
+    """The ``fold_<K>`` folders of a training run by fold, and the names of other ``fold*``
+    entries (``fold_0_old``, ``fold_x``), which are not folds."""
+    folds, ignored = {}, []
+    for entry in sorted(Path(run_dir).glob("fold*")):
+        match = _FOLD_DIR.fullmatch(entry.name)
+        if match and entry.is_dir() and fold_dir(run_dir, int(match.group(1))).name == entry.name:
+            folds[int(match.group(1))] = entry
+        else:
+            ignored.append(entry.name)
+    return folds, ignored

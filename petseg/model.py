@@ -20,8 +20,18 @@ from typing import Any
 
 import torch
 
-from petseg.errors import ModelError
-from petseg.io import atomic_path, write_text
+from petseg.errors import ConfigError, ModelError, OutputError
+from petseg.io import atomic_folder, atomic_path, write_text
+from petseg.layout import BEST, SPLITS_JSON, TRAIN_JSON, fold_dirs
+from petseg.schemas import (
+    ModelDocument,
+    TrainDocument,
+    UNetKwargs,
+    convert,
+    read_json,
+    regular_file,
+    shown_value,
+)
 from petseg.settings import CHANNELS, PAPER_NETWORK, Settings
 
 log = logging.getLogger(__name__)
@@ -39,30 +49,72 @@ def model_sections(settings: Settings) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def read_json(path: Path, *, missing: str) -> dict:
-    """model.json or train.json; ``missing`` is the message when the file is not there."""
-    if not path.is_file():
+def read_document(path: Path, schema: Any, *, missing: str) -> tuple[dict, Any]:
+    """model.json or train.json: (the plain document, the document checked against ``schema``);
+    ``missing`` is the message when the file is not there."""
+    if not path.exists():
         raise ModelError(path, missing)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(path, f"cannot be parsed as JSON ({err})") from None
+    raw = read_json(path, role="model description", error=ModelError)
+    if not isinstance(raw, dict):
+        raise ModelError(path, f"expected a JSON object, got {type(raw).__name__}")
+    if schema is ModelDocument and raw.get("format") != FORMAT:
+        raise ModelError(path, f"format is {shown_value(raw.get('format'))}, expected {FORMAT!r}")
+    return raw, convert(raw, schema, source=path, error=ModelError, what="invalid model description")
 
 
 def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
-    """The one reader of "preprocessing" and "inference" sections (model.json, train.json)."""
+    """The one reader of "preprocessing" and "inference" sections (model.json, train.json):
+    every key must be a Settings field of that section, with a value of its type and range."""
+    sections = {}
+    for section, keys in (("preprocessing", Settings.PREPROCESSING_KEYS), ("inference", Settings.INFERENCE_KEYS)):
+        values = meta.get(section)
+        if not isinstance(values, Mapping):
+            raise ModelError(source, f"{section}: expected an object, got {shown_value(values)}")
+        values = dict(values)
+        if section == "preprocessing":
+            channels = convert(
+                values.pop("channels", list(CHANNELS)),
+                list[str],
+                source=source,
+                error=ModelError,
+                prefix="preprocessing.channels",
+            )
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise ModelError(source, f"{section}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+        sections[section] = values
     try:
-        preprocessing = dict(meta["preprocessing"])
-        channels = preprocessing.pop("channels", list(CHANNELS))
-        settings = Settings.from_model_sections({"preprocessing": preprocessing, "inference": meta["inference"]})
-        if list(channels) != list(settings.channels):
-            hint = ""
-            if settings.click_sigma_mm is None and len(channels) > len(settings.channels):
-                hint = " (click channels need preprocessing.click_sigma_mm)"
-            raise ValueError(f"input channels {channels!r} do not match {list(settings.channels)!r}{hint}")
-        return settings
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ModelError(source, f"invalid model description ({type(err).__name__}: {err})") from None
+        settings = Settings.from_model_sections(sections)
+    except ConfigError as err:
+        field = err.source.split("[")[0]
+        section = "preprocessing" if field in Settings.PREPROCESSING_KEYS else "inference"
+        raise ModelError(source, f"{section}.{err.source}: {err.problem}") from None
+    if list(channels) != list(settings.channels):
+        hint = ""
+        if settings.click_sigma_mm is None and len(channels) > len(settings.channels):
+            hint = " (click channels need preprocessing.click_sigma_mm)"
+        raise ModelError(
+            source,
+            f"preprocessing.channels: input channels {channels!r} do not match {list(settings.channels)!r}{hint}",
+        )
+    return settings
+
+
+def check_network_fits(network: UNetKwargs, settings: Settings, *, source: str | Path) -> None:
+    """The network takes the settings' input channels, and every sliding window is a multiple
+    of its total stride (else the UNet's skip connections do not line up and the first window
+    fails after the folds loaded)."""
+    if network.in_channels != len(settings.channels):
+        raise ModelError(
+            source, f"network in_channels {network.in_channels} != input channels {list(settings.channels)}"
+        )
+    stride = network.total_stride()
+    if any(size % stride for size in settings.roi_size):
+        raise ModelError(
+            source,
+            f"inference.roi_size {list(settings.roi_size)} is not a multiple of the network's total stride "
+            f"{stride} (strides {network.strides})",
+        )
 
 
 def network_kwargs(*, channels: Sequence[int] | None = None, num_res_units: int | None = None) -> dict[str, Any]:
@@ -121,34 +173,27 @@ class ModelFolder:
     @classmethod
     def open(cls, path: str | Path) -> ModelFolder:
         path = Path(path)
-        meta_path = path / MODEL_JSON
         if not path.is_dir():
             raise ModelError(path, "model folder not found")
-        meta = read_json(meta_path, missing="missing: not a petseg model folder")
-        try:
-            if meta.get("format") != FORMAT:
-                raise ModelError(meta_path, f"format is {meta.get('format')!r}, expected {FORMAT!r}")
-            if meta["network"]["class"] != NETWORK_CLASS:
-                raise ModelError(meta_path, f"unsupported network class {meta['network']['class']!r}")
-            network = dict(meta["network"]["kwargs"])
-            folds = tuple(Fold(int(f["fold"]), str(f["file"]), str(f["sha256"])) for f in meta["folds"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ModelError(meta_path, f"invalid model description ({type(err).__name__}: {err})") from None
-        settings = parse_sections(meta, source=meta_path)
-        if network.get("in_channels") != len(settings.channels):
-            raise ModelError(
-                meta_path,
-                f"network in_channels {network.get('in_channels')} != input channels {list(settings.channels)}",
-            )
-        if not folds:
-            raise ModelError(meta_path, "lists no folds")
-        for fold in folds:
+        meta_path = path / MODEL_JSON
+        raw, doc = read_document(meta_path, ModelDocument, missing="missing: not a petseg model folder")
+        if doc.network.class_ != NETWORK_CLASS:
+            raise ModelError(meta_path, f"unsupported network class {doc.network.class_!r}")
+        settings = parse_sections(raw, source=meta_path)
+        check_network_fits(doc.network.kwargs, settings, source=meta_path)
+        seen: set[int] = set()
+        for fold in doc.folds:
+            if fold.fold in seen:
+                raise ModelError(meta_path, f"fold {fold.fold} is listed twice")
+            seen.add(fold.fold)
             inside = (path / fold.file).resolve()
             if not inside.is_relative_to(path.resolve()):
                 raise ModelError(meta_path, f"fold {fold.fold} file {fold.file!r} lies outside the model folder")
-            if not (path / fold.file).is_file():
+            if not (path / fold.file).exists():
                 raise ModelError(path / fold.file, f"checkpoint of fold {fold.fold} is missing")
-        return cls(path, network, settings, folds, str(meta.get("description", "")))
+            regular_file(path / fold.file, role=f"checkpoint of fold {fold.fold}", error=ModelError)
+        folds = tuple(Fold(f.fold, f.file, f.sha256) for f in doc.folds)
+        return cls(path, dict(raw["network"]["kwargs"]), settings, folds, doc.description)
 
     def load_networks(self, *, verify: bool = True) -> list[torch.nn.Module]:
         """One network per fold (CPU, eval mode), checksums verified first."""
@@ -167,15 +212,19 @@ class ModelFolder:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain state dict from ``path``; tolerates a {'state_dict': ...} wrapper and DDP's 'module.' prefix."""
+    regular_file(path, role="checkpoint", error=ModelError)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise ModelError(path, f"cannot be loaded as a PyTorch checkpoint ({type(err).__name__})") from None
+    except Exception as err:  # torch raises many types for corrupt or crafted files
+        raise ModelError(path, f"cannot be loaded as a PyTorch checkpoint of tensors ({type(err).__name__})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(path, "is not a state dict of tensors")
+    odd = next((k for k in obj if not isinstance(k, str)), None)
+    if odd is not None:
+        raise ModelError(path, f"is not a state dict: key {shown_value(odd)} is not a parameter name")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
@@ -203,28 +252,40 @@ def write_model_folder(
     settings: Settings | None = None,
     description: str = "",
     extra: Mapping[str, Any] | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> ModelFolder:
-    """Save one state dict per fold plus model.json (checksums included) and re-open the folder."""
+    """Write one state dict per fold, model.json (checksums included) and ``files`` (name ->
+    source, e.g. training logs) as one transaction: the folder is built beside ``out_dir``,
+    opened and every fold loaded, and only then swapped in. On any failure ``out_dir`` is as
+    it was (or absent) and nothing else is left. An existing ``out_dir`` must be empty or a
+    model folder (it is replaced whole)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MODEL_JSON).is_file():
+        raise OutputError(out_dir, "exists and is not a petseg model folder: give a new or empty folder")
     settings = settings or Settings()
     probe = build_network(network)
-    entries = []
-    for fold, state in sorted(state_dicts.items()):
-        name = f"fold{fold}.pt"
+    for fold, state in state_dicts.items():
         load_state_dict(probe, state, source=f"fold {fold}")  # refuse a mismatch before writing
-        with atomic_path(out_dir / name) as tmp:
-            torch.save(dict(state), tmp)
-        entries.append({"fold": fold, "file": name, "sha256": sha256_file(out_dir / name)})
-    meta = {
-        "format": FORMAT,
-        "description": description,
-        "network": {"class": NETWORK_CLASS, "kwargs": dict(network), "parameters": count_parameters(probe)},
-        **model_sections(settings),
-        "folds": entries,
-        **(dict(extra) if extra else {}),
-    }
-    write_text(json.dumps(meta, indent=2) + "\n", out_dir / MODEL_JSON)
+    with atomic_folder(out_dir) as staging:
+        entries = []
+        for fold, state in sorted(state_dicts.items()):
+            name = f"fold{fold}.pt"
+            with atomic_path(staging / name) as tmp:
+                torch.save(dict(state), tmp)
+            entries.append({"fold": fold, "file": name, "sha256": sha256_file(staging / name)})
+        meta = {
+            "format": FORMAT,
+            "description": description,
+            "network": {"class": NETWORK_CLASS, "kwargs": dict(network), "parameters": count_parameters(probe)},
+            **model_sections(settings),
+            "folds": entries,
+            **(dict(extra) if extra else {}),
+        }
+        write_text(json.dumps(meta, indent=2) + "\n", staging / MODEL_JSON)
+        for name, source in (files or {}).items():
+            with atomic_path(staging / name) as tmp:
+                shutil.copyfile(source, tmp)
+        ModelFolder.open(staging).load_networks()  # what a user will open: checksums, shapes, schema
     return ModelFolder.open(out_dir)
 
 
@@ -270,26 +331,37 @@ def default_model_dir() -> Path | None:
 def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "") -> ModelFolder:
     """Collect ``fold_K/best.pt`` of a training run into one model folder (network and
     settings from the run's ``train.json``), with the run's split and each fold's log and
-    curves beside the weights."""
+    curves beside the weights. Only ``fold_<integer>`` folders count; others are named."""
     run_dir = Path(run_dir)
-    meta_path = run_dir / "train.json"
-    meta = read_json(meta_path, missing="missing: not a petseg training run")
-    settings = parse_sections(meta, source=meta_path)
-    states = {}
-    for fold_dir in sorted(run_dir.glob("fold_*")):
-        best = fold_dir / "best.pt"
-        if best.is_file():
-            states[int(fold_dir.name.split("_")[1])] = read_state_dict(best)
+    if not run_dir.is_dir():
+        raise ModelError(run_dir, "training run folder not found")
+    meta_path = run_dir / TRAIN_JSON
+    raw, doc = read_document(meta_path, TrainDocument, missing="missing: not a petseg training run")
+    settings = parse_sections(raw, source=meta_path)
+    check_network_fits(doc.network, settings, source=meta_path)
+    folds, ignored = fold_dirs(run_dir)
+    states, files = {}, {}
+    for fold, fold_dir in folds.items():
+        best = fold_dir / BEST
+        if not best.is_file():
+            ignored.append(f"{fold_dir.name} (no {BEST})")
+            continue
+        states[fold] = read_state_dict(best)
+        for name in ("log.csv", "curves.png"):
+            if (fold_dir / name).is_file():
+                files[f"fold{fold}_{name}"] = fold_dir / name
+    if ignored:
+        log.warning("%s: not assembled: %s", run_dir, ", ".join(ignored))
     if not states:
-        raise ModelError(run_dir, "no fold_K/best.pt found")
-    folder = write_model_folder(
-        model_dir, state_dicts=states, network=meta["network"], settings=settings, description=description
+        raise ModelError(run_dir, f"no fold_K/{BEST} found")
+    if (run_dir / SPLITS_JSON).is_file():
+        files[SPLITS_JSON] = run_dir / SPLITS_JSON
+    log.info("assembling folds %s of %s", sorted(states), run_dir)
+    return write_model_folder(
+        model_dir,
+        state_dicts=states,
+        network=raw["network"],
+        settings=settings,
+        description=description,
+        files=files,
     )
-    extras = [(run_dir / "splits_final.json", "splits_final.json")]
-    for fold in states:
-        extras += [(run_dir / f"fold_{fold}" / name, f"fold{fold}_{name}") for name in ("log.csv", "curves.png")]
-    for source, name in extras:
-        if source.is_file():
-            with atomic_path(Path(model_dir) / name) as tmp:
-                shutil.copyfile(source, tmp)
-    return folder

@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.checks import check_ct_range, check_network_size, check_overlap, check_pet_range, check_values
+from petseg.checks import (
+    check_ct_range,
+    check_field_of_view,
+    check_image,
+    check_network_size,
+    check_overlap,
+    check_pet_range,
+    check_swapped,
+    check_values,
+)
 from petseg.errors import InputError
 from petseg.geometry import Grid, array_to_image, image_to_array, same_grid
 from petseg.settings import Settings
@@ -67,11 +76,17 @@ class Preprocessed:
 def validate_pair(
     ct: sitk.Image, pet: sitk.Image, *, settings: Settings, ct_source: str = "CT", pet_source: str = "PET"
 ) -> None:
-    """Every check that needs both images, their voxels or the settings, before any large
-    allocation; errors and warnings name the offending file and value."""
+    """Every check of a study before any large allocation, in one place for the API, the CLI,
+    cohorts, training and the container: each image's grid and field of view, then values
+    (finite, swapped, ranges), then the pair's overlap and the network grid. Errors and
+    warnings name the offending file and value."""
+    for image, role, source in ((ct, "CT", ct_source), (pet, "PET", pet_source)):
+        check_image(image, source=source)
+        check_field_of_view(image, role=role, source=source, extent=role == "PET")
     pet_values, ct_values = sitk.GetArrayViewFromImage(pet), sitk.GetArrayViewFromImage(ct)
     check_values(pet_values, source=pet_source, role="PET")
     check_values(ct_values, source=ct_source, role="CT")
+    check_swapped(ct_values, pet_values, ct_source=ct_source, pet_source=pet_source)
     check_pet_range(pet_values, source=pet_source)
     check_ct_range(ct_values, source=ct_source)
     check_overlap(ct, pet, ct_source=ct_source, pet_source=pet_source)

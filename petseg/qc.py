@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.checks import check_mask, check_same_grid
+from petseg.errors import ConfigError
 from petseg.io import atomic_path
 
 LPS = "LPS"  # array (z, y, x): x towards the patient's left, y posterior, z superior
@@ -40,6 +41,9 @@ def render_qc(
     orange instead of red. Patient's right is on the viewer's left (coronal).
     Masks must lie on the PET's grid and hold 0/1 (or lesion labels); ``sources`` names the
     files ("PET", "mask", "ground truth") in error messages."""
+    low, high = suv_window
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ConfigError("suv_window", f"must be LOW HIGH with HIGH > LOW, got {low:g} {high:g}")
     sources = sources or {}
     for role, image in (("mask", mask), ("ground truth", gt), ("doubtful lesions", doubtful)):
         if image is not None:

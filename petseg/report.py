@@ -10,7 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.checks import check_same_grid
-from petseg.io import write_csv, write_text
+from petseg.io import atomic_paths, csv_text
+from petseg.layout import report_paths
 from petseg.metrics import Labelled, lesion_table, totals, voxel_ml
 
 COLUMNS = ("lesion", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "volume_ml", "suv_max", "suv_mean")
@@ -138,8 +139,10 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     none gets one row of empty fields, so the header is always there)."""
     out_dir = Path(out_dir)
     case = report["case"]
-    json_path = write_text(json.dumps(report, indent=2) + "\n", out_dir / f"{case}_lesions.json")
     columns = COLUMNS + (CONFIDENCE_COLUMNS if "folds" in report else ())
     rows = report["lesions"] or [dict.fromkeys(columns, "")]
-    csv_path = write_csv([{"case": case, **row} for row in rows], out_dir / f"{case}_lesions.csv")
-    return [json_path, csv_path]
+    targets = report_paths(case, out_dir)
+    with atomic_paths(targets) as (json_tmp, csv_tmp):  # both or neither
+        json_tmp.write_text(json.dumps(report, indent=2) + "\n")
+        csv_tmp.write_text(csv_text([{"case": case, **row} for row in rows]))
+    return list(targets)

@@ -8,12 +8,17 @@ The model folder's ``model.json`` provides the defaults that belong to the train
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from petseg.errors import ConfigError
+from petseg.schemas import mismatch
 
 # The paper's network (autoPET III, MONAI residual UNet): 19,223,525 trainable parameters.
 PAPER_NETWORK: dict[str, Any] = {
@@ -30,6 +35,12 @@ PAPER_NETWORK: dict[str, Any] = {
 CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
 CLICK_CHANNELS = ("tumor_clicks", "background_clicks")  # then, in click-aware models
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Field types, checked on construction (msgspec): NaN and infinities fail every bound.
+Spacing = Annotated[float, msgspec.Meta(gt=0, le=100)]  # mm
+HU = Annotated[float, msgspec.Meta(ge=-1e5, le=1e5)]
+Window = Annotated[int, msgspec.Meta(ge=1, le=1024)]  # voxels of a sliding window
+Share = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 
 
 @dataclass(frozen=True)
@@ -71,53 +82,40 @@ class Settings:
             masks overlap it.
     """
 
-    target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
-    ct_window: tuple[float, float] = (-1024.0, 1024.0)
-    ct_fill_hu: float = -1024.0
-    body_threshold_hu: float = -500.0
-    body_margin_mm: float = 10.0
-    roi_size: tuple[int, int, int] = (192, 192, 192)
-    overlap: float = 0.5
-    sw_batch_size: int = 2
+    target_spacing: tuple[Spacing, Spacing, Spacing] = (2.0, 2.0, 2.0)
+    ct_window: tuple[HU, HU] = (-1024.0, 1024.0)
+    ct_fill_hu: HU = -1024.0
+    body_threshold_hu: HU = -500.0
+    body_margin_mm: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 10.0
+    roi_size: tuple[Window, Window, Window] = (192, 192, 192)
+    overlap: Share = 0.5
+    sw_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 2
     device: str = "auto"
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     fold_batchnorm: bool = True
     compile: bool = False
     tta: bool = False
-    time_budget_s: float | None = None
+    time_budget_s: Annotated[float, msgspec.Meta(gt=0, le=1e7)] | None = None
     progress: bool = False
-    threshold: float = 0.5
+    threshold: Share = 0.5
     uncertainty: bool = False
     fold_votes: bool = False
-    click_sigma_mm: float | None = None
+    click_sigma_mm: Annotated[float, msgspec.Meta(gt=0, le=1000)] | None = None
     click_removal: bool = True
 
     def __post_init__(self) -> None:
-        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-            raise ConfigError("target_spacing", f"must be 3 positive numbers, got {self.target_spacing!r}")
+        for name, kind in _field_types().items():  # types and ranges: one line naming field and value
+            value = getattr(self, name)
+            try:
+                checked = msgspec.convert(value, type=kind, strict=True)
+            except msgspec.ValidationError as err:
+                raise ConfigError(*mismatch(err, value, prefix=name)) from None
+            object.__setattr__(self, name, checked)  # lists become tuples, ints floats
         lo, hi = self.ct_window
         if not hi > lo:
             raise ConfigError("ct_window", f"must be (low, high) with high > low, got {self.ct_window!r}")
-        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
-            raise ConfigError("roi_size", f"must be 3 positive integers, got {self.roi_size!r}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError("overlap", f"must be in [0, 1), got {self.overlap!r}")
-        if self.sw_batch_size < 1:
-            raise ConfigError("sw_batch_size", f"must be >= 1, got {self.sw_batch_size!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ConfigError("time_budget_s", f"must be positive or None, got {self.time_budget_s!r}")
         check_device(self.device)
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError("threshold", f"must be in [0, 1), got {self.threshold!r}")
-        if self.click_sigma_mm is not None and not self.click_sigma_mm > 0:
-            raise ConfigError("click_sigma_mm", f"must be positive or None, got {self.click_sigma_mm!r}")
-        if not isinstance(self.click_removal, bool):  # "false" from a hand-edited model.json would be truthy
-            raise ConfigError("click_removal", f"must be true or false, got {self.click_removal!r}")
-        if self.body_margin_mm < 0:
-            raise ConfigError("body_margin_mm", f"must be >= 0, got {self.body_margin_mm!r}")
 
     # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
     PREPROCESSING_KEYS = (
@@ -158,6 +156,11 @@ class Settings:
             "preprocessing": {k: _as_json(getattr(self, k)) for k in self.PREPROCESSING_KEYS},
             "inference": {k: _as_json(getattr(self, k)) for k in self.INFERENCE_KEYS},
         }
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings, include_extras=True)
 
 
 def check_device(name: str) -> str:

@@ -308,7 +308,7 @@ def test_bad_clicks_arguments_fail_with_one_line_before_the_model_loads(click_mo
     cases = [
         (two, good, "is one file but the input holds 2 cases: give a folder"),
         (one, tmp_path / "missing.json", "missing.json: no such file or folder"),
-        (one, bad, "bad.json: point 0 has name 'lesion'"),
+        (one, bad, "bad.json: points[0].name: value not allowed, got 'lesion'"),
     ]
     for src, clicks, message in cases:
         assert _predict(src, tmp_path / "out", click_model_dir, "--clicks", str(clicks)) != 0

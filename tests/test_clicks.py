@@ -42,14 +42,15 @@ def test_good_clicks_become_physical_points_of_the_pet_voxels():
     [
         ([1, 2, 3], "expected {"),
         ({"points": "none"}, "expected {"),
-        ({"points": [[1, 2, 3]]}, "point 0 is not an object"),
-        ({"points": [{"point": [1, 2, 3], "name": "lesion"}]}, "name 'lesion'"),
-        ({"points": [{"point": [1, 2], "name": "tumor"}]}, "expected three finite numbers"),
-        ({"points": [{"point": [1, "a", 2], "name": "tumor"}]}, "expected three finite numbers"),
-        ({"points": [{"point": [1, float("nan"), 2], "name": "tumor"}]}, "expected three finite numbers"),
-        ({"points": [{"point": [1, True, 2], "name": "tumor"}]}, "expected three finite numbers"),
-        ({"points": [{"point": [1, [2], 3], "name": "tumor"}]}, "expected three finite numbers"),
-        ({"points": [{"point": [1, 2, 10**400], "name": "tumor"}]}, "expected three finite numbers"),  # > float
+        ({"points": [[1, 2, 3]]}, "points[0]: expected object"),
+        ({"points": [{"point": [1, 2, 3], "name": "lesion"}]}, "points[0].name: value not allowed, got 'lesion'"),
+        ({"points": [{"point": [1, 2], "name": "tumor"}]}, "points[0].point: expected array of length 3"),
+        ({"points": [{"point": [1, "a", 2], "name": "tumor"}]}, "points[0].point[1]: expected float, got 'a'"),
+        ({"points": [{"point": [1, float("nan"), 2], "name": "tumor"}]}, "point[1]: expected a finite number, got nan"),
+        ({"points": [{"point": [1, True, 2], "name": "tumor"}]}, "points[0].point[1]: expected float, got True"),
+        ({"points": [{"point": [1, [2], 3], "name": "tumor"}]}, "points[0].point[1]: expected float"),
+        ({"points": [{"point": [1, 2, 10**400], "name": "tumor"}]}, "points[0].point[2]: number out of range"),
+        ({"points": [{"point": [1, 2, 3]}]}, "points[0]: object missing required field name"),
     ],
 )
 def test_malformed_clicks_are_one_error_naming_the_file(data, problem):
@@ -63,13 +64,14 @@ def test_points_outside_the_image_are_skipped_with_a_warning(caplog):
     data["points"].append({"point": [29, 25, 19], "name": "tumor"})  # the last voxel is inside
     clicks = parse_clicks(data, grid=PET, source="c.json")
     assert len(clicks.tumor) == 1 and clicks.background == ()
-    assert sum("lies outside the PET" in r.message for r in caplog.records) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if "outside the PET" in r.getMessage()]
+    assert "2 point(s)" in warning and "point 0 tumor [30, 4, 5]" in warning and "point 1 background" in warning
 
 
 def test_a_clicks_file_that_is_not_json_is_refused(tmp_path):
     path = tmp_path / "lesion-clicks.json"
     path.write_text("{not json")
-    with pytest.raises(InputError, match="not a JSON clicks file"):
+    with pytest.raises(InputError, match="cannot be parsed as JSON"):
         read_clicks(path, grid=PET)
     with pytest.raises(InputError, match="not found"):
         read_clicks(tmp_path / "missing.json", grid=PET)
@@ -143,7 +145,7 @@ def test_check_clicks_file_needs_no_image(tmp_path):
         check_clicks_file(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"points": [{"point": [1, 2, 3], "name": "tumour"}]}))
-    with pytest.raises(InputError, match="bad.json: point 0 has name 'tumour'"):
+    with pytest.raises(InputError, match="bad.json: points\\[0\\].name: value not allowed, got 'tumour'"):
         check_clicks_file(bad)
 
 

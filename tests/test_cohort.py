@@ -29,7 +29,7 @@ def cohort(root: Path, n: int) -> Path:
     root.mkdir(parents=True)
     for i in range(n):
         ct, pet = blob_study(
-            size=(24 + i, 20, 18),
+            size=(24 + i, 22, 18),
             spacing=(3.1, 2.4, 4.3),
             origin=(-37.5 + i, 120.0, -400.2),
             direction=DIRECTIONS["oblique"],

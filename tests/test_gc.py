@@ -293,7 +293,7 @@ def test_a_bad_clicks_file_fails_a_click_aware_job_with_one_line_before_the_fold
     (gc_input / "lesion-clicks.json").write_text(json.dumps({"points": [{"point": [1, 2], "name": "tumor"}]}))
     assert run_process(gc_input, tmp_path / "out", click_model_dir, "--interface", "autopet4") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lesion-clicks.json: point 0 has point [1, 2], expected three finite numbers" in err[0]
+    assert len(err) == 1 and "lesion-clicks.json: points[0].point: expected array of length 3" in err[0]
     assert loaded == []
     assert files_under(tmp_path / "out") == []
 

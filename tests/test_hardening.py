@@ -248,7 +248,7 @@ def nifti_with_nan(path, image):
         ("stored_ct", "case_0000.nii.gz", "with no air: stored values without the rescale intercept?"),
         ("short_ct", "case_0000.nii.gz", "of the PET's axial extent"),
         ("sheared", "case_0001.nii.gz", "direction matrix is not orthonormal"),
-        ("huge_spacing", "case_0001.nii.gz", "network grid, above the budget of 250,000,000 voxels"),
+        ("huge_spacing", "case_0000.nii.gz", "CT spacing 50 x 50 x 50 mm lies outside 0.3-10 mm per axis"),
     ],
 )
 def test_implausible_inputs_are_refused_before_the_network(make, source, problem, tiny_model_dir, tmp_path, capsys):
@@ -423,7 +423,8 @@ def test_model_json_with_an_argument_the_network_does_not_take(tiny_model_dir, t
     src = nnunet_case(tmp_path / "in", *study())
     assert predict(src, tmp_path / "out", model) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{model / 'model.json'}: network arguments do not build a UNet" in err[0]
+    assert len(err) == 1 and f"{model / 'model.json'}: invalid model description: network.kwargs: " in err[0]
+    assert "unknown field dropout_rate" in err[0]
 
 
 # --- every subcommand with every invalid option value: one line, no traceback ------------------

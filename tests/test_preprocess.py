@@ -14,7 +14,7 @@ from conftest import DIRECTIONS, blob_study, make_image, physical_points
 ISO2 = Settings(body_margin_mm=4.0)
 
 
-def ramp_study(direction, *, spacing=(2.0, 2.0, 2.0), size=(14, 11, 9), origin=(-31.0, 17.5, 240.0)):
+def ramp_study(direction, *, spacing=(2.0, 2.0, 2.0), size=(26, 26, 9), origin=(-31.0, 17.5, 240.0)):
     """PET whose value encodes the voxel index (unique per voxel, in an SUV range) and a CT with body everywhere."""
     values = (np.arange(np.prod(size), dtype=np.float32).reshape(size) + 1.0) * np.float32(0.01)  # SUV-like range
     pet = make_image(values, spacing=spacing, origin=origin, direction=direction)
@@ -41,8 +41,8 @@ def test_network_array_matches_monai_loadimage_orientation(name, tmp_path):
 
 @pytest.mark.parametrize("name", DIRECTIONS)
 def test_restore_undoes_orientation_and_crop_exactly(name):
-    ct, pet, values = ramp_study(DIRECTIONS[name], size=(20, 16, 12))
-    hu = np.full((20, 16, 12), -1000.0, np.float32)
+    ct, pet, values = ramp_study(DIRECTIONS[name], size=(28, 26, 12))
+    hu = np.full((28, 26, 12), -1000.0, np.float32)
     hu[5:13, 4:11, 2:9] = 40.0  # body in a sub-box: the crop is not the identity
     ct = make_image(hu, spacing=ct.GetSpacing(), origin=ct.GetOrigin(), direction=ct.GetDirection())
     prep = preprocess(ct, pet, settings=ISO2)
@@ -61,7 +61,7 @@ def test_restore_undoes_orientation_and_crop_exactly(name):
 @pytest.mark.parametrize("spacing", [(3.1, 2.4, 4.3), (1.5, 1.5, 1.5)])
 def test_resampling_round_trip_of_a_smooth_field(name, spacing):
     """A linear field in physical space survives 2 mm resampling and back (interior voxels)."""
-    size = (24, 20, 16)
+    size = (36, 34, 16)  # a transaxial field of view above 5 cm, as a human study has
     direction = DIRECTIONS[name]
     template = make_image(np.zeros(size, np.float32), spacing=spacing, origin=(10.0, -20.0, 30.0), direction=direction)
     pts = physical_points(template)
@@ -105,7 +105,7 @@ def test_body_box_margin_and_empty_body():
 
 def test_ct_is_resampled_onto_the_pet_grid_with_air_outside():
     ct, pet = blob_study(ct_grid="other")
-    small_ct = ct[: ct.GetSize()[0] // 2, :, :]  # covers only part of the PET
+    small_ct = ct[: ct.GetSize()[0] * 2 // 3, :, :]  # covers only part of the PET
     tight = preprocess(small_ct, pet, settings=Settings(body_margin_mm=0.0))
     assert tight.record.ct_resampled
     assert tight.record.cropped.size[0] < pet.GetSize()[0]  # the crop follows the CT's body

@@ -137,7 +137,7 @@ def test_patch_centres_follow_lesion_background_and_hot_ratios(tmp_path, ratios,
 def test_gamma_is_drawn_per_channel_and_keeps_the_ct_range():
     """CT in [0, 1] beside PET up to SUV 20: a gamma over both channels' joint range would
     push soft tissue (0.5) to ~1.5; per channel the CT stays near [0, 1]."""
-    config = TrainConfig(data_dir=".", out_dir=".", patch_size=(24, 24, 24))
+    config = TrainConfig(data_dir=".", out_dir=".", patch_size=(24, 24, 24), network=dict(TINY_NETWORK))
     transform = train_transforms(config)
     ct = np.full((24, 24, 24), 0.5, np.float32)
     ct[:, :, :4] = 0.0

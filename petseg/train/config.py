@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petseg.errors import ConfigError
+from petseg.schemas import UNetKwargs, convert
 from petseg.settings import PAPER_NETWORK, Settings
 
 
@@ -68,3 +69,8 @@ class TrainConfig:
             raise ConfigError("error_clicks", "needs a click-aware model (petseg train --clicks)")
         if self.num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")
+        network = convert(self.network, UNetKwargs, source="network", error=ConfigError)
+        stride = network.total_stride()  # else the UNet's skip connections do not line up
+        for name, size in (("patch_size", self.patch_size), ("roi_size", self.settings.roi_size)):
+            if any(s % stride for s in size):
+                raise ConfigError(name, f"{list(size)} is not a multiple of the network's total stride {stride}")

@@ -6,7 +6,6 @@ inference) and is cached as ``<run>/cache/<case>.npz``.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from petseg.errors import ConfigError, InputError
 from petseg.io import atomic_path, read_image
 from petseg.layout import Case
 from petseg.preprocess import preprocess
+from petseg.schemas import Splits, convert, read_json
 from petseg.settings import Settings
 
 
@@ -40,17 +40,14 @@ def make_splits(cases: list[str], *, n_folds: int, seed: int) -> list[dict[str, 
 
 
 def load_splits(path: str | Path, cases: list[str]) -> list[dict[str, list[str]]]:
-    try:
-        splits = json.loads(Path(path).read_text())
-        [(split["train"], split["val"]) for split in splits]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(path, f"not an nnU-Net splits file ({type(err).__name__}: {err})") from None
+    """An nnU-Net ``splits_final.json`` whose every case is one of ``cases``."""
+    splits = convert(read_json(path, role="splits file"), Splits, source=path, hint='[{"train": [...], "val": [...]}]')
     known = set(cases)
     for k, split in enumerate(splits):
-        missing = sorted((set(split["train"]) | set(split["val"])) - known)
+        missing = sorted((set(split.train) | set(split.val)) - known)
         if missing:
             raise InputError(path, f"fold {k} names {len(missing)} unknown case(s), e.g. {missing[0]}")
-    return splits
+    return [{"train": split.train, "val": split.val} for split in splits]
 
 
 def cache_case(case: Case, cache_dir: Path, settings: Settings) -> Path:

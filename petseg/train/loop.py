@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from petseg.errors import ConfigError, InputError
+from petseg.errors import ConfigError, InputError, ModelError
 from petseg.inference import FoldAverage, foreground_probability, resolve_precision
-from petseg.io import atomic_path
-from petseg.layout import find_training_cases
+from petseg.io import atomic_path, write_text
+from petseg.layout import BEST, CURVES, LAST, SPLITS_JSON, TRAIN_JSON, TRAIN_LOG, find_training_cases, fold_dir
 from petseg.metrics import case_metrics
 from petseg.model import ModelFolder, build_network, load_state_dict, model_sections, read_state_dict
+from petseg.schemas import TrainingState, convert, regular_file
 from petseg.settings import Settings
 from petseg.train.config import TrainConfig
 from petseg.train.data import cache_case, load_cached, load_splits, make_splits
@@ -62,11 +63,14 @@ class Trainer:
             "config": {k: str(v) for k, v in asdict(config).items()},
         }
 
-    def load(self, state: dict) -> None:
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+    def load(self, state: dict, *, source: Path) -> None:
+        load_state_dict(self.network, state["model"], source=source)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ModelError(source, f"optimizer state does not fit this run ({type(err).__name__}: {err})") from None
         self.start_epoch, self.best = state["epoch"] + 1, state["best"]
 
 
@@ -99,10 +103,10 @@ def prepare_data(config: TrainConfig, dist: Dist) -> tuple[list[dict], list[dict
     cache_dir = out_dir / "cache"
     t0 = time.perf_counter()
     if dist.main:  # rank 0 writes the run description and fills the cache
-        (out_dir / f"fold_{config.fold}").mkdir(parents=True, exist_ok=True)
-        (out_dir / "splits_final.json").write_text(json.dumps(splits, indent=1))
+        fold_dir(out_dir, config.fold).mkdir(parents=True, exist_ok=True)
+        write_text(json.dumps(splits, indent=1), out_dir / SPLITS_JSON)
         run_meta = {"network": config.network, **model_sections(config.settings)}
-        (out_dir / "train.json").write_text(json.dumps(run_meta, indent=1))
+        write_text(json.dumps(run_meta, indent=1), out_dir / TRAIN_JSON)
         for case in split["train"] + split["val"]:
             cache_case(cases[case], cache_dir, config.settings)
     dist.barrier()
@@ -261,13 +265,13 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
     validation is split over the ranks and gathered, and only rank 0 writes.
     """
     dist, device = init_distributed(config.settings.device)
-    fold_dir = Path(config.out_dir) / f"fold_{config.fold}"
+    run_fold = fold_dir(config.out_dir, config.fold)
     train_data, val_data = prepare_data(config, dist)
     trainer = build_trainer(config, device=device, dist=dist)
     transform = train_transforms(config)
-    last_path, best_path, log_path = fold_dir / "last.pt", fold_dir / "best.pt", fold_dir / "log.csv"
+    last_path, best_path, log_path = run_fold / LAST, run_fold / BEST, run_fold / TRAIN_LOG
     if resume and last_path.is_file():
-        trainer.load(torch.load(last_path, map_location=device, weights_only=True))
+        trainer.load(read_training_state(last_path, device=device), source=last_path)
         log.info("fold %d: resumed after epoch %d (best DSC %.4f)", config.fold, trainer.start_epoch - 1, trainer.best)
     else:
         if config.init_from is not None:
@@ -314,11 +318,26 @@ def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | N
                 fh.flush()
                 save_atomic(trainer.state(epoch=epoch, config=config), last_path)
                 if "val_dsc" in row:
-                    plot_curves(log_path, fold_dir / "curves.png")
+                    plot_curves(log_path, run_fold / CURVES)
     finally:
         if fh is not None:
             fh.close()
     if dist.main and not best_path.is_file():  # stopped before the first validation
         save_atomic(trainer.network.state_dict(), best_path)
     dist.barrier()
-    return fold_dir
+    return run_fold
+
+
+def read_training_state(path: Path, *, device: torch.device) -> dict:
+    """``last.pt`` of a fold, checked: tensors, numbers and strings only (``weights_only``: a
+    crafted file runs no code), and the fields a resumed run needs. One line naming the file
+    otherwise, never PyTorch's advice to load it unsafely."""
+    regular_file(path, role="training state", error=ModelError)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, not a checkpoint, or objects that would run code
+        raise ModelError(path, f"cannot be loaded as a training state ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise ModelError(path, f"is not a training state (a {type(state).__name__})")
+    convert(state, TrainingState, source=path, error=ModelError, what="not a training state")
+    return state
