@@ -6,9 +6,7 @@ logs a WARNING naming the value. The README's bad-input table lists which is whi
 
 from __future__ import annotations
 
-import gzip
 import logging
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -212,48 +210,6 @@ def check_network_size(pet: sitk.Image, target_spacing, *, source: str | Path) -
         )
     if shape.min() < MIN_NETWORK_VOXELS:
         raise InputError(source, f"{described}: fewer than {MIN_NETWORK_VOXELS} voxels along an axis")
-
-
-def check_nifti_data(path: Path, *, role: str) -> None:
-    """Read a NIfTI file's raw voxel data once more: ITK's reader turns NaN into 0 and reads a
-    truncated .nii.gz without complaint, so both are checked in the file's own bytes."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            head = fh.read(540)
-            order = next((o for o in "<>" if struct.unpack(o + "i", head[:4])[0] in (348, 540)), None)
-            if order is None:
-                return
-            if struct.unpack(order + "i", head[:4])[0] == 348:
-                dims = struct.unpack(order + "8h", head[40:56])
-                datatype, bitpix = struct.unpack(order + "2h", head[70:74])
-                offset = int(struct.unpack(order + "f", head[108:112])[0])
-            else:
-                datatype, bitpix = struct.unpack(order + "2h", head[12:16])
-                dims = struct.unpack(order + "8q", head[16:80])
-                offset = struct.unpack(order + "q", head[168:176])[0]
-            if not 1 <= dims[0] <= 7 or bitpix % 8:
-                return
-            count = int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64))
-            dtype = {16: np.float32, 64: np.float64}.get(datatype)
-            dtype = np.dtype(dtype).newbyteorder(order) if dtype else None
-            itemsize = bitpix // 8
-            fh.seek(offset)
-            bad, left, chunk = 0, count * itemsize, 1 << 24
-            while left > 0:
-                data = fh.read(min(left, chunk))
-                if not data:
-                    break
-                left -= len(data)
-                if dtype is not None:
-                    values = np.frombuffer(data[: len(data) // itemsize * itemsize], dtype=dtype)
-                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-    except (OSError, EOFError, struct.error) as err:
-        raise InputError(path, f"cannot be read as an image (truncated or corrupt: {err})") from None
-    if left > 0:
-        raise InputError(path, f"cannot be read as an image (truncated: {left} bytes of voxel data missing)")
-    if bad:
-        raise InputError(path, f"{role} contains {bad} NaN or infinite voxels")
 
 
 def check_mask(array: np.ndarray, *, source: str | Path, role: str = "mask") -> None:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.checks import check_geometry, check_nifti_data
+from petseg.checks import check_geometry
 from petseg.errors import InputError, OutputError, is_out_of_memory
+from petseg.imagefiles import check_header, check_nifti_data
 from petseg.layout import image_suffix
 from petseg.schemas import regular_file
 
@@ -64,9 +65,10 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
     if path.is_dir():
         raise InputError(path, f"{role}: expected an image file, found a folder")
     regular_file(path, role=f"{role} file")
-    check_data_files(path)
+    check_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    reader.SetImageIO(IMAGE_IOS.get(image_suffix(path).lower(), ""))  # by name, also for "CT.NII.GZ"
     try:
         with _quiet_native_stderr():
             reader.ReadImageInformation()
@@ -82,6 +84,8 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
         components=reader.GetNumberOfComponents(),
         source=path,
     )
+    if image_suffix(path).lower() in (".nii", ".nii.gz"):
+        check_nifti_data(path, role=role)  # before ITK allocates: truncation, NaN, pixdim vs sform
     try:
         with _quiet_native_stderr():
             image = reader.Execute()
@@ -93,71 +97,19 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
         raise InputError(
             path, f"cannot be read as an image (truncated, corrupt or not an image file{_detail(err)})"
         ) from None
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_data(path, role=role)
+    if image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() >= sitk.sitkVectorUInt8:
+        image = sitk.VectorIndexSelectionCast(image, 0)  # a "vector" of one component is a scalar image
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+# ITK picks a reader by the file name's extension, case-sensitively; petseg by its own rule
+IMAGE_IOS = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+IMAGE_IOS |= {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO"}
 
 
 def _detail(err: Exception) -> str:
     detail = _first_itk_line(err)
     return "" if "no such file" in detail.lower() else f": {detail}"
-
-
-# MetaImage and NRRD headers may keep the voxels in other files; only these names are read.
-_DATA_FILE_KEYS = {
-    ".mha": (("elementdatafile",), "="),
-    ".mhd": (("elementdatafile",), "="),
-    ".nrrd": (("data file", "datafile"), ":"),
-    ".nhdr": (("data file", "datafile"), ":"),
-}
-HEADER_BYTES = 1 << 16
-
-
-def check_data_files(path: Path) -> None:
-    """Refuse a MetaImage/NRRD header whose voxels live outside its folder (an absolute or
-    ``../`` path, a file pattern) or in something other than a regular file beside it."""
-    key = _DATA_FILE_KEYS.get(image_suffix(path))
-    if key is None:
-        return
-    names, separator = key
-    with open(path, "rb") as fh:
-        head = fh.read(HEADER_BYTES).decode("latin-1")
-    lines = head.splitlines()
-    for n, line in enumerate(lines):
-        field, found, value = line.partition(separator)
-        if not found or field.strip().lower() not in names:
-            if separator == ":" and not line.strip():
-                return  # the end of a NRRD header: its data follow inline
-            continue
-        value = value.strip()
-        if value.upper() == "LOCAL" or (separator == ":" and not value):
-            return
-        files = [ln.strip() for ln in lines[n + 1 :] if ln.strip()] if value.upper().startswith("LIST") else [value]
-        for data_file in files:
-            _check_sibling(path, data_file)
-        return
-
-
-def _check_sibling(header: Path, name: str) -> None:
-    problem = None
-    if "%" in name or " " in name.strip():
-        problem = "a file pattern, which petseg does not read"
-    elif os.path.isabs(name) or "/" in name or "\\" in name or name in (".", ".."):
-        problem = "outside the header's folder"
-    else:
-        target = header.parent / name
-        if not target.exists():
-            problem = "not found beside the header"
-        elif target.resolve().parent != header.parent.resolve():
-            problem = "a link to a file outside the header's folder"
-        elif not target.is_file():
-            problem = "not a regular file"
-    if problem is not None:
-        raise InputError(
-            header,
-            f"the header's voxel data file {name[:80]!r} is {problem}; expected LOCAL data "
-            "or a regular file beside the header",
-        )
 
 
 def _first_itk_line(err: Exception) -> str:
@@ -332,7 +284,7 @@ def save_image(image: sitk.Image, path: Path, *, target: str | Path, compress: b
         raise OutputError(target, f"write failed, is the disk full? ({_first_itk_line(err)})") from None
     if back.GetSize() != image.GetSize():
         raise OutputError(target, "write failed: the file does not read back with the image's size")
-    if image_suffix(target) in (".nii", ".nii.gz"):  # ITK reads a truncated .nii.gz without complaint
+    if image_suffix(target).lower() in (".nii", ".nii.gz"):  # ITK reads a truncated .nii.gz without complaint
         try:
             check_nifti_data(path, role="output")
         except InputError as err:
