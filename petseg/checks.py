@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 PET_MAX_SUV = 1000.0  # a PET whose maximum is above this is in Bq/ml (or counts), not SUV
 PET_MIN_SUV = -10.0  # reconstruction noise stays well above this; a "PET" below it is not SUV
+# every human PET has uptake well above these somewhere (brain, heart, bladder, kidneys): a
+# maximum below the first is not SUV (normalised, or in MBq/ml); below the second, a WARNING
+PET_LOW_MAX_SUV, PET_WARN_MAX_SUV = 0.5, 2.0
+MAX_ORIGIN_MM = 1e6  # an origin farther than 1 km is a broken header (and loses float precision)
 CT_AIR_HU = -500.0  # a CT in HU has air (about -1000 HU) around or inside the patient
 CT_STORED_MIN_MAX = 1000.0  # min >= 0 with max above this: stored values without the -1024 intercept
 MIN_COVERAGE = 0.5  # the CT must cover this fraction of the PET's extent along each axis ...
@@ -44,6 +48,7 @@ def check_geometry(
     direction: Sequence[float],
     components: int,
     source: str | Path,
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> None:
     """Reject what is not a 3D scalar volume with a usable grid: from a file's header, before
     its voxels are read, or from an image in memory (:func:`check_image`)."""
@@ -60,6 +65,8 @@ def check_geometry(
         )
     if not np.all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise InputError(source, f"spacing must be positive, got {tuple(spacing)}")
+    if not np.all(np.isfinite(origin)) or np.abs(origin).max() > MAX_ORIGIN_MM:
+        raise InputError(source, f"origin {tuple(origin)} mm is not a finite point within {MAX_ORIGIN_MM:g} mm")
     matrix = np.asarray(direction, dtype=float).reshape(3, 3)
     error = np.abs(matrix.T @ matrix - np.eye(3)).max() if np.all(np.isfinite(matrix)) else np.inf
     if error > 1e-3:  # orthonormality, not |det| = 1: a shear can have determinant 1
@@ -75,6 +82,7 @@ def check_image(image: sitk.Image, *, source: str | Path) -> None:
         direction=image.GetDirection() if image.GetDimension() == 3 else np.eye(3).ravel(),
         components=image.GetNumberOfComponentsPerPixel(),
         source=source,
+        origin=image.GetOrigin() if image.GetDimension() == 3 else (0.0, 0.0, 0.0),
     )
 
 
@@ -142,6 +150,14 @@ def check_pet_range(array: np.ndarray, *, source: str | Path) -> None:
         raise InputError(
             source, f"PET maximum {top:.4g} looks like Bq/ml or counts, not SUV (expected below {PET_MAX_SUV:g})"
         )
+    if top < PET_LOW_MAX_SUV:
+        raise InputError(
+            source,
+            f"PET maximum {top:.4g} is too low for SUV (a human PET has uptake above {PET_WARN_MAX_SUV:g} somewhere): "
+            "normalised, or in other units?",
+        )
+    if top < PET_WARN_MAX_SUV:
+        log.warning("%s: PET maximum %.3g SUV is low for a human PET: is it in SUV?", source, top)
 
 
 def check_ct_range(array: np.ndarray, *, source: str | Path) -> None:

@@ -14,7 +14,7 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from petseg.calibration import BODY_SUV, Calibration
-from petseg.checks import check_mask, check_same_grid
+from petseg.checks import check_mask, check_pet_range, check_same_grid, check_values
 from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
 from petseg.layout import index_images, index_maps, strip_suffix
@@ -89,6 +89,8 @@ def evaluate_case(
         pet_img = read_image(pet_path, role="PET")
         check_same_grid(gt_img, pet_img, reference_source=f"the ground truth {gt_path}", other_source=str(pet_path))
         pet = sitk.GetArrayViewFromImage(pet_img)
+        check_values(pet, source=pet_path, role="PET")  # lesion SUVs from a PET predict would refuse: no
+        check_pet_range(pet, source=pet_path)
         if prob_path is not None:
             prob_img = read_image(prob_path, role="probability map")
             check_same_grid(
@@ -130,7 +132,10 @@ def evaluate(
     if prob is not None and pet is None:
         raise ConfigError("prob", f"calibration is measured inside the body (PET > {BODY_SUV} SUV): give the PET too")
     cases = match_cases(Path(gt), Path(pred))
-    pets = index_images(pet, role="PET", channel=1) if pet else {}
+    if pet and Path(pet).is_file() and len(cases) == 1:
+        pets = {cases[0][0]: Path(pet)}  # one study: its PET whatever the file is called
+    else:
+        pets = index_images(pet, role="PET", channel=1) if pet else {}
     probs = (index_maps(prob, kind="probability") if Path(prob).is_dir() else {cases[0][0]: Path(prob)}) if prob else {}
     results, lesions = [], []
     for case, gt_path, pred_path in tqdm(cases, desc="evaluate", unit="case", disable=len(cases) < 2):

@@ -83,6 +83,7 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
         direction=reader.GetDirection(),
         components=reader.GetNumberOfComponents(),
         source=path,
+        origin=reader.GetOrigin() if reader.GetDimension() == 3 else (0.0, 0.0, 0.0),
     )
     if image_suffix(path).lower() in (".nii", ".nii.gz"):
         check_nifti_data(path, role=role)  # before ITK allocates: truncation, NaN, pixdim vs sform
@@ -118,6 +119,9 @@ def _first_itk_line(err: Exception) -> str:
     for ln in lines:
         if ln.lower().startswith("description:"):
             return ln.split(":", 1)[1].strip()
+    for ln in lines:  # "ITK ERROR: ImageBase(0x...): Bad direction, determinant is 0. Refusing ..."
+        if "ITK ERROR" in ln:
+            return ln.rsplit("): ", 1)[-1].strip()
     return lines[-1] if lines else type(err).__name__
 
 

@@ -35,9 +35,20 @@ class Case:
 
 
 def image_suffix(path: str | Path) -> str:
-    """The image extension of ``path`` (".nii.gz" counts as one), or "" if not an image name."""
-    name = Path(path).name.lower()
-    return next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix)), "")
+    """The image extension of ``path`` as written (".nii.gz" counts as one; "CT.NII.GZ" has
+    ".NII.GZ"), or "" if not an image name."""
+    name = Path(path).name
+    return next((name[-len(s) :] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), "")
+
+
+# outputs are single files with a lower-case extension: a detached header (.mhd, .nhdr) would
+# name a data file, which a write through a temporary name cannot keep
+OUTPUT_SUFFIXES = {".mhd": ".mha", ".nhdr": ".nrrd"}
+
+
+def output_suffix(suffix: str) -> str:
+    """The extension outputs take for inputs with ``suffix``."""
+    return OUTPUT_SUFFIXES.get(suffix.lower(), suffix.lower())
 
 
 def strip_suffix(path: str | Path) -> str:
@@ -52,7 +63,8 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+    # not only regular files: a FIFO or a broken link named like an image is reported by the reader
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and image_suffix(p) and not p.is_dir())
 
 
 # --- nnU-Net / autoPET release ------------------------------------------------------------
@@ -75,22 +87,28 @@ def _nnunet_cases(folder: Path, *, labels: Path | None = None) -> tuple[list[Cas
     ct_suffix, pet_suffix = CHANNEL_SUFFIXES
     for image in list_images(folder):
         stem, suffix = strip_suffix(image), image_suffix(image)
-        if stem.endswith(pet_suffix) and not channel_paths(folder, stem[: -len(pet_suffix)], suffix)[0].is_file():
+        if stem.endswith(pet_suffix) and not _present(channel_paths(folder, stem[: -len(pet_suffix)], suffix)[0]):
             name = stem[: -len(pet_suffix)]
             problems.append(InputError(image, f"CT of case {name} not found (expected {name}{ct_suffix}{suffix})"))
         if not stem.endswith(ct_suffix):
             continue
         name = stem[: -len(ct_suffix)]
         pet = channel_paths(folder, name, suffix)[1]
-        if not pet.is_file():
+        if not _present(pet):
             problems.append(InputError(pet, f"PET of case {name} not found (expected beside its CT {image.name})"))
             continue
         label = None if labels is None else labels / f"{name}{suffix}"
-        if label is not None and not label.is_file():
+        if label is not None and not _present(label):
             problems.append(InputError(label, f"missing for training case {name}"))
             continue
         cases.append(Case(name, image, pet, suffix, label))
     return cases, problems
+
+
+def _present(path: Path) -> bool:
+    """There is something of that name (the reader then says what is wrong with it: a folder,
+    a FIFO, a broken link), so it is not reported as missing."""
+    return path.exists() or path.is_symlink()
 
 
 def find_training_cases(data_dir: str | Path) -> dict[str, Case]:
@@ -184,7 +202,7 @@ def find_cases(input_dir: str | Path) -> tuple[list[Case], list[InputError]]:
 
 def output_path(case: Case, output_dir: str | Path) -> Path:
     """Where ``petseg predict`` writes the mask of ``case``: ``<output>/<case><ext>``."""
-    return Path(output_dir) / f"{case.name}{case.suffix}"
+    return Path(output_dir) / f"{case.name}{output_suffix(case.suffix)}"
 
 
 MAP_SUFFIXES = {"probability": "_probability", "uncertainty": "_uncertainty"}
@@ -193,7 +211,7 @@ MAP_SUFFIXES = {"probability": "_probability", "uncertainty": "_uncertainty"}
 def map_path(case: Case, output_dir: str | Path, *, kind: str) -> Path:
     """Where ``petseg predict`` writes a map of ``case``: ``<output>/<case>_probability<ext>``
     (``kind`` "probability") or ``<output>/<case>_uncertainty<ext>``."""
-    return Path(output_dir) / f"{case.name}{MAP_SUFFIXES[kind]}{case.suffix}"
+    return Path(output_dir) / f"{case.name}{MAP_SUFFIXES[kind]}{output_suffix(case.suffix)}"
 
 
 def report_paths(name: str, output_dir: str | Path) -> tuple[Path, Path]:
