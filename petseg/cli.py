@@ -308,7 +308,8 @@ def _qc(args: argparse.Namespace) -> int:
 def _import_weights(args: argparse.Namespace) -> int:
     from petseg.model import import_weights, network_kwargs
 
-    folder = import_weights(args.files, args.output, network=network_kwargs(channels=args.channels))
+    network = network_kwargs(channels=args.channels, num_res_units=args.num_res_units)
+    folder = import_weights(args.files, args.output, network=network)
     print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
     return 0
 
@@ -459,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channels", type=positive(int), nargs="+", help="UNet widths (default: the paper's 32 64 128 256 512)"
     )
+    p.add_argument("--num-res-units", type=number(int, low=0), help="residual units per level (default: the paper's 2)")
     p.set_defaults(func=_import_weights)
 
     add_train_commands(sub)

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -43,7 +44,7 @@ from tqdm import tqdm
 from petseg.errors import ConfigError, InputError, OutputError, PetsegError
 from petseg.io import write_text
 from petseg.layout import qc_path, report_paths
-from petseg.schemas import CaseEntry, convert, parse_json_text
+from petseg.schemas import CaseEntry, convert, parse_json_text, read_json
 from petseg.settings import Settings
 from petseg.stages import EnsembleMaps, Prediction, load_study, restore_prediction, write_prediction
 
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "petseg-run.json"
 CASE_LOG = "petseg-run.jsonl"
+MAX_EARLIER_RUNS = 20
 
 
 # --- which cases this process takes ---------------------------------------------------------
@@ -337,7 +339,22 @@ class Manifest:
         return self.folder / CASE_LOG
 
     def start(self) -> None:
-        write_text(json.dumps(self.header, indent=2) + "\n", self.folder / MANIFEST)
+        """Describe this run in ``petseg-run.json``, keeping the descriptions of earlier runs
+        into the folder whose cases may still be there; check the case log can be appended to."""
+        header = dict(self.header)
+        try:
+            earlier = read_json(self.folder / MANIFEST, role="run manifest", error=OutputError)
+        except OutputError as err:
+            if (self.folder / MANIFEST).exists():
+                log.warning("%s: an earlier run's description is unreadable, replaced (%s)", err.source, err.problem)
+            earlier = None
+        if isinstance(earlier, dict):
+            runs = [r for r in earlier.get("earlier_runs", []) if isinstance(r, dict)]
+            if earlier.get("run_key") != self.key:
+                runs.append({k: v for k, v in earlier.items() if k != "earlier_runs"})
+            header["earlier_runs"] = runs[-MAX_EARLIER_RUNS:]
+        write_text(json.dumps(header, indent=2) + "\n", self.folder / MANIFEST)
+        self._open_log().close()
 
     def entries(self) -> Iterator[CaseEntry]:
         """The case log's lines in order; a malformed line (cut by a crash, edited, not UTF-8,
@@ -394,17 +411,29 @@ class Manifest:
             }
         )
         data = (line + "\n").encode()
-        try:  # never through a symbolic link: it would append to whatever file it points at
-            fd = os.open(self.case_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as err:
-            raise OutputError(self.case_log, f"cannot be appended to ({err.strerror})") from None
-        try:
+        with self._open_log() as fh:
+            fd = fh.fileno()
             fcntl.flock(fd, fcntl.LOCK_EX)  # one line at a time from every shard sharing the folder
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a line cut by a crash stays alone (and is skipped), not glued to this one
             if os.write(fd, data) != len(data):
                 raise OSError(f"{self.case_log}: short write")
             os.fsync(fd)
-        finally:
-            os.close(fd)
+
+    def _open_log(self):
+        """The case log opened for appending, never through a symbolic link (it would append to
+        whatever file the link points at), and only if it is a regular file."""
+        try:
+            fd = os.open(self.case_log, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            hint = " (a symbolic link is refused)" if self.case_log.is_symlink() else ""
+            raise OutputError(self.case_log, f"cannot be appended to ({err.strerror}){hint}") from None
+        fh = os.fdopen(fd, "rb+", buffering=0)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            fh.close()
+            raise OutputError(self.case_log, "is not a regular file")
+        return fh
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -731,5 +760,13 @@ def _pipelined(
             summary.max_in_flight = max(summary.max_in_flight, len(loading) + len(finishing))
         while finishing:
             collect(*finishing.popleft())
+    except BaseException:  # stopped (Ctrl-C, SIGTERM) or failing: what the workers wrote is recorded, not redone
+        pool.shutdown(wait=True, cancel_futures=True)
+        for job, future, seconds in finishing:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _record_done(
+                    job, {**seconds, **future.result().seconds}, future.result().lesion_voxels, manifest, summary
+                )
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

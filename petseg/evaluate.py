@@ -23,6 +23,8 @@ from petseg.schemas import read_table
 
 log = logging.getLogger(__name__)
 
+OVERALL = "all"  # the summary's row over every case; no group may take this name
+
 
 @dataclass
 class CaseResult:
@@ -137,6 +139,8 @@ def evaluate(
     else:
         pets = index_images(pet, role="PET", channel=1) if pet else {}
     probs = (index_maps(prob, kind="probability") if Path(prob).is_dir() else {cases[0][0]: Path(prob)}) if prob else {}
+    if groups and not set(groups) & {case for case, _, _ in cases}:
+        log.warning("the groups table names none of the %d case(s): groups follow the name prefixes", len(cases))
     results, lesions = [], []
     for case, gt_path, pred_path in tqdm(cases, desc="evaluate", unit="case", disable=len(cases) < 2):
         if pet and case not in pets:
@@ -155,7 +159,7 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
     """Mean DSC / FPV / FNV overall and per group (NaNs excluded), with case counts, the
     pooled lesion detection (counts summed over the group's cases, then divided) and, with
     probability maps, the pooled ECE (bins summed over the group's cases)."""
-    by_group: dict[str, list[CaseResult]] = {"all": list(results)}
+    by_group: dict[str, list[CaseResult]] = {OVERALL: list(results)}
     for r in results:
         by_group.setdefault(r.group, []).append(r)
     summary = {}
@@ -192,7 +196,7 @@ def rank(summaries: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
     FPV/FNV low is better), score = 0.5 rank_DSC + 0.25 rank_FPV + 0.25 rank_FNV; the final
     score is the mean over groups (lower is better)."""
     names = list(summaries)
-    groups = sorted({g for s in summaries.values() for g in s if g != "all"})
+    groups = sorted({g for s in summaries.values() for g in s if g != OVERALL})
     scores = {n: [] for n in names}
     for g in groups:
         r = {}
@@ -213,6 +217,8 @@ def read_groups(path: str | Path) -> dict[str, str]:
     name the same group)."""
     groups: dict[str, str] = {}
     for row in read_table(path, role="groups table", columns=("case", "group")):
+        if row["group"] == OVERALL:
+            raise InputError(path, f"case {row['case']!r}: group name {OVERALL!r} is reserved for all cases together")
         if groups.setdefault(row["case"], row["group"]) != row["group"]:
             raise InputError(
                 path, f"case {row['case']!r} is in two groups, {groups[row['case']]!r} and {row['group']!r}"

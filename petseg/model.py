@@ -82,6 +82,9 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
         unknown = sorted(set(values) - set(keys))
         if unknown:
             raise ModelError(source, f"{section}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+        missing = [key for key in keys if key in Settings.REQUIRED_KEYS and key not in values]
+        if missing:
+            raise ModelError(source, f"{section}: missing key {missing[0]!r}")
         sections[section] = values
     try:
         settings = Settings.from_model_sections(sections)
@@ -230,12 +233,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_state_dict(network: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str | Path) -> None:
+def load_state_dict(
+    network: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str | Path,
+    against: str = "the network in model.json",
+) -> None:
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ModelError(source, f"does not fit the network in model.json ({first})") from None
+        # PyTorch's first line is "Error(s) in loading state_dict for UNet:"; the reason follows
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = " ".join(lines[1:2] or lines[:1])
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        raise ModelError(source, f"does not fit {against} ({reason})") from None
+
+
+def describe_network(network: Mapping[str, Any]) -> str:
+    """The UNet arguments that decide a state dict's keys and shapes, for error messages."""
+    keys = ("in_channels", "channels", "strides", "num_res_units")
+    return "the network (" + ", ".join(f"{k} {network.get(k)}" for k in keys) + ")"
 
 
 def fold_number(path: str | Path) -> int | None:
@@ -253,19 +271,21 @@ def write_model_folder(
     description: str = "",
     extra: Mapping[str, Any] | None = None,
     files: Mapping[str, Path] | None = None,
+    sources: Mapping[int, str | Path] | None = None,
 ) -> ModelFolder:
     """Write one state dict per fold, model.json (checksums included) and ``files`` (name ->
     source, e.g. training logs) as one transaction: the folder is built beside ``out_dir``,
     opened and every fold loaded, and only then swapped in. On any failure ``out_dir`` is as
     it was (or absent) and nothing else is left. An existing ``out_dir`` must be empty or a
-    model folder (it is replaced whole)."""
+    model folder (it is replaced whole). ``sources`` names each fold's file in errors."""
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MODEL_JSON).is_file():
         raise OutputError(out_dir, "exists and is not a petseg model folder: give a new or empty folder")
     settings = settings or Settings()
     probe = build_network(network)
-    for fold, state in state_dicts.items():
-        load_state_dict(probe, state, source=f"fold {fold}")  # refuse a mismatch before writing
+    for fold, state in state_dicts.items():  # refuse a mismatch before writing
+        source = (sources or {}).get(fold, f"fold {fold}")
+        load_state_dict(probe, state, source=source, against=describe_network(network))
     with atomic_folder(out_dir) as staging:
         entries = []
         for fold, state in sorted(state_dicts.items()):
@@ -281,7 +301,7 @@ def write_model_folder(
             "folds": entries,
             **(dict(extra) if extra else {}),
         }
-        write_text(json.dumps(meta, indent=2) + "\n", staging / MODEL_JSON)
+        write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", staging / MODEL_JSON)
         for name, source in (files or {}).items():
             with atomic_path(staging / name) as tmp:
                 shutil.copyfile(source, tmp)
@@ -301,21 +321,22 @@ def import_weights(
     if not files:
         raise ModelError("import-weights", "no checkpoint files given")
     states: dict[int, dict] = {}
-    sources: dict[str, str] = {}
+    sources: dict[int, Path] = {}
     for position, file in enumerate(files):
         fold = fold_number(file)
         fold = position if fold is None else fold
         if fold in states:
             raise ModelError(file, f"fold {fold} given twice")
         states[fold] = read_state_dict(file)
-        sources[str(fold)] = Path(file).name
+        sources[fold] = Path(file)
     return write_model_folder(
         out_dir,
         state_dicts=states,
         network=network,
         settings=settings,
         description=description,
-        extra={"imported_from": sources},
+        extra={"imported_from": {str(fold): path.name for fold, path in sources.items()}},
+        sources=sources,
     )
 
 
@@ -340,13 +361,14 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
     settings = parse_sections(raw, source=meta_path)
     check_network_fits(doc.network, settings, source=meta_path)
     folds, ignored = fold_dirs(run_dir)
-    states, files = {}, {}
+    states, files, best_files = {}, {}, {}
     for fold, fold_dir in folds.items():
         best = fold_dir / BEST
         if not best.is_file():
             ignored.append(f"{fold_dir.name} (no {BEST})")
             continue
         states[fold] = read_state_dict(best)
+        best_files[fold] = best
         for name in ("log.csv", "curves.png"):
             if (fold_dir / name).is_file():
                 files[f"fold{fold}_{name}"] = fold_dir / name
@@ -364,4 +386,5 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
         settings=settings,
         description=description,
         files=files,
+        sources=best_files,
     )

@@ -221,9 +221,12 @@ class TrainDocument(msgspec.Struct, forbid_unknown_fields=True):
     inference: dict[str, Any]
 
 
+CaseName = Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class Split(msgspec.Struct, forbid_unknown_fields=True):
-    train: list[str]
-    val: list[str]
+    train: Annotated[list[CaseName], msgspec.Meta(min_length=1)]
+    val: Annotated[list[CaseName], msgspec.Meta(min_length=1)]
 
 
 Splits = Annotated[list[Split], msgspec.Meta(min_length=1)]

@@ -133,6 +133,8 @@ class Settings:
         return CHANNELS if self.click_sigma_mm is None else CHANNELS + CLICK_CHANNELS
 
     INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold", "click_removal")
+    # what a trained model must state; the other keys default (older model folders lack them)
+    REQUIRED_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm", "roi_size")
     # fields that change how fast, where or how visibly a study runs, never its outputs
     RUNTIME_ONLY = ("device", "sw_batch_size", "progress", "compile")
 
@@ -147,8 +149,13 @@ class Settings:
     @classmethod
     def from_model_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> Settings:
         """Settings from model.json's (or train.json's) "preprocessing" and "inference"
-        sections. Raises KeyError for a missing section, ConfigError for unknown keys or bad values."""
-        return cls().with_overrides(**sections["preprocessing"], **sections["inference"])
+        sections: every key a field (an explicit null only where the field may be None).
+        Raises KeyError for a missing section, ConfigError for unknown keys or bad values."""
+        values = {**sections["preprocessing"], **sections["inference"]}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError("settings", f"unknown: {sorted(unknown)}")
+        return cls(**values)
 
     def model_sections(self) -> dict[str, dict[str, Any]]:
         """model.json's "preprocessing" and "inference" sections (JSON-ready)."""

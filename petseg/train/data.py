@@ -47,6 +47,11 @@ def load_splits(path: str | Path, cases: list[str]) -> list[dict[str, list[str]]
         missing = sorted((set(split.train) | set(split.val)) - known)
         if missing:
             raise InputError(path, f"fold {k} names {len(missing)} unknown case(s), e.g. {missing[0]}")
+        listed = split.train + split.val
+        twice = sorted({c for c in listed if listed.count(c) > 1}) if len(set(listed)) < len(listed) else []
+        if twice:
+            where = "in both train and val" if set(split.train) & set(split.val) else "twice"
+            raise InputError(path, f"fold {k} lists case {twice[0]!r} {where}")
     return [{"train": split.train, "val": split.val} for split in splits]
 
 

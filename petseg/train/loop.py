@@ -106,7 +106,7 @@ def prepare_data(config: TrainConfig, dist: Dist) -> tuple[list[dict], list[dict
         fold_dir(out_dir, config.fold).mkdir(parents=True, exist_ok=True)
         write_text(json.dumps(splits, indent=1), out_dir / SPLITS_JSON)
         run_meta = {"network": config.network, **model_sections(config.settings)}
-        write_text(json.dumps(run_meta, indent=1), out_dir / TRAIN_JSON)
+        write_text(json.dumps(run_meta, indent=1, allow_nan=False), out_dir / TRAIN_JSON)
         for case in split["train"] + split["val"]:
             cache_case(cases[case], cache_dir, config.settings)
     dist.barrier()
