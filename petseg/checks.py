@@ -199,10 +199,10 @@ def check_overlap(ct: sitk.Image, pet: sitk.Image, *, ct_source: str | Path, pet
     axial = axial_axis(Grid.of(pet))
     for axis in np.argsort(fractions):
         if fractions[axis] < MIN_COVERAGE:
-            where = "axial" if axis == axial else f"transaxial (PET axis {axis})"
+            where = "axial extent" if axis == axial else f"transaxial extent along its axis {axis}"
             raise InputError(
                 ct_source,
-                f"CT covers {fractions[axis]:.0%} of the PET's {where} extent ({pet_source}), expected at least "
+                f"CT covers {fractions[axis]:.0%} of the PET's {where} ({pet_source}), expected at least "
                 f"{MIN_COVERAGE:.0%} ({boxes})",
             )
     if fractions[axial] < WARN_AXIAL_COVERAGE:

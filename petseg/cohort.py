@@ -42,6 +42,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from petseg.errors import ConfigError, InputError, OutputError, PetsegError
+from petseg.frontend import STOP_SIGNALS, deferred_signals
 from petseg.io import write_text
 from petseg.layout import qc_path, report_paths
 from petseg.schemas import CaseEntry, convert, parse_json_text, read_json
@@ -272,13 +273,6 @@ def _worker_finish(job: Job, maps: EnsembleMaps, record: Any, settings: Settings
     return finished
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    from petseg.frontend import Terminated
-
-    signal.signal(signum, signal.SIG_DFL)
-    raise Terminated(signum)
-
-
 def _worker_init(threads: int, level: int) -> None:
     # a worker holds both ends of its task queue, so it would wait forever for a parent that
     # was killed: leave as soon as the parent is gone
@@ -290,11 +284,14 @@ def _worker_init(threads: int, level: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="petseg-parent-watch").start()
-    # Ctrl-C reaches the whole process group: the main process alone answers it (one line, no
-    # worker tracebacks); a SIGTERM runs a worker's clean-up (no temporary file left)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _terminated)
-    signal.signal(signal.SIGHUP, _terminated)
+    # Ctrl-C and a kill of the process group reach the main process alone, which answers them
+    # (one line, no worker tracebacks) and shuts the pool down, letting each worker finish the
+    # write in hand. The worker was spawned with the stop signals blocked; one that arrived
+    # before it left the group is dropped. SIGTERM keeps its default: the pool kills workers so.
+    os.setpgrp()
+    while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     logger = logging.getLogger("petseg")
     logger.setLevel(level)
@@ -616,17 +613,12 @@ def _sequential(
             clear_earlier_outputs(job, recorded)
             loaded = load_job(job, predictor.settings)
             maps = _network(predictor, loaded, start)
-            finished = finish_job(job, maps, loaded.record, predictor.settings)
+            with deferred_signals():  # a stop waits until the case is written and recorded
+                finished = finish_job(job, maps, loaded.record, predictor.settings)
+                seconds = {**loaded.seconds, **predictor.timings, **finished.seconds}
+                _record_done(job, seconds, finished.lesion_voxels, manifest, summary)
         except Exception as err:  # any failure is this case's: recorded, and the run goes on
             _record_failed(job, err, manifest, summary)
-        else:
-            _record_done(
-                job,
-                {**loaded.seconds, **predictor.timings, **finished.seconds},
-                finished.lesion_voxels,
-                manifest,
-                summary,
-            )
         bar.update()
 
 
@@ -669,12 +661,14 @@ def _pipelined(
     finishing: deque[tuple[Job, Future, dict[str, float]]] = deque()
 
     def submit(function: Callable[..., Any], *args: Any) -> Future:
-        """Submit, first replacing a pool that broke since its last result was read."""
-        try:
-            return pool.submit(function, *args)
-        except BrokenProcessPool:
-            restart()
-            return pool.submit(function, *args)
+        """Submit, first replacing a pool that broke since its last result was read. A worker
+        spawned here inherits the blocked stop signals (see ``_worker_init``)."""
+        with deferred_signals():
+            try:
+                return pool.submit(function, *args)
+            except BrokenProcessPool:
+                restart()
+                return pool.submit(function, *args)
 
     def top_up() -> None:
         while queue and len(loading) < workers:
@@ -693,16 +687,22 @@ def _pipelined(
         _record_failed(job, WORKER_DIED if isinstance(err, BrokenProcessPool) else err, manifest, summary)
         bar.update()
 
-    def collect(job: Job, future: Future, seconds: dict[str, float]) -> None:
+    def collect_oldest() -> None:
+        """Wait for the oldest case being finished and record it. A stop signal can land
+        while waiting (the case stays in ``finishing``), not between popping and recording."""
+        job, future, seconds = finishing[0]
         try:
             finished = future.result()
         except Exception as err:  # a worker's failure is this case's failure
+            finishing.popleft()
             failed(job, err)
             if isinstance(err, BrokenProcessPool):
                 restart()
             return
-        _replay(finished.logs)
-        _record_done(job, {**seconds, **finished.seconds}, finished.lesion_voxels, manifest, summary)
+        with deferred_signals():
+            finishing.popleft()
+            _replay(finished.logs)
+            _record_done(job, {**seconds, **finished.seconds}, finished.lesion_voxels, manifest, summary)
         bar.update()
 
     def restart() -> None:
@@ -711,10 +711,11 @@ def _pipelined(
         new pool."""
         nonlocal pool
         while finishing:
-            job, future, seconds = finishing.popleft()
+            job, future, _ = finishing[0]
             if future.done() and not future.cancelled() and future.exception() is None:
-                collect(job, future, seconds)  # written before the pool broke
+                collect_oldest()  # written before the pool broke
             else:
+                finishing.popleft()
                 failed(job, BrokenProcessPool())
         for job, _ in reversed(loading):
             if job.name in retried:
@@ -755,18 +756,18 @@ def _pipelined(
             seconds, record = {**loaded.seconds, **predictor.timings}, loaded.record
             del loaded  # the network input is no longer needed
             while len(finishing) >= workers:  # bounded: wait for the oldest write first
-                collect(*finishing.popleft())
+                collect_oldest()
             finishing.append((job, submit(_worker_finish, job, maps, record, predictor.settings), seconds))
             summary.max_in_flight = max(summary.max_in_flight, len(loading) + len(finishing))
         while finishing:
-            collect(*finishing.popleft())
+            collect_oldest()
     except BaseException:  # stopped (Ctrl-C, SIGTERM) or failing: what the workers wrote is recorded, not redone
-        pool.shutdown(wait=True, cancel_futures=True)
-        for job, future, seconds in finishing:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                _record_done(
-                    job, {**seconds, **future.result().seconds}, future.result().lesion_voxels, manifest, summary
-                )
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers finish the write in hand
+        with deferred_signals():
+            for job, future, seconds in finishing:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    done = future.result()
+                    _record_done(job, {**seconds, **done.seconds}, done.lesion_voxels, manifest, summary)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -176,6 +176,20 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """A stop signal that arrives during the block takes effect when it ends (a case written
+    and recorded together, or neither); the main thread only, where Python handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_guarded(prog: str, command: Callable[[], int], *, verbose: bool = False) -> int:
     """Run ``command``. A :class:`PetsegError` (a bad input, option, model folder or output),
     an operating-system error (permissions, full disk) or running out of memory ends as

@@ -244,6 +244,7 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
         _prepare_target(target)
     temps = [_temporary_name(t, image_suffix(t) or t.suffix) for t in targets]
     published: list[Path] = []
+    renaming: tuple[Path, Path] | None = None
     try:
         yield temps
         for tmp, target in zip(temps, targets):
@@ -252,18 +253,20 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
             _fsync(tmp)
             os.chmod(tmp, 0o666 & ~_umask())
         for tmp, target in zip(temps, targets):
+            renaming = (tmp, target)
             os.replace(tmp, target)
             published.append(target)
+            renaming = None
         for folder in {t.parent for t in targets}:
             _fsync(folder)
-    except OSError as err:
+    except BaseException as err:
+        if renaming is not None and not renaming[0].exists():  # renamed, then stopped (a signal) before noted
+            published.append(renaming[1])
         for target in published:
             target.unlink(missing_ok=True)
-        named = dict(zip(map(str, temps), targets)).get(str(err.filename), err.filename or targets[-1])
-        raise OutputError(named, f"write failed ({err.strerror or err})") from None
-    except BaseException:
-        for target in published:
-            target.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            named = dict(zip(map(str, temps), targets)).get(str(err.filename), err.filename or targets[-1])
+            raise OutputError(named, f"write failed ({err.strerror or err})") from None
         raise
     finally:
         for tmp in temps:

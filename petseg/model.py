@@ -28,6 +28,7 @@ from petseg.schemas import (
     TrainDocument,
     UNetKwargs,
     convert,
+    is_file_name,
     read_json,
     regular_file,
     shown_value,
@@ -189,8 +190,7 @@ class ModelFolder:
             if fold.fold in seen:
                 raise ModelError(meta_path, f"fold {fold.fold} is listed twice")
             seen.add(fold.fold)
-            inside = (path / fold.file).resolve()
-            if not inside.is_relative_to(path.resolve()):
+            if not is_file_name(fold.file) or not (path / fold.file).resolve().is_relative_to(path.resolve()):
                 raise ModelError(meta_path, f"fold {fold.fold} file {fold.file!r} lies outside the model folder")
             if not (path / fold.file).exists():
                 raise ModelError(path / fold.file, f"checkpoint of fold {fold.fold} is missing")

@@ -240,7 +240,12 @@ class InputStamp(msgspec.Struct, forbid_unknown_fields=True):
     digest: str
 
 
-FileName = Annotated[str, msgspec.Meta(pattern=r"^(?!\.\.?$)[^/\\\x00]+$")]  # a plain name inside a folder
+FILE_NAME = r"^(?!\.\.?$)[^/\\\x00]+$"  # a plain name inside a folder: no path, no NUL, not . or ..
+FileName = Annotated[str, msgspec.Meta(pattern=FILE_NAME)]
+
+
+def is_file_name(name: str) -> bool:
+    return re.fullmatch(FILE_NAME, name) is not None
 
 
 class CaseEntry(msgspec.Struct):
