@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ PET_LOW_MAX_SUV, PET_WARN_MAX_SUV = 0.5, 2.0
 MAX_ORIGIN_MM = 1e6  # an origin farther than 1 km is a broken header (and loses float precision)
 CT_AIR_HU = -500.0  # a CT in HU has air (about -1000 HU) around or inside the patient
 CT_STORED_MIN_MAX = 1000.0  # min >= 0 with max above this: stored values without the -1024 intercept
-MIN_COVERAGE = 0.5  # the CT must cover this fraction of the PET's extent along each axis ...
-WARN_AXIAL_COVERAGE = 0.9  # ... and below this fraction of its axial extent a warning is logged
+MIN_COVERAGE = 0.5  # the CT must reach this fraction of the PET's axial extent (a warning below 0.9) ...
+WARN_AXIAL_COVERAGE = 0.9
+MIN_TRANSAXIAL = 0.25  # ... and cover this fraction of its transaxial area there (autoPET's CTs: 0.38)
 SPACING_MM = (0.3, 10.0)  # a human PET or CT has voxels within this range along every axis
 IN_PLANE_MM = (50.0, 1000.0)  # ... and a transaxial field of view within this range
 MIN_NETWORK_VOXELS = 8  # the network grid needs at least this many voxels along every axis
@@ -35,9 +37,11 @@ MIN_NETWORK_VOXELS = 8  # the network grid needs at least this many voxels along
 # probability, blending weights and the resampling buffers take about 24 bytes per voxel, so
 # 250 M voxels (an 1000 x 500 x 500 mm field of view at 2 mm is 31 M) would need ~6 GB.
 MAX_NETWORK_VOXELS = 250_000_000
-# An image file is refused above this many voxels before any is read (4 GB as float32; a
-# total-body CT of 512 x 512 x 1900 voxels has 0.5 G).
+# An image file is refused above this many voxels, or this many bytes as stored, before any is
+# read (petseg holds it as float32 too: 4 GB at the limit; a total-body CT of 512 x 512 x 1900
+# int16 voxels has 0.5 G voxels, 1 GB).
 MAX_IMAGE_VOXELS = 1_000_000_000
+MAX_IMAGE_BYTES = 4 << 30
 
 
 def check_geometry(
@@ -49,6 +53,7 @@ def check_geometry(
     components: int,
     source: str | Path,
     origin: Sequence[float] = (0.0, 0.0, 0.0),
+    bytes_per_voxel: int = 4,
 ) -> None:
     """Reject what is not a 3D scalar volume with a usable grid: from a file's header, before
     its voxels are read, or from an image in memory (:func:`check_image`)."""
@@ -62,6 +67,12 @@ def check_geometry(
     if voxels > MAX_IMAGE_VOXELS:
         raise InputError(
             source, f"size {' x '.join(map(str, size))} is {voxels:,} voxels, above the {MAX_IMAGE_VOXELS:,} allowed"
+        )
+    if voxels * bytes_per_voxel > MAX_IMAGE_BYTES:
+        raise InputError(
+            source,
+            f"size {' x '.join(map(str, size))} at {bytes_per_voxel} bytes a voxel is "
+            f"{voxels * bytes_per_voxel / 2**30:.1f} GiB, above the {MAX_IMAGE_BYTES / 2**30:.0f} GiB allowed",
         )
     if not np.all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise InputError(source, f"spacing must be positive, got {tuple(spacing)}")
@@ -171,17 +182,32 @@ def check_ct_range(array: np.ndarray, *, source: str | Path) -> None:
         log.warning("%s: CT minimum %g HU: no air below %g HU, is this a CT in HU?", source, low, CT_AIR_HU)
 
 
-def coverage(ct: sitk.Image, pet: sitk.Image) -> np.ndarray:
-    """Fraction of the PET's extent along each of its axes that the CT's box covers, measured
-    in the PET's own frame (the CT's corners taken into the PET's voxel coordinates)."""
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the PET the CT covers: the fraction of the PET's axial extent the CT reaches,
+    and within those slices the fraction of the PET's transaxial area (a whole-body CT of 500 mm
+    in a PET of 814 mm, as in autoPET: 1.0 and 0.38)."""
+
+    axial: float
+    transaxial: float
+
+
+COVERAGE_SAMPLES = 48  # PET voxel centres per axis tested for lying inside the CT (every slice up to 48)
+
+
+def coverage(ct: sitk.Image, pet: sitk.Image) -> Coverage:
+    """Measured on a lattice of the PET's voxel centres taken into the CT's voxel coordinates,
+    so oblique grids count what really overlaps (not bounding boxes)."""
     pet_grid, ct_grid = Grid.of(pet), Grid.of(ct)
-    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
-    corners = corners * np.asarray(ct_grid.size) - 0.5
-    inside = pet_grid.to_index(ct_grid.to_physical(corners))
-    size = np.asarray(pet_grid.size, float)
-    lo = np.maximum(inside.min(axis=0), -0.5)
-    hi = np.minimum(inside.max(axis=0), size - 0.5)
-    return np.clip(hi - lo, 0.0, None) / size
+    axes = [np.linspace(0, n - 1, min(n, COVERAGE_SAMPLES)) for n in pet_grid.size]
+    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    at = ct_grid.to_index(pet_grid.to_physical(index))
+    inside = np.all((at >= -0.5) & (at <= np.asarray(ct_grid.size) - 0.5), axis=-1)
+    axial = axial_axis(pet_grid)
+    reached = np.moveaxis(inside, axial, 0).reshape(inside.shape[axial], -1)
+    slices = reached.any(axis=1)
+    area = float(reached[slices].mean()) if slices.any() else 0.0
+    return Coverage(float(slices.mean()), area)
 
 
 def _extent_mm(image: sitk.Image) -> str:
@@ -190,23 +216,26 @@ def _extent_mm(image: sitk.Image) -> str:
 
 
 def check_overlap(ct: sitk.Image, pet: sitk.Image, *, ct_source: str | Path, pet_source: str | Path) -> None:
-    """The CT must cover at least MIN_COVERAGE of the PET along every axis (the PET's axial
-    extent and both transaxial ones); refusals give both boxes in mm (LPS)."""
-    fractions = coverage(ct, pet)
+    """The CT must reach at least MIN_COVERAGE of the PET's axial extent and, within it, at
+    least MIN_TRANSAXIAL of its transaxial area; refusals give both boxes in mm (LPS)."""
+    covered = coverage(ct, pet)
     boxes = f"CT {_extent_mm(ct)}; PET {_extent_mm(pet)}"
-    if fractions.min() <= 0:
+    if covered.axial == 0:
         raise InputError(ct_source, f"CT and PET ({pet_source}) do not overlap in space ({boxes})")
-    axial = axial_axis(Grid.of(pet))
-    for axis in np.argsort(fractions):
-        if fractions[axis] < MIN_COVERAGE:
-            where = "axial extent" if axis == axial else f"transaxial extent along its axis {axis}"
-            raise InputError(
-                ct_source,
-                f"CT covers {fractions[axis]:.0%} of the PET's {where} ({pet_source}), expected at least "
-                f"{MIN_COVERAGE:.0%} ({boxes})",
-            )
-    if fractions[axial] < WARN_AXIAL_COVERAGE:
-        log.warning("%s: CT covers only %.0f%% of the PET's axial extent", ct_source, 100 * fractions[axial])
+    if covered.axial < MIN_COVERAGE:
+        raise InputError(
+            ct_source,
+            f"CT covers {covered.axial:.0%} of the PET's axial extent ({pet_source}), expected at least "
+            f"{MIN_COVERAGE:.0%} ({boxes})",
+        )
+    if covered.transaxial < MIN_TRANSAXIAL:
+        raise InputError(
+            ct_source,
+            f"CT covers {covered.transaxial:.0%} of the PET's transaxial area ({pet_source}), expected at least "
+            f"{MIN_TRANSAXIAL:.0%} ({boxes})",
+        )
+    if covered.axial < WARN_AXIAL_COVERAGE:
+        log.warning("%s: CT covers only %.0f%% of the PET's axial extent", ct_source, 100 * covered.axial)
 
 
 def check_network_size(pet: sitk.Image, target_spacing, *, source: str | Path) -> None:

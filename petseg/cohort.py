@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from petseg.errors import ConfigError, InputError, OutputError, PetsegError
 from petseg.frontend import STOP_SIGNALS, deferred_signals
-from petseg.io import write_text
+from petseg.io import file_stamp, write_text
 from petseg.layout import qc_path, report_paths
 from petseg.schemas import CaseEntry, convert, parse_json_text, read_json
 from petseg.settings import Settings
@@ -129,8 +129,8 @@ class Job:
         return [*paths, self.mask]
 
     def inputs(self) -> dict[str, dict[str, Any]]:
-        """What identifies this case's input files now (see :func:`input_stamp`)."""
-        return {role: input_stamp(path) for role, path in (("ct", self.ct), ("pet", self.pet))}
+        """What identifies this case's input files now (see :func:`petseg.io.file_stamp`)."""
+        return {role: file_stamp(path) for role, path in (("ct", self.ct), ("pet", self.pet))}
 
     def clicks_key(self) -> str | None:
         """The clicks' part of what decides this case's result: their file's content and how its
@@ -142,22 +142,6 @@ class Job:
         except OSError:
             return "unreadable"  # never matches a done case; the run reports the file
         return f"{hashlib.sha256(content).hexdigest()[:16]}:{'mm' if self.clicks_world else 'voxels'}"
-
-
-def input_stamp(path: Path) -> dict[str, Any]:
-    """Size, modification time and a hash of the first and last MiB: a replaced input redoes
-    its case on resume, at the cost of reading 2 MiB (not the whole study)."""
-    try:
-        info = path.stat()
-        digest = hashlib.sha256(str(info.st_size).encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-            if info.st_size > 2 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                digest.update(fh.read(1 << 20))
-    except OSError:
-        return {"size": 0, "mtime_ns": 0, "digest": "unreadable"}  # never matches: the run reports the file
-    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "digest": digest.hexdigest()[:16]}
 
 
 @dataclass

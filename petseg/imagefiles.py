@@ -1,47 +1,55 @@
-"""What ITK does not check in an image file, checked in the file's own bytes.
+"""MetaImage (.mha/.mhd) and NRRD (.nrrd/.nhdr) headers, checked before ITK reads them.
 
-ITK's readers read a MetaImage or NRRD header's voxels from any path it names (outside the
-input folder, a FIFO that never ends), take ``Offset = nan`` as 0, decompress corrupt data
-without an error, turn NaN into 0 and read a truncated ``.nii.gz`` without complaint. So,
-before ITK reads a file (:func:`check_header`) and after (:func:`check_nifti_data`):
+ITK's readers take a header's voxels from any file it names (outside the input folder, a FIFO
+that never ends, /dev/zero), read ``Offset = nan`` as 0, let a short field swallow the next
+line, and decompress corrupt or short data into garbage without an error. Here the header is
+parsed as strictly as ITK reads it, and refused when ITK could read it otherwise than it says:
 
-- MetaImage (.mha/.mhd) and NRRD (.nrrd/.nhdr): voxels only inline or in one regular file
-  beside the header (no paths, lists or patterns); geometry fields finite numbers; compressed
-  voxel data decompresses whole to exactly the size the header declares.
-- NIfTI: the voxel data are all there (from a sane ``vox_offset``) and finite.
+- a field given twice (also in another case: MetaIO's keys are case-sensitive, a look-alike
+  would shadow the real one); geometry fields that are not the right count of finite numbers;
+- voxels only inline (MetaImage ``LOCAL``; NRRD without ``data file``) or in one regular file
+  beside the header (a link is followed only to the header's own real folder); no lists or
+  file patterns;
+- the voxel data are exactly the size the header declares: compressed data decompress whole,
+  from exactly the bytes ITK reads, to that size.
+
+NIfTI files are checked in :mod:`petseg.nifti`.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import re
-import struct
 import zlib
 from pathlib import Path
-
-import numpy as np
 
 from petseg.errors import InputError
 from petseg.layout import image_suffix
 
-HEADER_BYTES = 1 << 16  # a text header longer than this is not one ITK wrote
+HEADER_LIMIT = 16 << 20  # a text header longer than this is not an image header (Slicer's may be 100s of KiB)
 CHUNK = 1 << 24
 
 _MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4}
 _MET_SIZES |= {"MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8}
 _MET_SIZES |= {"MET_FLOAT": 4, "MET_DOUBLE": 8}
-_MET_GEOMETRY = ("offset", "origin", "position", "elementspacing", "elementsize", "transformmatrix")
-_MET_GEOMETRY += ("rotation", "orientation", "centerofrotation")
+# field -> number of values, in powers of NDims (1: one per axis, 2: a matrix)
+_MET_GEOMETRY = {"Offset": 1, "Origin": 1, "Position": 1, "ElementSpacing": 1, "ElementSize": 1}
+_MET_GEOMETRY |= {"TransformMatrix": 2, "Rotation": 2, "Orientation": 2, "CenterOfRotation": 1}
 _NRRD_SIZES = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8}
 _NRRD_SIZES |= {"float": 4, "double": 8}
-_NRRD_ALIASES = {"signed char": "int8", "uchar": "uint8", "unsigned char": "uint8", "short": "int16"}
-_NRRD_ALIASES |= {"short int": "int16", "signed short": "int16", "ushort": "uint16", "unsigned short": "uint16"}
-_NRRD_ALIASES |= {"int": "int32", "signed int": "int32", "uint": "uint32", "unsigned int": "uint32"}
-_NRRD_ALIASES |= {"longlong": "int64", "long long": "int64", "ulonglong": "uint64", "unsigned long long": "uint64"}
-_NRRD_GEOMETRY = ("space origin", "space directions", "spacings", "thicknesses", "axis mins", "axis maxs")
+_NRRD_ALIASES = {"signedchar": "int8", "uchar": "uint8", "unsignedchar": "uint8", "short": "int16"}
+_NRRD_ALIASES |= {"shortint": "int16", "signedshort": "int16", "signedshortint": "int16", "ushort": "uint16"}
+_NRRD_ALIASES |= {"unsignedshort": "uint16", "unsignedshortint": "uint16", "int": "int32", "signedint": "int32"}
+_NRRD_ALIASES |= {"uint": "uint32", "unsignedint": "uint32", "longlong": "int64", "longlongint": "int64"}
+_NRRD_ALIASES |= {"signedlonglong": "int64", "ulonglong": "uint64", "unsignedlonglong": "uint64"}
+_NRRD_GEOMETRY = ("spaceorigin", "spacedirections", "spacings", "thicknesses", "axismins", "axismaxs")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def unreadable(path: Path, detail: str) -> InputError:
+    """The one wording of a file that does not hold the image its header describes."""
+    return InputError(path, f"cannot be read as an image (truncated, corrupt or not an image file: {detail})")
 
 
 def check_header(path: Path) -> None:
@@ -53,54 +61,74 @@ def check_header(path: Path) -> None:
         _check_nrrd(path)
 
 
-def _header_lines(path: Path, *, end: str) -> tuple[list[tuple[str, str]], int]:
-    """(key, value) pairs of a text header and the byte offset where inline data begin.
-    MetaImage headers end after the ElementDataFile line (``end`` = "elementdatafile"), NRRD
-    headers at the first blank line (``end`` = "")."""
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _read_fields(path: Path, *, nrrd: bool) -> tuple[dict[str, str], int]:
+    """Fields of a text header (MetaImage keys as written, NRRD keys lower-cased without
+    spaces, Teem's spelling variants alike) and the offset where inline data begin."""
+    fields: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    offset = 0
     with open(path, "rb") as fh:
-        head = fh.read(HEADER_BYTES)
-    fields, offset = [], 0
-    separator = "=" if end else ":"
-    for raw in head.splitlines(keepends=True):
-        offset += len(raw)
-        line = raw.decode("latin-1").strip()
-        if not end and not line:
-            return fields, offset
-        key, found, value = line.partition(separator)
-        if found:
-            fields.append((key.strip().lower(), value.strip()))
-            if end and key.strip().lower() == end:
+        for number, raw in enumerate(iter(lambda: fh.readline(HEADER_LIMIT), b"")):
+            offset += len(raw)
+            if offset > HEADER_LIMIT:
+                break
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if nrrd:
+                if number == 0 or line.startswith("#") or ":=" in line:
+                    continue  # the magic line, comments, key/value pairs (not fields)
+                if not line.strip():
+                    return fields, offset
+                key, found, value = line.partition(": ")
+                key = key.strip().lower().replace(" ", "")
+            else:
+                key, found, value = line.partition("=")
+                key = key.strip()
+            if not found:
+                continue
+            folded = key.lower()
+            if folded in seen:
+                raise unreadable(path, f"header field {key!r} is given twice (as {seen[folded]!r} too)")
+            seen[folded] = key
+            fields[key] = value.strip()
+            if not nrrd and key == "ElementDataFile":  # MetaIO stops reading the header here
                 return fields, offset
-    if not end and len(head) < HEADER_BYTES:
+    if nrrd and offset <= HEADER_LIMIT:
         return fields, offset  # a detached NRRD header ends with its file
     raise unreadable(path, "no complete header found")
 
 
-def _finite(path: Path, key: str, value: str) -> None:
+def _numbers(path: Path, key: str, value: str, *, count: int | None = None) -> list[float]:
     tokens = [t for t in re.split(r"[\s,()]+", value) if t and t.lower() != "none"]
-    for token in tokens:
-        if not _NUMBER.fullmatch(token) or not math.isfinite(float(token)):
-            raise InputError(path, f"header field {key!r} holds {value[:80]!r}: expected finite numbers")
+    if not all(_NUMBER.fullmatch(t) and math.isfinite(float(t)) for t in tokens) or (
+        count is not None and len(tokens) != count
+    ):
+        expected = f"{count} finite numbers" if count is not None else "finite numbers"
+        raise InputError(path, f"header field {key!r} holds {value[:80]!r}: expected {expected}")
+    return [float(t) for t in tokens]
 
 
-def _data_file(path: Path, value: str) -> Path | None:
-    """The file a header names for its voxels (None: they follow the header inline)."""
-    if value.upper() in ("LOCAL", ""):
-        return None
-    if value.upper().startswith("LIST") or "%" in value or " " in value.strip():
+def _data_file(path: Path, name: str) -> Path:
+    """The file beside the header that holds the voxels; anything else is refused."""
+    value = name.strip()
+    if value.upper().startswith("LIST") or "%" in value:
         problem = "a list or pattern of files, which petseg does not read (write one .mha or .nrrd)"
-    elif os.path.isabs(value) or "/" in value or "\\" in value or value in (".", ".."):
-        problem = "outside the header's folder"
     else:
-        target = path.parent / value
-        if not target.exists():
-            problem = "not found beside the header"
-        elif target.resolve().parent != path.parent.resolve():
-            problem = "a link to a file outside the header's folder"
-        elif not target.is_file():
-            problem = "not a regular file"
+        normal = os.path.normpath(value) if value else ""
+        if not normal or os.path.isabs(value) or os.sep in normal or "\\" in normal or normal in (".", ".."):
+            problem = "outside the header's folder"
         else:
-            return target
+            target = path.parent / normal
+            if not (target.exists() or target.is_symlink()):
+                problem = "not found beside the header"
+            elif target.resolve().parent != path.resolve().parent:
+                problem = "a link to a file outside the header's folder"
+            elif not target.is_file():
+                problem = "not a regular file"
+            else:
+                return target
     raise InputError(
         path,
         f"the header's voxel data file {value[:80]!r} is {problem}; expected data inline or in a regular file "
@@ -108,175 +136,125 @@ def _data_file(path: Path, value: str) -> Path | None:
     )
 
 
+# --- MetaImage ----------------------------------------------------------------------------------
+
+
 def _check_metaimage(path: Path) -> None:
-    fields, offset = _header_lines(path, end="elementdatafile")
-    header = dict(fields)
-    for key in _MET_GEOMETRY:
-        if key in header:
-            _finite(path, key, header[key])
-    data = _data_file(path, header["elementdatafile"])
-    if header.get("compresseddata", "false").lower() != "true":
-        return
+    fields, offset = _read_fields(path, nrrd=False)
+    if "ElementDataFile" not in fields:
+        raise unreadable(path, "no ElementDataFile in its header")
     try:
-        sizes = [int(v) for v in header.get("dimsize", "").split()]
-        channels = int(header.get("elementnumberofchannels", "1"))
+        dims = int(fields.get("NDims", "3"))
+        sizes = [int(v) for v in fields.get("DimSize", "").split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        skip = int(fields.get("HeaderSize", "0"))
     except ValueError:
-        raise InputError(path, f"header field 'DimSize' holds {header.get('dimsize')!r}: expected integers") from None
-    item = _MET_SIZES.get(header.get("elementtype", "").upper())
-    expected = None if item is None or not sizes else math.prod(sizes) * channels * item
-    limit = header.get("compresseddatasize")
-    _check_stream(
-        path,
-        data or path,
-        start=0 if data else offset,
-        limit=int(limit) if limit and limit.isdigit() else None,
-        expected=expected,
-        wbits=zlib.MAX_WBITS,
-    )
+        raise InputError(path, "header fields NDims, DimSize, HeaderSize: expected integers") from None
+    if len(sizes) != dims:
+        raise InputError(path, f"header field 'DimSize' holds {fields.get('DimSize')!r}: expected {dims} integers")
+    for key, power in _MET_GEOMETRY.items():
+        if key in fields:
+            _numbers(path, key, fields[key], count=dims**power)
+    local = fields["ElementDataFile"] == "LOCAL"  # as MetaIO compares it: "local" names a file
+    source, start = (path, offset) if local else (_data_file(path, fields["ElementDataFile"]), 0)
+    item = _MET_SIZES.get(fields.get("ElementType", "").upper())
+    expected = None if item is None else math.prod(sizes) * channels * item
+    if fields.get("CompressedData", "False").lower() == "true":
+        size = fields.get("CompressedDataSize", "")
+        if not size.isdigit():  # ITK always writes it; without it MetaIO reads another amount than the file holds
+            raise unreadable(path, "compressed voxel data without a CompressedDataSize")
+        if skip:
+            raise unreadable(path, "compressed voxel data with a HeaderSize")
+        _check_stream(path, source, start=start, limit=int(size), expected=expected, wbits=zlib.MAX_WBITS)
+    elif expected is not None:
+        held = os.path.getsize(source) - start - max(skip, 0)
+        if held != expected and not (skip == -1 and held >= expected):  # -1: the voxels are the last bytes
+            raise unreadable(path, f"voxel data of {held:,} bytes where the header declares {expected:,}")
+
+
+# --- NRRD ---------------------------------------------------------------------------------------
 
 
 def _check_nrrd(path: Path) -> None:
-    fields, offset = _header_lines(path, end="")
-    header = {key.replace("datafile", "data file"): value for key, value in fields}
+    fields, offset = _read_fields(path, nrrd=True)
     for key in _NRRD_GEOMETRY:
-        if key in header:
-            _finite(path, key, header[key])
-    data = _data_file(path, header.get("data file", ""))
-    if header.get("encoding", "raw").lower() not in ("gzip", "gz"):
-        return
-    kind = header.get("type", "").lower()
-    item = _NRRD_SIZES.get(_NRRD_ALIASES.get(kind, kind))
+        if key in fields:
+            _numbers(path, key, fields[key])
     try:
-        sizes = [int(v) for v in header.get("sizes", "").split()]
+        sizes = [int(v) for v in fields.get("sizes", "").split()]
+        line_skip = int(fields.get("lineskip", "0"))
+        byte_skip = int(fields.get("byteskip", "0"))
     except ValueError:
-        raise InputError(path, f"header field 'sizes' holds {header.get('sizes')!r}: expected integers") from None
+        raise InputError(path, "header fields sizes, line skip, byte skip: expected integers") from None
+    if "datafile" in fields:
+        source, start = _data_file(path, fields["datafile"]), 0
+    else:
+        source, start = path, offset
+    kind = fields.get("type", "").lower().replace(" ", "")
+    item = _NRRD_SIZES.get(_NRRD_ALIASES.get(kind, kind))
     expected = None if item is None or not sizes else math.prod(sizes) * item
-    _check_stream(path, data or path, start=0 if data else offset, limit=None, expected=expected, wbits=31)
-
-
-def _check_stream(path: Path, source: Path, *, start: int, limit: int | None, expected: int | None, wbits: int):
-    """Decompress ``source`` from ``start`` (at most ``limit`` bytes, as ITK will): the stream
-    must be intact and give ``expected`` bytes, or ITK fills the image with garbage."""
-    inflate = zlib.decompressobj(wbits)
-    produced = 0
-    try:
+    encoding = fields.get("encoding", "raw").lower()
+    if line_skip:
         with open(source, "rb") as fh:
             fh.seek(start)
-            left = limit
-            while not inflate.eof:
-                block = fh.read(CHUNK if left is None else min(CHUNK, left))
-                if not block:
-                    break
-                if left is not None:
-                    left -= len(block)
+            for _ in range(line_skip):
+                fh.readline()
+            start = fh.tell()
+    if encoding in ("gzip", "gz"):
+        if expected is not None:
+            expected = expected + byte_skip if byte_skip >= 0 else None
+        _check_stream(path, source, start=start, limit=None, expected=expected, wbits=31, members=True)
+    elif encoding == "raw" and expected is not None:
+        held = os.path.getsize(source) - start - max(byte_skip, 0)
+        if held != expected and not (byte_skip == -1 and held >= expected):
+            raise unreadable(path, f"voxel data of {held:,} bytes where the header declares {expected:,}")
+
+
+# --- compressed data ----------------------------------------------------------------------------
+
+
+def _check_stream(
+    path: Path,
+    source: Path,
+    *,
+    start: int,
+    limit: int | None,
+    expected: int | None,
+    wbits: int,
+    members: bool = False,
+) -> None:
+    """Decompress ``source`` from ``start`` (at most ``limit`` bytes, as ITK reads them; with
+    ``members``, gzip members one after another, as bgzip and ``cat a.gz b.gz`` write them):
+    the data must be intact and give ``expected`` bytes, or ITK fills the image with garbage."""
+    inflate, fed, produced, finished = zlib.decompressobj(wbits), False, 0, False
+    try:
+        for block in _blocks(source, start=start, limit=limit):
+            while block:
+                if inflate.eof:
+                    if not members or not block.strip(b"\0"):
+                        block = b""  # what follows the stream (zero padding) is not read as voxels
+                        break
+                    inflate, fed = zlib.decompressobj(wbits), False
                 produced += len(inflate.decompress(block, CHUNK))
-                while inflate.unconsumed_tail and not inflate.eof:
-                    produced += len(inflate.decompress(inflate.unconsumed_tail, CHUNK))
+                fed, block = True, inflate.unconsumed_tail or (inflate.unused_data if inflate.eof else b"")
+                finished = inflate.eof
+                if expected is not None and produced > expected:
+                    raise unreadable(path, f"voxel data of more bytes than the {expected:,} the header declares")
     except zlib.error as err:
         raise unreadable(path, f"its compressed voxel data are corrupt ({err})") from None
-    if not inflate.eof:
+    if fed and not inflate.eof or not finished:
         raise unreadable(path, "its compressed voxel data are truncated")
     if expected is not None and produced != expected:
         raise unreadable(path, f"voxel data of {produced:,} bytes where the header declares {expected:,}")
 
 
-def unreadable(path: Path, detail: str) -> InputError:
-    """The one wording of a file that does not hold the image its header describes."""
-    return InputError(path, f"cannot be read as an image (truncated, corrupt or not an image file: {detail})")
-
-
-# --- NIfTI ------------------------------------------------------------------------------------
-
-_NIFTI_SIZES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
-_NIFTI_SIZES |= {1536: 16, 1792: 16, 2048: 32, 2304: 4}
-_NIFTI_FLOATS = {16: np.float32, 64: np.float64}
-
-
-def _nifti_header(head: bytes) -> dict | None:
-    """The fields petseg checks of a NIfTI-1 or NIfTI-2 header (None: not NIfTI)."""
-    order = next((o for o in "<>" if len(head) >= 4 and struct.unpack(o + "i", head[:4])[0] in (348, 540)), None)
-    if order is None or len(head) < 348:
-        return None
-    if struct.unpack(order + "i", head[:4])[0] == 348:
-        f, ints, layout = "f", "h", {"dims": 40, "datatype": 70, "pixdim": 76, "offset": 108, "sform_code": 254}
-        layout |= {"srow": 280, "single": head[344:347] == b"n+1", "minimum": 352}
-        dims = struct.unpack(order + "8h", head[40:56])
-    elif len(head) >= 540:
-        f, ints, layout = "d", "i", {"dims": 16, "datatype": 12, "pixdim": 104, "offset": 168, "sform_code": 348}
-        layout |= {"srow": 400, "single": head[4:7] == b"n+2", "minimum": 544}
-        dims = struct.unpack(order + "8q", head[16:80])
-    else:
-        return None
-    size = struct.calcsize(f)
-    pixdim = struct.unpack(order + "8" + f, head[layout["pixdim"] : layout["pixdim"] + 8 * size])
-    srow = struct.unpack(order + "12" + f, head[layout["srow"] : layout["srow"] + 12 * size])
-    return {
-        "order": order,
-        "dims": dims,
-        "datatype": struct.unpack(order + "h", head[layout["datatype"] : layout["datatype"] + 2])[0],
-        "pixdim": pixdim,
-        "offset": struct.unpack(order + f, head[layout["offset"] : layout["offset"] + size])[0],
-        "sform_code": struct.unpack(
-            order + ints, head[layout["sform_code"] : layout["sform_code"] + struct.calcsize(ints)]
-        )[0],
-        "srow": np.asarray(srow, float).reshape(3, 4),
-        "single": layout["single"],
-        "minimum": layout["minimum"],
-    }
-
-
-def _check_nifti_spacing(path: Path, header: dict) -> None:
-    """pixdim must be the voxel size, and agree with the sform where there is one: ITK warns
-    (on a stream nobody reads) and then takes one or the other."""
-    pixdim = np.asarray(header["pixdim"][1:4], float)
-    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
-        raise InputError(path, f"corrupt NIfTI header: pixdim {tuple(pixdim.tolist())} is not a positive voxel size")
-    if header["sform_code"] > 0:
-        scales = np.linalg.norm(header["srow"][:, :3], axis=0)
-        if not np.all(np.isfinite(header["srow"])) or not np.allclose(scales, pixdim, rtol=1e-2, atol=1e-4):
-            raise InputError(
-                path,
-                f"corrupt NIfTI header: pixdim {tuple(np.round(pixdim, 4).tolist())} disagrees with the sform's "
-                f"voxel size {tuple(np.round(scales, 4).tolist())}",
-            )
-
-
-def check_nifti_data(path: Path, *, role: str) -> None:
-    """Read a NIfTI file's header and raw voxel data once more: ITK's reader turns NaN into 0,
-    reads a truncated .nii.gz without complaint and settles a pixdim/sform conflict silently,
-    so these are checked in the file's own bytes."""
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"  # by content: a plain NIfTI may be named .nii.gz
-    opener = gzip.open if gzipped else open
-    try:
-        with opener(path, "rb") as fh:
-            header = _nifti_header(fh.read(544))
-            if header is None or not header["single"] or not 1 <= header["dims"][0] <= 7:
-                return  # a header/image pair, or a header ITK refuses itself
-            if header["dims"][0] >= 3:
-                _check_nifti_spacing(path, header)
-            offset, itemsize = header["offset"], _NIFTI_SIZES.get(header["datatype"])
-            if itemsize is None:
+def _blocks(source: Path, *, start: int, limit: int | None):
+    with open(source, "rb") as fh:
+        fh.seek(start)
+        while limit is None or limit > 0:
+            block = fh.read(CHUNK if limit is None else min(CHUNK, limit))
+            if not block:
                 return
-            if not math.isfinite(offset) or offset < header["minimum"] or offset != int(offset):
-                raise unreadable(path, f"vox_offset {offset:g} in its header")
-            dims = header["dims"]
-            count = int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64))
-            floats = _NIFTI_FLOATS.get(header["datatype"])
-            dtype = np.dtype(floats).newbyteorder(header["order"]) if floats else None
-            fh.seek(int(offset))
-            bad, left = 0, count * itemsize
-            while left > 0:
-                data = fh.read(min(left, CHUNK))
-                if not data:
-                    break
-                left -= len(data)
-                if dtype is not None:
-                    values = np.frombuffer(data[: len(data) // itemsize * itemsize], dtype=dtype)
-                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-    except (OSError, EOFError, struct.error, zlib.error) as err:
-        raise unreadable(path, str(err)) from None
-    if left > 0:
-        raise unreadable(path, f"{left} bytes of voxel data missing")
-    if bad:
-        raise InputError(path, f"{role} contains {bad} NaN or infinite voxels")
+            if limit is not None:
+                limit -= len(block)
+            yield block

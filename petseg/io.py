@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import logging
 import math
@@ -19,14 +20,16 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from petseg.checks import check_geometry
 from petseg.errors import InputError, OutputError, is_out_of_memory
-from petseg.imagefiles import check_header, check_nifti_data
+from petseg.imagefiles import check_header
 from petseg.layout import image_suffix
+from petseg.nifti import check_nifti_data
 from petseg.schemas import regular_file
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
         components=reader.GetNumberOfComponents(),
         source=path,
         origin=reader.GetOrigin() if reader.GetDimension() == 3 else (0.0, 0.0, 0.0),
+        bytes_per_voxel=_bytes_per_voxel(reader.GetPixelID()),
     )
     if image_suffix(path).lower() in (".nii", ".nii.gz"):
         check_nifti_data(path, role=role)  # before ITK allocates: truncation, NaN, pixdim vs sform
@@ -101,6 +105,12 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() >= sitk.sitkVectorUInt8:
         image = sitk.VectorIndexSelectionCast(image, 0)  # a "vector" of one component is a scalar image
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _bytes_per_voxel(pixel_id: int) -> int:
+    """Bytes one voxel of this SimpleITK pixel type takes (all its components)."""
+    probe = sitk.Image([1, 1, 1], pixel_id)
+    return sitk.GetArrayViewFromImage(probe).nbytes
 
 
 # ITK picks a reader by the file name's extension, case-sensitively; petseg by its own rule
@@ -123,6 +133,23 @@ def _first_itk_line(err: Exception) -> str:
         if "ITK ERROR" in ln:
             return ln.rsplit("): ", 1)[-1].strip()
     return lines[-1] if lines else type(err).__name__
+
+
+def file_stamp(path: str | Path) -> dict[str, Any]:
+    """Size, modification time and a hash of the first and last MiB: what tells that an input
+    changed (a resumed cohort redoes the case, a training cache rebuilds it) at the cost of
+    reading 2 MiB, not the whole study."""
+    try:
+        info = Path(path).stat()
+        digest = hashlib.sha256(str(info.st_size).encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if info.st_size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read(1 << 20))
+    except OSError:
+        return {"size": 0, "mtime_ns": 0, "digest": "unreadable"}  # never matches; the reader reports the file
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "digest": digest.hexdigest()[:16]}
 
 
 # --- writing ------------------------------------------------------------------------------

@@ -243,9 +243,14 @@ def index_maps(path: str | Path, *, kind: str) -> dict[str, Path]:
 
 # --- a training run folder -------------------------------------------------------------------
 
-TRAIN_JSON, SPLITS_JSON = "train.json", "splits_final.json"
+TRAIN_JSON, SPLITS_JSON, FINGERPRINT = "train.json", "splits_final.json", "fingerprint.json"
 BEST, LAST, TRAIN_LOG, CURVES = "best.pt", "last.pt", "log.csv", "curves.png"
 _FOLD_DIR = re.compile(r"fold_(\d{1,3})")
+
+
+def cache_folder(run_dir: str | Path, key: str) -> Path:
+    """``<run>/cache/<key>``: the preprocessed cases for the settings ``key`` stands for."""
+    return Path(run_dir) / "cache" / key
 
 
 def fold_dir(run_dir: str | Path, fold: int) -> Path:

@@ -361,6 +361,9 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
     settings = parse_sections(raw, source=meta_path)
     check_network_fits(doc.network, settings, source=meta_path)
     folds, ignored = fold_dirs(run_dir)
+    from petseg.train.run import check_assembled
+
+    check_assembled(folds, raw, source=meta_path)  # every fold trained with the run's recipe
     states, files, best_files = {}, {}, {}
     for fold, fold_dir in folds.items():
         best = fold_dir / BEST
@@ -387,4 +390,5 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
         description=description,
         files=files,
         sources=best_files,
+        extra={"training": raw["training"]} if raw.get("training") else None,
     )

@@ -211,14 +211,17 @@ class ModelDocument(msgspec.Struct, forbid_unknown_fields=True):
     folds: Annotated[list[FoldEntry], msgspec.Meta(min_length=1, max_length=100)]
     description: str = ""
     imported_from: dict[str, str] | None = None
+    training: dict[str, Any] | None = None  # the recipe of an assembled run (its train.json)
 
 
 class TrainDocument(msgspec.Struct, forbid_unknown_fields=True):
-    """A training run's train.json: the network and the sections model.json will get."""
+    """A training run's train.json: the network, the sections model.json will get, and the
+    run's training recipe (absent in runs of older versions)."""
 
     network: UNetKwargs
     preprocessing: dict[str, Any]
     inference: dict[str, Any]
+    training: dict[str, Any] | None = None
 
 
 CaseName = Annotated[str, msgspec.Meta(min_length=1)]
@@ -278,7 +281,9 @@ class TrainingState(msgspec.Struct, forbid_unknown_fields=True):
     scaler: dict[str, Any]
     epoch: NonNegative
     best: Finite
-    config: dict[str, Any]
+    best_epoch: int = -1
+    recipe: dict[str, Any] | None = None  # TrainConfig.recipe() and the fold's split digest
+    config: dict[str, Any] | None = None  # written by petseg before the recipe was recorded
 
 
 # --- CSV tables -------------------------------------------------------------------------------

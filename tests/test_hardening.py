@@ -335,8 +335,8 @@ def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(path, weights_only=True)  # what train_fold's resume does
     assert not os.path.exists("/tmp/petseg-pwned")
-    loop = (ROOT / "petseg" / "train" / "loop.py").read_text()
-    assert "weights_only=True" in loop and "weights_only=False" not in loop
+    reader = (ROOT / "petseg" / "train" / "run.py").read_text()  # read_training_state, what resume calls
+    assert "weights_only=True" in reader and "weights_only=False" not in reader
 
 
 # --- qc and evaluate refuse masks they would misread -------------------------------------------

@@ -23,7 +23,7 @@ from petseg.model import MODEL_JSON, ModelFolder, build_network, import_weights,
 from petseg.schemas import parse_json_text
 from petseg.settings import Settings
 from petseg.train.data import load_splits
-from petseg.train.loop import read_training_state
+from petseg.train.run import read_training_state
 
 from conftest import TINY_NETWORK
 

@@ -68,10 +68,10 @@ def test_a_ct_moved_sideways_is_refused_with_both_boxes():
     assert "do not overlap in space" in message and "CT x " in message and "PET x " in message
 
 
-def test_a_ct_covering_a_third_of_the_transaxial_extent_is_refused():
+def test_a_ct_covering_a_fifth_of_the_transaxial_area_is_refused():
     ct, pet = study()
-    ct.SetOrigin(tuple(np.asarray(ct.GetOrigin()) + (0.7 * 40 * 3.1, 0.0, 0.0)))
-    assert "of the PET's transaxial extent" in refusal(ct, pet)
+    ct.SetOrigin(tuple(np.asarray(ct.GetOrigin()) + (0.8 * 40 * 3.1, 0.0, 0.0)))
+    assert "of the PET's transaxial area" in refusal(ct, pet)
 
 
 def test_coverage_is_measured_along_the_patients_axes_whatever_the_storage_order():
@@ -81,8 +81,38 @@ def test_coverage_is_measured_along_the_patients_axes_whatever_the_storage_order
     short = ct[:, :, :10]
     plain = refusal(short, pet)
     permuted = sitk.PermuteAxes(pet, [1, 2, 0])
-    assert coverage(short, permuted).min() == pytest.approx(coverage(short, pet).min())
+    assert coverage(short, permuted) == coverage(short, pet)
     assert "of the PET's axial extent" in plain and "of the PET's axial extent" in refusal(short, permuted)
+
+
+def test_coverage_of_oblique_grids_counts_what_really_overlaps():
+    """A thin CT strip across the PET's diagonal: its bounding box covers the PET, the CT does not."""
+    ct, pet = study()
+    strip = sitk.Image([140, 10, 40], sitk.sitkFloat32)
+    strip.SetSpacing((2.0, 2.0, 4.3))
+    rotation = DIRECTIONS["oblique"] @ np.diag([1.0, -1.0, 1.0])
+    strip.SetDirection(tuple(rotation.ravel()))
+    centre = np.asarray(pet.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in pet.GetSize()]))
+    strip.SetOrigin(tuple(centre - rotation @ (np.array([139, 9, 39]) * np.array([2.0, 2.0, 4.3]) / 2)))
+    covered = coverage(strip, pet)
+    assert covered.axial == 1.0 and covered.transaxial < 0.25
+    assert "of the PET's transaxial area" in refusal(strip - 1000.0, pet)
+
+
+def test_a_whole_body_ct_narrower_than_the_pet_is_accepted():
+    """autoPET's CTs (500 mm) are narrower than their PETs (814 mm): 38 % of the transaxial area."""
+    pet = make_image(
+        np.ones((100, 100, 40), np.float32) * 3, spacing=(8.14, 8.14, 4.0), origin=(-403, -403, 0), direction=np.eye(3)
+    )
+    ct = make_image(
+        np.full((100, 100, 40), -1000.0, np.float32),
+        spacing=(5.0, 5.0, 4.0),
+        origin=(-247.5, -247.5, 0),
+        direction=np.eye(3),
+    )
+    covered = coverage(ct, pet)
+    assert covered.axial == 1.0 and covered.transaxial == pytest.approx(0.38, abs=0.02)
+    validate_pair(ct, pet, settings=Settings())
 
 
 @pytest.mark.parametrize(
@@ -251,8 +281,19 @@ def test_nrrd_data_files_are_confined_too(tmp_path):
 def test_a_huge_header_over_a_tiny_file_is_refused_before_allocating(tmp_path):
     path = metaimage(tmp_path, "ct.mha")
     rewrite_header(path, "DimSize = 40 36 30", "DimSize = 100000 100000 100000")
-    with pytest.raises(InputError, match="above the 1,000,000,000 allowed"):
+    with pytest.raises(InputError, match="voxel data of 172,800 bytes where the header declares 4,000,000,000,000,000"):
         read_image(path)
+    _, pet = study()
+    data = nifti_bytes(pet, tmp_path)
+    data[40:56] = struct.pack("<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1)
+    (tmp_path / "pet.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(InputError, match="is 27,000,000,000,000 voxels, above the 1,000,000,000 allowed"):
+        read_image(tmp_path / "pet.nii.gz")
+    data[40:56] = struct.pack("<8h", 3, 1000, 1000, 600, 1, 1, 1, 1)
+    data[70:72] = struct.pack("<h", 64)  # float64: 0.6 G voxels, 4.5 GiB as stored
+    (tmp_path / "pet.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(InputError, match="at 8 bytes a voxel is 4.5 GiB, above the 4 GiB allowed"):
+        read_image(tmp_path / "pet.nii.gz")
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -260,7 +301,7 @@ def test_a_metaimage_with_non_finite_geometry_is_refused(tmp_path, compress):
     path = metaimage(tmp_path, "ct.mha", compress=compress)
     offset = next(ln for ln in path.read_bytes().split(b"\n") if ln.startswith(b"Offset")).decode()
     rewrite_header(path, offset, "Offset = nan 0 0")
-    with pytest.raises(InputError, match="header field 'offset' holds 'nan 0 0': expected finite numbers"):
+    with pytest.raises(InputError, match="header field 'Offset' holds 'nan 0 0': expected 3 finite numbers"):
         read_image(path)
 
 
@@ -381,3 +422,130 @@ def test_evaluate_refuses_a_pet_predict_would_refuse_and_pairs_a_single_file(tmp
 def test_an_oblique_study_is_not_refused_by_the_new_checks():
     ct, pet = blob_study(direction=DIRECTIONS["oblique"])
     validate_pair(ct, pet, settings=Settings())
+
+
+# --- headers read as strictly as ITK reads them (third hostile round) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "old, new, problem",
+    [
+        # MetaIO's keys are case-sensitive: a look-alike before the real field would shadow it for us
+        ("ElementDataFile = LOCAL", "elementdatafile = LOCAL\nElementDataFile = /dev/zero", "is given twice"),
+        ("CompressedData = True", "CompressedData = True\ncompresseddata = False", "is given twice"),
+        ("Offset = 0 0 0", "Offset = -92 -85.5", "'Offset' holds '-92 -85.5': expected 3 finite numbers"),
+    ],
+)
+def test_metaimage_fields_that_itk_would_read_otherwise_are_refused(tmp_path, old, new, problem):
+    path = metaimage(tmp_path, "ct.mha", compress=True)
+    data = path.read_bytes()
+    if old == "Offset = 0 0 0":
+        old = next(ln for ln in data.split(b"\n") if ln.startswith(b"Offset")).decode()
+    rewrite_header(path, old, new)
+    with pytest.raises(InputError, match=problem):
+        read_image(path)
+
+
+def test_local_spelled_otherwise_is_a_file_name(tmp_path):
+    """MetaIO treats only ``LOCAL`` as inline data: ``LoCaL`` names a file (here a link out)."""
+    path = metaimage(tmp_path, "pet.mhd")
+    os.symlink("/dev/zero", tmp_path / "LoCaL")
+    rewrite_header(path, "ElementDataFile = pet.raw", "ElementDataFile = LoCaL")
+    with pytest.raises(InputError, match="a link to a file outside the header's folder"):
+        read_image(path)
+
+
+def test_compressed_metaimage_data_need_their_size(tmp_path):
+    path = metaimage(tmp_path, "ct.mha", compress=True)
+    size = next(ln for ln in path.read_bytes().split(b"\n") if ln.startswith(b"CompressedDataSize")).decode()
+    rewrite_header(path, size + "\n", "")
+    with pytest.raises(InputError, match="compressed voxel data without a CompressedDataSize"):
+        read_image(path)
+
+
+def test_uncompressed_data_of_another_size_than_declared_are_refused(tmp_path):
+    path = metaimage(tmp_path, "ct.mha")
+    path.write_bytes(path.read_bytes() + b"\0" * 400)
+    with pytest.raises(InputError, match="where the header declares 172,800"):
+        read_image(path)
+
+
+def nrrd_header(tmp_path, *lines, data=True):
+    _, pet = study()
+    sitk.WriteImage(pet, str(tmp_path / "pet.nhdr"))
+    text = (tmp_path / "pet.nhdr").read_text()
+    for old, new in lines:
+        text = text.replace(old, new)
+    (tmp_path / "pet.nhdr").write_text(text)
+    return tmp_path / "pet.nhdr"
+
+
+@pytest.mark.parametrize(
+    "old, new, problem",
+    [
+        ("data file: pet.raw", "data file: LOCAL", "'LOCAL' is not found beside the header"),  # Teem opens "LOCAL"
+        ("data file: pet.raw", "data file: /etc/passwd\ndata file:=pet.raw", "is outside the header's folder"),
+        ("data file: pet.raw", "data file: pet.raw\ndatafile: ../x.raw", "is given twice"),
+        ("space origin: ", "spaceorigin: (nan,nan,nan)\n# ", "'spaceorigin' holds"),
+    ],
+)
+def test_nrrd_fields_that_teem_would_read_otherwise_are_refused(tmp_path, old, new, problem):
+    path = nrrd_header(tmp_path, (old, new))
+    with pytest.raises(InputError, match=problem):
+        read_image(path)
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["symlinked pair", "space in the name", "long header", "two gzip members", "./ data file"],
+)
+def test_legitimate_files_the_strict_parse_must_still_read(tmp_path, setup):
+    _, pet = study()
+    if setup == "symlinked pair":  # autoPET data are often links into a read-only store
+        (tmp_path / "store").mkdir()
+        sitk.WriteImage(pet, str(tmp_path / "store" / "pet.mhd"), useCompression=True)
+        (tmp_path / "in").mkdir()
+        for name in ("pet.mhd", "pet.zraw"):
+            os.symlink(tmp_path / "store" / name, tmp_path / "in" / name)
+        path = tmp_path / "in" / "pet.mhd"
+    elif setup == "space in the name":
+        path = tmp_path / "my pet.mhd"
+        sitk.WriteImage(pet, str(path))
+    elif setup == "long header":  # Slicer's segmentations carry 100s of KiB of metadata
+        long = sitk.Image(pet)
+        for i in range(1000):
+            long.SetMetaData(f"Segment{i}_Name", "x" * 80)
+        path = tmp_path / "pet.nrrd"
+        sitk.WriteImage(long, str(path), useCompression=True)
+    elif setup == "two gzip members":  # what bgzip and `cat a.gz b.gz` write
+        raw = sitk.GetArrayFromImage(pet).astype("<f4").tobytes()
+        path = nrrd_header(tmp_path, ("encoding: raw", "encoding: gzip"))
+        (tmp_path / "pet.raw").write_bytes(gzip.compress(raw[:30000]) + gzip.compress(raw[30000:]))
+    else:
+        path = nrrd_header(tmp_path, ("data file: pet.raw", "data file: ./pet.raw"))
+    image = read_image(path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(pet))
+
+
+def test_nifti_qform_and_offsets_itk_would_drop_are_refused(tmp_path):
+    _, pet = study()
+    data = nifti_bytes(pet, tmp_path)
+    data[252:256] = struct.pack("<2h", 1, 0)  # qform only
+    data[268:272] = struct.pack("<f", float("nan"))  # qoffset_x
+    (tmp_path / "q.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(InputError, match="qform quaternion/offset"):
+        read_image(tmp_path / "q.nii.gz")
+    data = nifti_bytes(pet, tmp_path)
+    data[108:112] = struct.pack("<f", 1e10)
+    (tmp_path / "o.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(InputError, match="vox_offset 1e"):
+        read_image(tmp_path / "o.nii.gz")
+
+
+def test_a_nifti2_file_is_named_as_such(tmp_path):
+    header = struct.pack("<i", 540) + b"n+2\0" + b"\0" * 540
+    (tmp_path / "pet.nii").write_bytes(header)
+    from petseg.nifti import check_nifti_data
+
+    with pytest.raises(InputError, match="is a NIfTI-2 file, which ITK does not read"):
+        check_nifti_data(tmp_path / "pet.nii", role="PET")

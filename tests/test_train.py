@@ -194,7 +194,7 @@ def test_train_two_folds_resume_and_assemble(phantom_data, tmp_path):
         assert rows[0].startswith("epoch,loss") and len(rows) == 3
         assert (fold_dir / "best.pt").is_file() and (fold_dir / "last.pt").is_file()
     splits = json.loads((run / "splits_final.json").read_text())
-    assert len(splits) == 2 and len(list((run / "cache").glob("*.npz"))) == 6
+    assert len(splits) == 2 and len(list((run / "cache").glob("*/*.npz"))) == 6  # one folder: one set of settings
 
     model = assemble(run, tmp_path / "model")
     assert [f.fold for f in model.folds] == [0, 1]
@@ -343,7 +343,7 @@ def test_fine_tuning_starts_from_a_model_folders_fold(phantom_data, tmp_path, ti
     for key in given:
         torch.testing.assert_close(start[key], given[key], rtol=0, atol=0)
     with pytest.raises(petseg.InputError, match="initial weights not found"):
-        train_fold(dataclasses.replace(config, init_from=tmp_path / "nope.pt"))
+        train_fold(dataclasses.replace(config, init_from=tmp_path / "nope.pt"), overwrite=True)
 
 
 def test_simulated_clicks_sit_on_lesion_centres_and_hot_background():

@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
         focal_weight=tuple(args.focal_weight),
     )
     for fold in range(args.folds) if args.fold == -1 else [args.fold]:
-        train_fold(dataclasses.replace(config, fold=fold), resume=args.resume)
+        train_fold(dataclasses.replace(config, fold=fold), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -81,8 +81,17 @@ def add_train_commands(sub) -> None:
     p.add_argument("--roi-size", type=positive(int), nargs=3, help="validation sliding window")
     p.add_argument("--sw-batch-size", type=positive(int))
     p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from fold_K/last.pt")
+    p.add_argument(
+        "--num-workers",
+        type=number(int, low=0),
+        help="data-loader processes (default: on a GPU the CPUs per GPU less one, at most 12; on the CPU 0)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue fold_K from its last.pt (the same recipe; a larger --epochs extends the schedule)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="start fold_K anew, removing what it holds")
     p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs (under torchrun)")
     p.add_argument("--init-from", type=Path, help="start from a state dict or a model folder's fold K (fine-tuning)")
     p.add_argument(

@@ -3,8 +3,10 @@ in the run's :class:`~petseg.settings.Settings`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from petseg.errors import ConfigError
 from petseg.schemas import UNetKwargs, convert
@@ -44,7 +46,7 @@ class TrainConfig:
     splits_file: Path | None = None
     sync_batchnorm: bool = False  # DDP only
     init_from: Path | None = None  # start from these weights: a state dict, or a model folder (its fold K)
-    num_workers: int = 0
+    num_workers: int | None = None  # data-loader processes; None: from the CPUs (see loader_workers)
 
     def __post_init__(self) -> None:
         if not 0 <= self.fold < self.n_folds:
@@ -67,10 +69,58 @@ class TrainConfig:
                 raise ConfigError(name, f"must be a share in [0, 1], got {getattr(self, name)}")
         if self.error_clicks > 0 and self.settings.click_sigma_mm is None:
             raise ConfigError("error_clicks", "needs a click-aware model (petseg train --clicks)")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")
         network = convert(self.network, UNetKwargs, source="network", error=ConfigError)
         stride = network.total_stride()  # else the UNet's skip connections do not line up
         for name, size in (("patch_size", self.patch_size), ("roi_size", self.settings.roi_size)):
             if any(s % stride for s in size):
                 raise ConfigError(name, f"{list(size)} is not a multiple of the network's total stride {stride}")
+
+    def recipe(self) -> dict[str, Any]:
+        """What decides the weights a run trains (JSON values): a resumed fold must have the
+        same, and every fold of a run folder too. Not in it: where data and outputs are, the
+        device, the precision, loader workers, the validation window and frequency."""
+        from petseg.model import model_sections
+
+        values = {name: _json(getattr(self, name)) for name in RECIPE_FIELDS}
+        values["init_from"] = None if self.init_from is None else str(self.init_from)
+        values["preprocessing"] = model_sections(self.settings)["preprocessing"]
+        return values
+
+
+# TrainConfig fields that change what is trained (with the preprocessing and init_from)
+RECIPE_FIELDS = (
+    "network",
+    "n_folds",
+    "seed",
+    "epochs",
+    "batch_size",
+    "patch_size",
+    "lr",
+    "focal_weight",
+    "pos_neg",
+    "hard_negatives",
+    "hot_suv",
+    "click_free",
+    "error_clicks",
+    "augment",
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``field: old -> new`` for every recipe field that differs (nested dicts by key)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += [f"{key}.{c}" for c in recipe_differences(a, b)]
+        elif a != b:
+            changes.append(f"{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return changes

@@ -1,11 +1,14 @@
 """Training data: splits by patient, the preprocessed-case cache, patch-sampling maps.
 
 Every case goes once through the engine's own ``preprocess`` (same crop, same grid as at
-inference) and is cached as ``<run>/cache/<case>.npz``.
+inference) and is cached as ``<run>/cache/<key>/<case>.npz``, ``<key>`` a fingerprint of the
+preprocessing settings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from petseg.errors import ConfigError, InputError
-from petseg.io import atomic_path, read_image
-from petseg.layout import Case
+from petseg.io import atomic_paths, file_stamp, read_image, write_text
+from petseg.layout import FINGERPRINT, Case, cache_folder
 from petseg.preprocess import preprocess
 from petseg.schemas import Splits, convert, read_json
 from petseg.settings import Settings
@@ -55,15 +58,46 @@ def load_splits(path: str | Path, cases: list[str]) -> list[dict[str, list[str]]
     return [{"train": split.train, "val": split.val} for split in splits]
 
 
+CACHE_FORMAT = 1  # raise when preprocess or the cached arrays change: every older cache is then unused
+
+
+def cache_key(settings: Settings) -> str:
+    """The cache's identity: a fingerprint of every preprocessing setting (nnU-Net's plans
+    identifier): other settings get another cache folder, never this one."""
+    from petseg.model import model_sections
+
+    text = json.dumps({"format": CACHE_FORMAT, **model_sections(settings)["preprocessing"]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def open_cache(run_dir: Path, settings: Settings) -> Path:
+    """``<run>/cache/<key>/`` with ``fingerprint.json`` (the settings the key stands for)."""
+    from petseg.model import model_sections
+
+    folder = cache_folder(run_dir, cache_key(settings))
+    if not (folder / FINGERPRINT).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        description = {"format": CACHE_FORMAT, "preprocessing": model_sections(settings)["preprocessing"]}
+        write_text(json.dumps(description, indent=1) + "\n", folder / FINGERPRINT)
+    return folder
+
+
 def cache_case(case: Case, cache_dir: Path, settings: Settings) -> Path:
-    """Preprocess once with the engine's own pipeline; later epochs read the .npz."""
-    out = cache_dir / f"{case.name}.npz"
-    if out.is_file():
-        return out
+    """Preprocess once with the engine's own pipeline; later epochs read the .npz. A case whose
+    CT, PET or label changed since (size, mtime, ends of the file) is preprocessed again."""
+    out, stamp_path = cache_dir / f"{case.name}.npz", cache_dir / f"{case.name}.json"
+    stamps = {role: file_stamp(path) for role, path in (("ct", case.ct), ("pet", case.pet), ("label", case.label))}
+    if out.is_file() and stamp_path.is_file():
+        try:
+            if read_json(stamp_path, role="cache record") == stamps:
+                return out
+        except InputError:
+            pass  # an unreadable record: preprocess again
     ct, pet, label = (read_image(p, role=r) for p, r in zip((case.ct, case.pet, case.label), ("CT", "PET", "label")))
     prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(case.ct), pet_source=str(case.pet))
-    with atomic_path(out) as tmp:  # a unique temp name: parallel fold jobs share the cache
+    with atomic_paths([out, stamp_path]) as (tmp, tmp_stamp):  # unique temp names: fold jobs share the cache
         np.savez(tmp, image=prep.image, label=prep.label)
+        tmp_stamp.write_text(json.dumps(stamps))
     return out
 
 

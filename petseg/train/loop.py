@@ -3,37 +3,43 @@ challenge metrics, checkpoints (written atomically; only rank 0 writes)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import math
+import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from petseg.errors import ConfigError, InputError, ModelError
 from petseg.inference import FoldAverage, foreground_probability, resolve_precision
-from petseg.io import atomic_path, write_text
-from petseg.layout import BEST, CURVES, LAST, SPLITS_JSON, TRAIN_JSON, TRAIN_LOG, find_training_cases, fold_dir
+from petseg.io import atomic_path
+from petseg.layout import BEST, CURVES, LAST, TRAIN_LOG, cache_folder, find_training_cases
 from petseg.metrics import case_metrics
-from petseg.model import ModelFolder, build_network, load_state_dict, model_sections, read_state_dict
-from petseg.schemas import TrainingState, convert, regular_file
+from petseg.model import ModelFolder, build_network, load_state_dict, read_state_dict
 from petseg.settings import Settings
 from petseg.train.config import TrainConfig
-from petseg.train.data import cache_case, load_cached, load_splits, make_splits
+from petseg.train.data import cache_case, cache_key, load_cached, load_splits, make_splits, open_cache
 from petseg.train.distributed import Dist, init_distributed
 from petseg.train.plots import plot_curves
+from petseg.train.run import (
+    FoldLog,
+    check_resume,
+    claim_fold,
+    claim_run,
+    claim_splits,
+    read_training_state,
+    split_digest,
+)
 from petseg.train.transforms import train_transforms
 
 log = logging.getLogger(__name__)
-
-LOG_FIELDS = ["epoch", "loss", "lr", "val_dsc", "val_fpv_ml", "val_fnv_ml", "val_cases", "seconds"]
 
 
 @dataclass
@@ -49,10 +55,12 @@ class Trainer:
     loss_fn: Any
     start_epoch: int = 0
     best: float = -1.0
+    best_epoch: int = -1
     error_clicks: Any = None  # train.clicks.ErrorClicks for a click-aware model with --error-clicks
 
-    def state(self, *, epoch: int, config: TrainConfig) -> dict:
-        """Everything resume needs, as tensors, numbers and strings (loadable with weights_only)."""
+    def state(self, *, epoch: int, recipe: dict[str, Any]) -> dict:
+        """Everything resume needs, as tensors, numbers and strings (loadable with weights_only),
+        and the recipe it was trained with (a resume checks it)."""
         return {
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -60,7 +68,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "best": self.best,
-            "config": {k: str(v) for k, v in asdict(config).items()},
+            "best_epoch": self.best_epoch,
+            "recipe": recipe,
         }
 
     def load(self, state: dict, *, source: Path) -> None:
@@ -72,6 +81,18 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ModelError(source, f"optimizer state does not fit this run ({type(err).__name__}: {err})") from None
         self.start_epoch, self.best = state["epoch"] + 1, state["best"]
+        self.best_epoch = int(state.get("best_epoch", -1))
+
+    def extend_schedule(self, *, epochs: int) -> None:
+        """Resumed with more epochs than planned: from the resumed epoch on, the schedule is the
+        one a run planned for ``epochs`` would have had (cosine from --lr at epoch 0 to 0 at
+        epoch ``epochs``; a completed run so goes on at a small learning rate, not at 0). The
+        scheduler's state in last.pt carries the new plan to later resumes."""
+        for group in self.optimizer.param_groups:  # the new plan's value now; the scheduler goes on from it
+            group["lr"] = group["initial_lr"] * (1 + math.cos(math.pi * self.start_epoch / epochs)) / 2
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=epochs, eta_min=0.0, last_epoch=self.start_epoch - 1
+        )
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -89,39 +110,42 @@ def seed_epoch(config: TrainConfig, epoch: int, transform) -> None:
     transform.set_random_state(seed=seed)
 
 
-def prepare_data(config: TrainConfig, dist: Dist) -> tuple[list[dict], list[dict]]:
-    """Split, cache (rank 0; the others wait) and load this fold's training and validation cases."""
+def prepare_data(
+    config: TrainConfig, dist: Dist, *, overwrite: bool = False
+) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
+    """Check the run folder's recipe and split (every rank; a refusal must not leave the others
+    waiting), write them and fill the cache (rank 0; the others wait), and load this fold's
+    training and validation cases and its split."""
     out_dir = Path(config.out_dir)
     cases = find_training_cases(config.data_dir)
     if config.splits_file:
         splits = load_splits(config.splits_file, list(cases))
     else:
         splits = make_splits(list(cases), n_folds=config.n_folds, seed=config.seed)
+    claim_run(config, overwrite=overwrite, write=dist.main)
+    splits = claim_splits(config, splits, overwrite=overwrite, write=dist.main)
     if config.fold >= len(splits):
         raise ConfigError("fold", f"{config.splits_file} has {len(splits)} folds, fold {config.fold} asked for")
     split = splits[config.fold]
-    cache_dir = out_dir / "cache"
     t0 = time.perf_counter()
-    if dist.main:  # rank 0 writes the run description and fills the cache
-        fold_dir(out_dir, config.fold).mkdir(parents=True, exist_ok=True)
-        write_text(json.dumps(splits, indent=1), out_dir / SPLITS_JSON)
-        run_meta = {"network": config.network, **model_sections(config.settings)}
-        write_text(json.dumps(run_meta, indent=1, allow_nan=False), out_dir / TRAIN_JSON)
+    cache_dir = open_cache(out_dir, config.settings) if dist.main else cache_folder(out_dir, cache_key(config.settings))
+    if dist.main:
         for case in split["train"] + split["val"]:
             cache_case(cases[case], cache_dir, config.settings)
     dist.barrier()
     train_data = [load_cached(cache_dir / f"{c}.npz", hot_suv=config.hot_suv) for c in split["train"]]
     val_data = [load_cached(cache_dir / f"{c}.npz") for c in split["val"]]
     log.info(
-        "fold %d: %d train / %d val cases, cached in %.1f s (rank %d of %d)",
+        "fold %d: %d train / %d val cases, cache %s ready in %.1f s (rank %d of %d)",
         config.fold,
         len(train_data),
         len(val_data),
+        cache_dir.name,
         time.perf_counter() - t0,
         dist.rank,
         dist.world,
     )
-    return train_data, val_data
+    return train_data, val_data, split
 
 
 def build_trainer(config: TrainConfig, *, device: torch.device, dist: Dist) -> Trainer:
@@ -180,11 +204,32 @@ def widened(state: dict[str, torch.Tensor], network: torch.nn.Module) -> dict[st
     return out
 
 
-def make_loader(config: TrainConfig, train_data: list[dict], transform, dist: Dist):
+def loader_workers(config: TrainConfig, device: torch.device, environ: dict[str, str] | None = None) -> int:
+    """Data-loader processes: ``config.num_workers``, else on CUDA the CPUs this process may
+    use, shared by the GPUs of the node (torchrun's LOCAL_WORLD_SIZE), less one for the
+    training loop, at most 12; on the CPU none (the network already takes every core).
+    Measured in bench/train_throughput.py."""
+    from petseg.frontend import available_cpus
+
+    if config.num_workers is not None:
+        return config.num_workers
+    if device.type != "cuda":
+        return 0
+    environ = os.environ if environ is None else environ
+    per_gpu = available_cpus() // max(1, int(environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(per_gpu - 1, MAX_LOADER_WORKERS))
+
+
+MAX_LOADER_WORKERS = 12  # nnU-Net's default per GPU; more rarely helps and costs host memory
+
+
+def make_loader(config: TrainConfig, train_data: list[dict], transform, dist: Dist, *, device: torch.device):
     from monai.data import DataLoader, Dataset
     from torch.utils.data.distributed import DistributedSampler
 
     dataset = Dataset(train_data, transform=transform)
+    workers = loader_workers(config, device)
+    log.info("fold %d: %d data-loader worker(s)", config.fold, workers)
     sampler = None
     if dist.world > 1:
         sampler = DistributedSampler(
@@ -195,16 +240,18 @@ def make_loader(config: TrainConfig, train_data: list[dict], transform, dist: Di
         batch_size=config.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        num_workers=config.num_workers,
+        num_workers=workers,
         drop_last=len(train_data) >= config.batch_size * dist.world,
+        persistent_workers=False,  # a new iterator per epoch: its random streams follow seed_epoch
     )
     return loader, sampler
 
 
-def train_epoch(trainer: Trainer, loader, device: torch.device, dist: Dist) -> float:
-    """One pass over the loader; the mean loss over all ranks."""
+def train_epoch(trainer: Trainer, loader, device: torch.device, dist: Dist, *, progress: bool = False) -> float:
+    """One pass over the loader; the mean loss over all ranks. ``progress``: a bar over the
+    steps (the epochs' bar is on a terminal)."""
     losses = []
-    for batch in loader:
+    for batch in tqdm(loader, desc="steps", unit="batch", leave=False, disable=not progress, dynamic_ncols=True):
         x, y = batch["image"].to(device), batch["label"].to(device)
         if trainer.error_clicks is not None:
             x = trainer.error_clicks(x, y)
@@ -255,89 +302,148 @@ def validate(
     }
 
 
-def train_fold(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> Path:
+def train_fold(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Train one fold; returns the folder with ``best.pt``, ``last.pt``, ``log.csv`` and ``curves.png``.
 
-    ``resume`` continues from ``last.pt`` (weights, optimizer, scheduler, scaler, epoch, best
-    score); with per-epoch seeding the continued run equals an uninterrupted one. ``stop_after``
-    ends the run after that many epochs (a job with a wall-time limit; resume later).
-    Under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of every epoch (DDP),
-    validation is split over the ranks and gathered, and only rank 0 writes.
+    A trained fold folder is continued with ``resume`` (weights, optimizer, scheduler, scaler,
+    epoch and best score from ``last.pt``; with per-epoch seeding the continued run equals an
+    uninterrupted one; a changed recipe is refused, more epochs extend the schedule) or started
+    anew with ``overwrite``, never replaced otherwise (see :mod:`petseg.train.run`).
+    ``stop_after`` ends the run after that many epochs (a job with a wall-time limit; resume
+    later). Under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of every epoch
+    (DDP), validation is split over the ranks and gathered, and only rank 0 writes.
+    ``progress`` shows a bar over epochs (and steps) on a terminal.
     """
     dist, device = init_distributed(config.settings.device)
-    run_fold = fold_dir(config.out_dir, config.fold)
-    train_data, val_data = prepare_data(config, dist)
+    run_fold = claim_fold(Path(config.out_dir), config.fold, resume=resume, overwrite=overwrite, write=False)
+    last_path, best_path, log_path = run_fold / LAST, run_fold / BEST, run_fold / TRAIN_LOG
+    state = read_training_state(last_path, device=device) if resume else None  # a bad one fails before any work
+    initial = init_checkpoint(config.init_from, config.fold) if state is None and config.init_from else None
+    train_data, val_data, split = prepare_data(config, dist, overwrite=overwrite)
+    claim_fold(Path(config.out_dir), config.fold, resume=resume, overwrite=overwrite, write=dist.main)
+    recipe = {**config.recipe(), "split": split_digest(split)}
+    planned = check_resume(state, recipe, source=last_path) if state is not None else None
     trainer = build_trainer(config, device=device, dist=dist)
     transform = train_transforms(config)
-    last_path, best_path, log_path = run_fold / LAST, run_fold / BEST, run_fold / TRAIN_LOG
-    if resume and last_path.is_file():
-        trainer.load(read_training_state(last_path, device=device), source=last_path)
-        log.info("fold %d: resumed after epoch %d (best DSC %.4f)", config.fold, trainer.start_epoch - 1, trainer.best)
-    else:
-        if config.init_from is not None:
-            source = init_checkpoint(config.init_from, config.fold)
-            load_state_dict(trainer.network, widened(read_state_dict(source), trainer.network), source=source)
-            log.info("fold %d: starting from %s", config.fold, source)
-        if log_path.exists() and dist.main:
-            log_path.unlink()
+    if state is not None:
+        trainer.load(state, source=last_path)
+        if planned is not None:
+            trainer.extend_schedule(epochs=config.epochs)
+            log.info(
+                "fold %d: extended from %d to %d epochs; the learning rate follows the cosine of a %d-epoch run "
+                "from epoch %d on (%.3g now)",
+                config.fold,
+                planned,
+                config.epochs,
+                config.epochs,
+                trainer.start_epoch + 1,
+                trainer.optimizer.param_groups[0]["lr"],
+            )
+        log.info("fold %d: resumed after epoch %d of %d", config.fold, trainer.start_epoch, config.epochs)
+    elif initial is not None:
+        load_state_dict(trainer.network, widened(read_state_dict(initial), trainer.network), source=initial)
+        log.info("fold %d: starting from %s", config.fold, initial)
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         trainer.model = torch.nn.parallel.DistributedDataParallel(trainer.network, device_ids=ids)
-    loader, sampler = make_loader(config, train_data, transform, dist)
-
-    fh = writer = None
-    if dist.main:
-        new_log = not log_path.exists()
-        fh = open(log_path, "a", newline="")
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        if new_log:
-            writer.writeheader()
+    loader, sampler = make_loader(config, train_data, transform, dist, device=device)
+    history = FoldLog(log_path, keep_before=trainer.start_epoch)
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, trainer.start_epoch + stop_after)
+    if trainer.start_epoch >= config.epochs:
+        log.info("fold %d: all %d epochs are trained already; nothing to do", config.fold, config.epochs)
+    started = time.perf_counter()
+    bar = tqdm(
+        total=config.epochs,
+        initial=trainer.start_epoch,
+        desc=f"fold {config.fold}",
+        unit="epoch",
+        disable=None if progress and dist.main else True,  # None: only on a terminal
+        dynamic_ncols=True,
+    )
     try:
         trainer.model.train()
-        last_epoch = config.epochs if stop_after is None else min(config.epochs, trainer.start_epoch + stop_after)
         for epoch in range(trainer.start_epoch, last_epoch):
             t_epoch = time.perf_counter()
             seed_epoch(config, epoch, transform)
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            loss = train_epoch(trainer, loader, device, dist)
+            loss = train_epoch(trainer, loader, device, dist, progress=progress and bar.disable is False)
             row = {"epoch": epoch, "loss": loss, "lr": trainer.optimizer.param_groups[0]["lr"]}
             trainer.scheduler.step()
+            improved = False
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
                 metrics = validate(trainer.network, val_data, settings=config.settings, device=device, dist=dist)
                 row.update(metrics)
                 score = metrics["val_dsc"] if not math.isnan(metrics["val_dsc"]) else 0.0
                 if score > trainer.best:  # every rank sees the same gathered metrics, so agrees
-                    trainer.best = score
+                    trainer.best, trainer.best_epoch, improved = score, epoch, True
                     if dist.main:
                         save_atomic(trainer.network.state_dict(), best_path)
             row["seconds"] = round(time.perf_counter() - t_epoch, 2)
-            log.info("fold %d epoch %d: %s", config.fold, epoch, row)
             if dist.main:
-                writer.writerow(row)
-                fh.flush()
-                save_atomic(trainer.state(epoch=epoch, config=config), last_path)
+                save_atomic(trainer.state(epoch=epoch, recipe=recipe), last_path)  # then the log: never ahead of it
+                history.add(row)
                 if "val_dsc" in row:
                     plot_curves(log_path, run_fold / CURVES)
+            report_epoch(config, row, improved=improved)
+            bar.update()
+            bar.set_postfix_str(f"loss {loss:.4f}" + (f", best DSC {trainer.best:.4f}" if trainer.best >= 0 else ""))
     finally:
-        if fh is not None:
-            fh.close()
+        bar.close()
     if dist.main and not best_path.is_file():  # stopped before the first validation
         save_atomic(trainer.network.state_dict(), best_path)
     dist.barrier()
+    trained = last_epoch - trainer.start_epoch
+    if trained > 0:
+        best = (
+            f"best DSC {trainer.best:.4f} at epoch {trainer.best_epoch + 1}"
+            if trainer.best_epoch >= 0
+            else "not validated yet"
+        )
+        log.info(
+            "fold %d: %d epoch(s) in %s, now %d of %d; %s (%s)",
+            config.fold,
+            trained,
+            _duration(time.perf_counter() - started),
+            last_epoch,
+            config.epochs,
+            best,
+            best_path,
+        )
     return run_fold
 
 
-def read_training_state(path: Path, *, device: torch.device) -> dict:
-    """``last.pt`` of a fold, checked: tensors, numbers and strings only (``weights_only``: a
-    crafted file runs no code), and the fields a resumed run needs. One line naming the file
-    otherwise, never PyTorch's advice to load it unsafely."""
-    regular_file(path, role="training state", error=ModelError)
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # truncated, not a checkpoint, or objects that would run code
-        raise ModelError(path, f"cannot be loaded as a training state ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise ModelError(path, f"is not a training state (a {type(state).__name__})")
-    convert(state, TrainingState, source=path, error=ModelError, what="not a training state")
-    return state
+def report_epoch(config: TrainConfig, row: dict[str, Any], *, improved: bool) -> None:
+    """One line per validated epoch (the others at debug level), and a line for a new best."""
+    where = f"fold {config.fold} epoch {row['epoch'] + 1}/{config.epochs}"
+    text = f"{where}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, {row['seconds']:.1f} s"
+    if "val_dsc" not in row:
+        log.debug("%s", text)
+        return
+    log.info(
+        "%s; validation DSC %s, FPV %s ml, FNV %s ml (%d cases)",
+        text,
+        _number(row["val_dsc"], 4),
+        _number(row["val_fpv_ml"], 2),
+        _number(row["val_fnv_ml"], 2),
+        row["val_cases"],
+    )
+    if improved:
+        log.info("fold %d: new best DSC %.4f at epoch %d, saved best.pt", config.fold, row["val_dsc"], row["epoch"] + 1)
+
+
+def _number(value: float, digits: int) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

@@ -9,28 +9,34 @@ from petseg.io import atomic_path
 
 
 def plot_curves(log_path: Path, out_path: Path) -> None:
-    """Loss (log scale) and validation DSC against epoch."""
+    """Training loss (log scale) and validation DSC against the epoch (counted from 1, whole
+    numbers), the legend below the axes where it hides no data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     with open(log_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [float(r["loss"]) for r in rows], label="training loss", color="tab:blue")
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    (loss,) = ax.plot(epochs, [float(r["loss"]) for r in rows], color="tab:blue", label="training loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    val = [(int(r["epoch"]), float(r["val_dsc"])) for r in rows if r["val_dsc"] not in ("", "nan")]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
+    handles = [loss]
+    val = [(int(r["epoch"]) + 1, float(r["val_dsc"])) for r in rows if r["val_dsc"] not in ("", "nan")]
     twin = ax.twinx()
     if val:
-        twin.plot(*zip(*val), "o-", color="tab:red", label="validation DSC")
+        (dsc,) = twin.plot(*zip(*val), "o-", color="tab:red", markersize=3, label="validation DSC")
+        handles.append(dsc)
     twin.set_ylabel("validation DSC")
     twin.set_ylim(0, 1)
-    fig.legend(loc="upper center", ncol=2, frameon=False)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room below the axes for the legend
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
