@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> int:
         takes_clicks = ModelFolder.open(args.model_dir).settings.click_sigma_mm is not None  # model.json only
-        gc.check_input(args.input, args.interface, takes_clicks=takes_clicks)  # fails before five folds load
+        gc.check_job(args.input, args.output, args.interface, takes_clicks=takes_clicks)  # before five folds load
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
         gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
         return 0

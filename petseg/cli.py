@@ -266,7 +266,7 @@ def _evaluate_interactive(args: argparse.Namespace) -> int:
         log.warning("the model takes no clicks: every step gives the automatic result")
     curves = [
         interactive_case(predictor, case=c.name, ct=c.ct, pet=c.pet, gt=labels[c.name], clicks=args.clicks)
-        for c in tqdm(cases, desc="interactive", unit="case", disable=len(cases) < 2)
+        for c in tqdm(cases, desc="interactive", unit="case", disable=True if len(cases) < 2 else None)
     ]
     out = Path(args.output)
     write_csv([row for c in curves for row in c.rows], out / "interactive.csv")
@@ -306,10 +306,20 @@ def _qc(args: argparse.Namespace) -> int:
 
 
 def _import_weights(args: argparse.Namespace) -> int:
-    from petseg.model import import_weights, network_kwargs
+    from petseg.model import ModelFolder, import_weights, network_kwargs
 
-    network = network_kwargs(channels=args.channels, num_res_units=args.num_res_units)
-    folder = import_weights(args.files, args.output, network=network)
+    if args.like is not None:  # another model folder's network and settings (click-aware, another grid)
+        if args.channels or args.num_res_units is not None:
+            raise ConfigError("--like", "gives the network already: drop --channels/--num-res-units")
+        like = ModelFolder.open(args.like)
+        network, settings = like.network, like.settings
+    else:
+        network, settings = network_kwargs(channels=args.channels, num_res_units=args.num_res_units), None
+    if args.target_spacing:
+        from petseg.settings import Settings
+
+        settings = (settings or Settings()).with_overrides(target_spacing=args.target_spacing)
+    folder = import_weights(args.files, args.output, network=network, settings=settings)
     print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
     return 0
 
@@ -317,7 +327,7 @@ def _import_weights(args: argparse.Namespace) -> int:
 def _phantom(args: argparse.Namespace) -> int:
     from petseg.phantom import make_study, write_study
 
-    for index in tqdm(range(args.n), desc="phantom", unit="study", disable=args.n < 2):
+    for index in tqdm(range(args.n), desc="phantom", unit="study", disable=True if args.n < 2 else None):
         study = make_study(
             tracer=args.tracer,
             seed=args.seed,
@@ -461,6 +471,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels", type=positive(int), nargs="+", help="UNet widths (default: the paper's 32 64 128 256 512)"
     )
     p.add_argument("--num-res-units", type=number(int, low=0), help="residual units per level (default: the paper's 2)")
+    p.add_argument(
+        "--like",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="take the network and the preprocessing/inference settings from this model folder's model.json "
+        "(e.g. a click-aware or another grid's model)",
+    )
+    p.add_argument(
+        "--target-spacing",
+        type=positive(float),
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="grid the weights were trained on, mm (default 2 2 2)",
+    )
     p.set_defaults(func=_import_weights)
 
     add_train_commands(sub)

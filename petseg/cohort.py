@@ -44,7 +44,7 @@ from tqdm import tqdm
 from petseg.errors import ConfigError, InputError, OutputError, PetsegError
 from petseg.frontend import STOP_SIGNALS, deferred_signals
 from petseg.io import file_stamp, write_text
-from petseg.layout import qc_path, report_paths
+from petseg.layout import case_output_names, qc_path, report_paths
 from petseg.schemas import CaseEntry, convert, parse_json_text, read_json
 from petseg.settings import Settings
 from petseg.stages import EnsembleMaps, Prediction, load_study, restore_prediction, write_prediction
@@ -323,6 +323,8 @@ class Manifest:
         """Describe this run in ``petseg-run.json``, keeping the descriptions of earlier runs
         into the folder whose cases may still be there; check the case log can be appended to."""
         header = dict(self.header)
+        if (self.folder / MANIFEST).is_dir():
+            raise OutputError(self.folder / MANIFEST, "is a folder; the run's description goes there")
         try:
             earlier = read_json(self.folder / MANIFEST, role="run manifest", error=OutputError)
         except OutputError as err:
@@ -476,10 +478,11 @@ def run_cohort(
     summary = Summary()
     started = time.perf_counter()
     todo = list(jobs)
+    check_distinct_outputs(todo)
     recorded: dict[str, set[str]] = {}
     if manifest is not None:
         manifest.start()
-        recorded = manifest.recorded_outputs()
+        recorded = earlier_outputs(manifest.recorded_outputs(), todo)
         if not overwrite:
             todo = _not_done(todo, manifest, summary)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per redraw)
@@ -534,10 +537,38 @@ def _same_inputs(entry: CaseEntry, job: Job) -> bool:
     )
 
 
+def check_distinct_outputs(jobs: Sequence[Job]) -> None:
+    """Two cases must never write the same file (``A_0000.mha`` beside ``A_0000.nii.gz``, or a
+    case ``A_probability`` beside ``A``'s probability map): refused before any work."""
+    names = [job.name for job in jobs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(twice[0], "two cases of that name (e.g. the same study as .nii.gz and .mha): keep one")
+    owner: dict[Path, str] = {}
+    for job in jobs:
+        for path in job.outputs():
+            other = owner.setdefault(path, job.name)
+            if other != job.name:
+                raise ConfigError(str(path), f"written by two cases ({other} and {job.name}): rename one of them")
+
+
+def earlier_outputs(recorded: Mapping[str, set[str]], jobs: Sequence[Job]) -> dict[str, set[str]]:
+    """Of the outputs the case log lists for each case, those an earlier run may really have
+    written for it: names the naming rule gives that case, never another case's current
+    outputs or the manifest (a crafted line must not make petseg delete other files)."""
+    taken = {path.name for job in jobs for path in job.outputs()}
+    out = {}
+    for job in jobs:
+        own = case_output_names(job.name) - (taken - {p.name for p in job.outputs()})
+        out[job.name] = recorded.get(job.name, set()) & own
+    return out
+
+
 def clear_earlier_outputs(job: Job, recorded: Mapping[str, set[str]]) -> None:
     """A case that runs starts from nothing: what an earlier run wrote for it (the outputs the
     case log lists in ``recorded``, and this job's own targets) is removed, so no stale file
-    (another model's probability map, an old mask) can pass for this run's."""
+    (another model's probability map, an old mask) can pass for this run's. ``recorded``
+    comes from :func:`earlier_outputs`."""
     folder = job.mask.parent
     names = {p.name for p in job.outputs()} | recorded.get(job.name, set())
     removed = []
@@ -645,14 +676,15 @@ def _pipelined(
     finishing: deque[tuple[Job, Future, dict[str, float]]] = deque()
 
     def submit(function: Callable[..., Any], *args: Any) -> Future:
-        """Submit, first replacing a pool that broke since its last result was read. A worker
-        spawned here inherits the blocked stop signals (see ``_worker_init``)."""
-        with deferred_signals():
-            try:
-                return pool.submit(function, *args)
-            except BrokenProcessPool:
-                restart()
-                return pool.submit(function, *args)
+        """Submit, first replacing a pool that broke since its last result was read. Called
+        inside deferred_signals, with the queue the future goes to: a worker spawned here
+        inherits the blocked stop signals (see ``_worker_init``), and no stop lands between a
+        submit and its record (a case written by a worker but not known to the run)."""
+        try:
+            return pool.submit(function, *args)
+        except BrokenProcessPool:
+            restart()
+            return pool.submit(function, *args)
 
     def top_up() -> None:
         while queue and len(loading) < workers:
@@ -664,7 +696,8 @@ def _pipelined(
                     _record_failed(job, err, manifest, summary)
                     bar.update()
                     continue
-            loading.append((job, submit(_worker_load, job, predictor.settings)))
+            with deferred_signals():
+                loading.append((job, submit(_worker_load, job, predictor.settings)))
 
     def failed(job: Job, err: BaseException) -> None:
         _replay(getattr(err, "logs", []))
@@ -694,6 +727,7 @@ def _pipelined(
         maps are gone) unless they were written already, load the others again once, in a
         new pool."""
         nonlocal pool
+        log.warning("a background worker process died (killed for memory?): starting new workers")
         while finishing:
             job, future, _ = finishing[0]
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -741,7 +775,8 @@ def _pipelined(
             del loaded  # the network input is no longer needed
             while len(finishing) >= workers:  # bounded: wait for the oldest write first
                 collect_oldest()
-            finishing.append((job, submit(_worker_finish, job, maps, record, predictor.settings), seconds))
+            with deferred_signals():
+                finishing.append((job, submit(_worker_finish, job, maps, record, predictor.settings), seconds))
             summary.max_in_flight = max(summary.max_in_flight, len(loading) + len(finishing))
         while finishing:
             collect_oldest()

@@ -44,6 +44,9 @@ def compare_outputs(expected: str | Path, actual: str | Path, *, min_dice: float
     if result.problems:
         return result
     want, got = _files(expected), _files(actual)
+    if not want:
+        result.problems.append(f"{expected}: holds no expected file (nothing would be compared)")
+        return result
     result.problems += [f"{actual / name}: missing" for name in sorted(want - got)]
     result.problems += [f"{actual / name}: unexpected file" for name in sorted(got - want)]
     for name in sorted(want & got):

@@ -139,10 +139,17 @@ def evaluate(
     else:
         pets = index_images(pet, role="PET", channel=1) if pet else {}
     probs = (index_maps(prob, kind="probability") if Path(prob).is_dir() else {cases[0][0]: Path(prob)}) if prob else {}
-    if groups and not set(groups) & {case for case, _, _ in cases}:
-        log.warning("the groups table names none of the %d case(s): groups follow the name prefixes", len(cases))
+    if groups:
+        unnamed = [case for case, _, _ in cases if case not in groups]
+        if unnamed:
+            log.warning(
+                "the groups table does not name %d of the %d case(s) (e.g. %s): they take their name prefix's group",
+                len(unnamed),
+                len(cases),
+                unnamed[0],
+            )
     results, lesions = [], []
-    for case, gt_path, pred_path in tqdm(cases, desc="evaluate", unit="case", disable=len(cases) < 2):
+    for case, gt_path, pred_path in tqdm(cases, desc="evaluate", unit="case", disable=True if len(cases) < 2 else None):
         if pet and case not in pets:
             raise InputError(pet, f"no PET for case {case}")
         if prob and case not in probs:

@@ -151,7 +151,13 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+_deferral = {"depth": 0, "pending": None}  # deferred_signals' state (the main thread's only)
+
+
 def _raise_for(signum: int, frame: Any) -> None:
+    if _deferral["depth"] > 0:  # inside a critical block: taken up when it ends
+        _deferral["pending"] = signum
+        return
     signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
@@ -179,15 +185,23 @@ def signals_as_exceptions() -> Iterator[None]:
 @contextmanager
 def deferred_signals() -> Iterator[None]:
     """A stop signal that arrives during the block takes effect when it ends (a case written
-    and recorded together, or neither); the main thread only, where Python handles signals."""
+    and recorded together, or neither). Python runs signal handlers in the main thread, so the
+    handler itself defers (any thread may receive the signal); the signals are also blocked in
+    this thread, so a process spawned here starts with them blocked (see cohort._worker_init)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    _deferral["depth"] += 1
     try:
         yield
     finally:
+        _deferral["depth"] -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        pending, _deferral["pending"] = _deferral["pending"], None
+        if pending is not None and _deferral["depth"] == 0:
+            if signal.getsignal(pending) is _raise_for:
+                _raise_for(pending, None)
 
 
 def run_guarded(prog: str, command: Callable[[], int], *, verbose: bool = False) -> int:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petseg.clicks import check_clicks_file
+from petseg.errors import OutputError
 from petseg.io import atomic_paths, check_output_folder, save_image
-from petseg.layout import find_gc_case, gc_output_path
+from petseg.layout import find_gc_case, gc_output_path, list_images
 from petseg.predictor import Predictor, timed
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,25 @@ def clicks_file(input_dir: str | Path, interface: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def check_input(input_dir: str | Path, interface: str, *, takes_clicks: bool) -> None:
-    """What can be checked before the model loads: the CT/PET pair, and for a click-aware
-    model the clicks file's form (a CT/PET model never reads it: its job must not fail on it)."""
-    find_gc_case(input_dir)
+def check_job(input_dir: str | Path, output_dir: str | Path, interface: str, *, takes_clicks: bool) -> None:
+    """What can be checked before the model loads: the CT/PET pair, for a click-aware model
+    the clicks file's form (a CT/PET model never reads it: its job must not fail on it), and
+    the output folder: writable, and not holding another mask (the platform reads one)."""
+    case = find_gc_case(input_dir)
     path = clicks_file(input_dir, interface)
     if path is not None and takes_clicks:
         check_clicks_file(path)
+    check_outputs(case, output_dir, interface)
+
+
+def check_outputs(case, output_dir: str | Path, interface: str) -> Path:
+    """The mask's path, once its folder is known to be usable and free of other masks."""
+    target = gc_output_path(case, output_dir, INTERFACES[interface].output_slug)
+    check_output_folder(target.parent)
+    others = [p.name for p in list_images(target.parent) if p != target]
+    if others:
+        raise OutputError(target.parent, f"already holds {', '.join(others[:3])}: a job writes exactly one mask here")
+    return target
 
 
 def run(
@@ -53,7 +66,7 @@ def run(
     """Process one Grand Challenge job; returns the files written (nothing is written on error)."""
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
-    check_output_folder(output_dir)
+    check_outputs(case, output_dir, interface)
     clicks = clicks_file(input_dir, interface)
     if clicks is not None and predictor.settings.click_sigma_mm is None:
         # every autoPET IV job has the file: routine, so INFO (stdout), not a warning on each job

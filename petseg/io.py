@@ -167,14 +167,19 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_partials(target: Path) -> None:
     """Remove temporary files and folders of ``target`` left by a killed run (their writer
-    process is gone)."""
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*{PARTIAL}*"):
+    process is gone); a folder a killed swap had moved aside is put back if ``target`` is gone."""
+    for stale in sorted(target.parent.glob(f".{glob.escape(target.name)}.*{PARTIAL}*")):
         parts = stale.name[len(target.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+        if not (parts and parts[0].isdigit() and not _pid_alive(int(parts[0]))):
+            continue
+        if stale.name.endswith(f"{PARTIAL}.old") and not target.exists() and not target.is_symlink():
+            os.rename(stale, target)
+            log.warning("%s: restored the earlier folder, which an interrupted run had moved aside", target)
+        elif stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed %s, left by an interrupted run", stale)
+        else:
+            stale.unlink(missing_ok=True)
             log.info("removed %s, left by an interrupted run", stale)
 
 
@@ -185,34 +190,39 @@ def _temporary_name(target: Path, tag: str = "") -> Path:
 @contextmanager
 def atomic_folder(target: str | Path) -> Iterator[Path]:
     """A new folder beside ``target`` to fill; when the block succeeds it replaces ``target``
-    (an existing one is moved aside, the new one renamed in, the old one removed). On any
-    failure, an exception or a signal the front end turns into one, the new folder is
-    removed and ``target`` is left exactly as it was."""
-    target = Path(target)
+    (an existing one is moved aside, the new one renamed in, the old one removed; stop signals
+    wait for both renames). On any failure, an exception or a signal the front end turns into
+    one, the new folder is removed and ``target`` is left exactly as it was. A ``target``
+    that is a link to a folder has that folder replaced; a mount point cannot be swapped."""
+    from petseg.frontend import deferred_signals
+
+    target = Path(os.path.abspath(target))  # the process may stand inside the folder it replaces
+    if target.is_symlink() and target.is_dir():
+        target = target.resolve()
     if target.exists() and not target.is_dir():
         raise OutputError(target, "is a file; expected a folder")
+    if target.is_dir() and os.path.ismount(target):
+        raise OutputError(target, "is a mount point, which cannot be replaced whole: give a folder inside it")
     _prepare_target(target, folder=True)
     staging = _temporary_name(target)
     staging.mkdir()
-    aside = None
+    aside, swapped = None, False
     try:
         yield staging
-        if target.exists():
-            aside = _temporary_name(target, ".old")
-            os.rename(target, aside)
-        try:
+        with deferred_signals():
+            if target.exists():
+                aside = _temporary_name(target, ".old")
+                os.rename(target, aside)
             os.rename(staging, target)
-        except BaseException:
-            if aside is not None:
-                os.rename(aside, target)
-                aside = None
-            raise
+            swapped = True
         _fsync(target.parent)
     except OSError as err:
         raise OutputError(target, f"write failed ({err.strerror or err})") from None
     finally:
+        if not swapped and aside is not None and aside.exists() and not target.exists():
+            os.rename(aside, target)  # put the old folder back
         shutil.rmtree(staging, ignore_errors=True)
-        if aside is not None:
+        if swapped and aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
 
 

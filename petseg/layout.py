@@ -102,6 +102,11 @@ def _nnunet_cases(folder: Path, *, labels: Path | None = None) -> tuple[list[Cas
             problems.append(InputError(label, f"missing for training case {name}"))
             continue
         cases.append(Case(name, image, pet, suffix, label))
+    names = [case.name for case in cases]
+    for name in sorted({n for n in names if names.count(n) > 1}):  # e.g. A_0000.mha beside A_0000.nii.gz
+        files = ", ".join(case.ct.name for case in cases if case.name == name)
+        problems.append(InputError(folder, f"case {name} has two CT files ({files}): keep one"))
+        cases = [case for case in cases if case.name != name]
     return cases, problems
 
 
@@ -224,11 +229,12 @@ def qc_path(name: str, output_dir: str | Path) -> Path:
     return Path(output_dir) / f"{name}_qc.png"
 
 
-def case_outputs(case: Case, output_dir: str | Path) -> list[Path]:
-    """Every file ``petseg predict`` may write for ``case``, whatever the options: what an
-    earlier run into the same folder may have left (the mask last)."""
-    maps = [map_path(case, output_dir, kind=kind) for kind in MAP_SUFFIXES]
-    return [*maps, *report_paths(case.name, output_dir), qc_path(case.name, output_dir), output_path(case, output_dir)]
+def case_output_names(name: str) -> set[str]:
+    """Every file name ``petseg predict`` may give an output of case ``name``, whatever the
+    options and input format: what an earlier run into the same folder may have left."""
+    suffixes = {output_suffix(s) for s in IMAGE_SUFFIXES}
+    images = {f"{name}{kind}{s}" for s in suffixes for kind in ("", *MAP_SUFFIXES.values())}
+    return images | {p.name for p in report_paths(name, ".")} | {qc_path(name, ".").name}
 
 
 def index_maps(path: str | Path, *, kind: str) -> dict[str, Path]:

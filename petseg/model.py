@@ -7,6 +7,7 @@ fold with its file name and sha256.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -112,8 +113,8 @@ def check_network_fits(network: UNetKwargs, settings: Settings, *, source: str |
         raise ModelError(
             source, f"network in_channels {network.in_channels} != input channels {list(settings.channels)}"
         )
-    stride = network.total_stride()
-    if any(size % stride for size in settings.roi_size):
+    stride = network.misfit(settings.roi_size)
+    if stride is not None:
         raise ModelError(
             source,
             f"inference.roi_size {list(settings.roi_size)} is not a multiple of the network's total stride "
@@ -178,7 +179,9 @@ class ModelFolder:
     def open(cls, path: str | Path) -> ModelFolder:
         path = Path(path)
         if not path.is_dir():
-            raise ModelError(path, "model folder not found")
+            aside = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial.old"))
+            hint = f" (a write that was killed left the earlier folder at {aside[-1]}: rename it back)" if aside else ""
+            raise ModelError(path, f"model folder not found{hint}")
         meta_path = path / MODEL_JSON
         raw, doc = read_document(meta_path, ModelDocument, missing="missing: not a petseg model folder")
         if doc.network.class_ != NETWORK_CLASS:
@@ -190,12 +193,14 @@ class ModelFolder:
             if fold.fold in seen:
                 raise ModelError(meta_path, f"fold {fold.fold} is listed twice")
             seen.add(fold.fold)
-            if not is_file_name(fold.file) or not (path / fold.file).resolve().is_relative_to(path.resolve()):
+            # a plain name in the folder (a link there is the user's, as in a Hugging Face cache;
+            # the checksum guards what it holds)
+            if not is_file_name(fold.file):
                 raise ModelError(meta_path, f"fold {fold.fold} file {fold.file!r} lies outside the model folder")
             if not (path / fold.file).exists():
                 raise ModelError(path / fold.file, f"checkpoint of fold {fold.fold} is missing")
             regular_file(path / fold.file, role=f"checkpoint of fold {fold.fold}", error=ModelError)
-        folds = tuple(Fold(f.fold, f.file, f.sha256) for f in doc.folds)
+        folds = tuple(Fold(f.fold, f.file, f.sha256.lower()) for f in doc.folds)
         return cls(path, dict(raw["network"]["kwargs"]), settings, folds, doc.description)
 
     def load_networks(self, *, verify: bool = True) -> list[torch.nn.Module]:
@@ -277,10 +282,12 @@ def write_model_folder(
     source, e.g. training logs) as one transaction: the folder is built beside ``out_dir``,
     opened and every fold loaded, and only then swapped in. On any failure ``out_dir`` is as
     it was (or absent) and nothing else is left. An existing ``out_dir`` must be empty or a
-    model folder (it is replaced whole). ``sources`` names each fold's file in errors."""
-    out_dir = Path(out_dir)
+    model folder: what petseg wrote there is replaced, other files (a README) are kept.
+    ``sources`` names each fold's file in errors."""
+    out_dir = Path(os.path.abspath(out_dir))
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MODEL_JSON).is_file():
         raise OutputError(out_dir, "exists and is not a petseg model folder: give a new or empty folder")
+    kept = {p.name: p for p in sorted(out_dir.iterdir()) if not _written_by_petseg(p.name)} if out_dir.is_dir() else {}
     settings = settings or Settings()
     probe = build_network(network)
     for fold, state in state_dicts.items():  # refuse a mismatch before writing
@@ -305,8 +312,23 @@ def write_model_folder(
         for name, source in (files or {}).items():
             with atomic_path(staging / name) as tmp:
                 shutil.copyfile(source, tmp)
+        for name, source in kept.items():
+            if source.is_dir() and not source.is_symlink():
+                shutil.copytree(source, staging / name, symlinks=True)
+            else:
+                shutil.copy2(source, staging / name, follow_symlinks=False)
         ModelFolder.open(staging).load_networks()  # what a user will open: checksums, shapes, schema
+    if kept:
+        log.info("%s: kept %s from the earlier folder", out_dir, ", ".join(kept))
     return ModelFolder.open(out_dir)
+
+
+_PETSEG_FILES = re.compile(rf"{re.escape(MODEL_JSON)}|splits_final\.json|fold\d+(\.pt|_log\.csv|_curves\.png)")
+
+
+def _written_by_petseg(name: str) -> bool:
+    """A model folder's files petseg writes (replaced by a new model); others are the user's."""
+    return _PETSEG_FILES.fullmatch(name) is not None
 
 
 def import_weights(
@@ -323,10 +345,11 @@ def import_weights(
     states: dict[int, dict] = {}
     sources: dict[int, Path] = {}
     for position, file in enumerate(files):
-        fold = fold_number(file)
-        fold = position if fold is None else fold
+        named = fold_number(file)
+        fold = position if named is None else named
         if fold in states:
-            raise ModelError(file, f"fold {fold} given twice")
+            how = "by its name" if named is not None else f"by its position ({position}) among the files"
+            raise ModelError(file, f"fold {fold} given twice: {sources[fold].name} and this file, {how}")
         states[fold] = read_state_dict(file)
         sources[fold] = Path(file)
     return write_model_folder(

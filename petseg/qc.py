@@ -41,6 +41,8 @@ def render_qc(
     orange instead of red. Patient's right is on the viewer's left (coronal).
     Masks must lie on the PET's grid and hold 0/1 (or lesion labels); ``sources`` names the
     files ("PET", "mask", "ground truth") in error messages."""
+    if Path(output).suffix.lower() != ".png":
+        raise ConfigError(str(output), "the QC picture is a PNG: give a file name ending in .png")
     low, high = suv_window
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
         raise ConfigError("suv_window", f"must be LOW HIGH with HIGH > LOW, got {low:g} {high:g}")

@@ -29,7 +29,7 @@ MAX_JSON_BYTES = 10 * 1024 * 1024  # a clicks file or manifest line larger than 
 Finite = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]
 Positive = Annotated[float, msgspec.Meta(gt=0, le=1e300)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
 # --- the safe parse ---------------------------------------------------------------------------
@@ -168,7 +168,10 @@ class UNetKwargs(msgspec.Struct, forbid_unknown_fields=True):
     in_channels: Annotated[int, msgspec.Meta(ge=1, le=64)]
     out_channels: Literal[2]  # background, lesion: the foreground probability is channel 1
     channels: Annotated[list[Width], msgspec.Meta(min_length=2, max_length=10)]
-    strides: Annotated[list[Stride], msgspec.Meta(min_length=1, max_length=9)]
+    strides: Annotated[
+        list[Stride | Annotated[list[Stride], msgspec.Meta(min_length=3, max_length=3)]],
+        msgspec.Meta(min_length=1, max_length=9),
+    ]
     kernel_size: Annotated[int, msgspec.Meta(ge=1, le=15)] | list[Annotated[int, msgspec.Meta(ge=1, le=15)]] = 3
     up_kernel_size: Annotated[int, msgspec.Meta(ge=1, le=15)] | list[Annotated[int, msgspec.Meta(ge=1, le=15)]] = 3
     num_res_units: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
@@ -182,11 +185,21 @@ class UNetKwargs(msgspec.Struct, forbid_unknown_fields=True):
         if len(self.strides) != len(self.channels) - 1:
             raise ValueError(f"strides {self.strides} must have one entry fewer than channels {self.channels}")
 
-    def total_stride(self) -> int:
-        total = 1
-        for s in self.strides:
-            total *= s
-        return total
+    def total_stride(self) -> tuple[int, int, int]:
+        """The downsampling along each axis (a level's stride may be one number or one per axis)."""
+        total = [1, 1, 1]
+        for stride in self.strides:
+            for axis in range(3):
+                total[axis] *= stride if isinstance(stride, int) else stride[axis]
+        return tuple(total)
+
+    def misfit(self, size) -> str | None:
+        """None when every axis of a window of ``size`` is a multiple of the total stride (the
+        skip connections line up), else the stride as an error line says it."""
+        total = self.total_stride()
+        if all(n % s == 0 for n, s in zip(size, total)):
+            return None
+        return str(total[0]) if len(set(total)) == 1 else str(list(total))
 
 
 class NetworkSection(msgspec.Struct, forbid_unknown_fields=True):
@@ -212,6 +225,7 @@ class ModelDocument(msgspec.Struct, forbid_unknown_fields=True):
     description: str = ""
     imported_from: dict[str, str] | None = None
     training: dict[str, Any] | None = None  # the recipe of an assembled run (its train.json)
+    metadata: Any = None  # the user's own (a licence, a citation): kept, never read
 
 
 class TrainDocument(msgspec.Struct, forbid_unknown_fields=True):
@@ -227,7 +241,7 @@ class TrainDocument(msgspec.Struct, forbid_unknown_fields=True):
 CaseName = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class Split(msgspec.Struct, forbid_unknown_fields=True):
+class Split(msgspec.Struct):  # nnU-Net tools may add keys (e.g. "test")
     train: Annotated[list[CaseName], msgspec.Meta(min_length=1)]
     val: Annotated[list[CaseName], msgspec.Meta(min_length=1)]
 
@@ -301,11 +315,14 @@ def read_table(path: str | Path, *, role: str, columns: tuple[str, ...]) -> list
             path, f"is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): save the {role} as UTF-8"
         ) from None
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
         header = [name.strip() for name in reader.fieldnames or []]
         missing = [c for c in columns if c not in header]
         if missing:
             raise InputError(path, f"{role} needs the columns {','.join(columns)}; the header is {','.join(header)!r}")
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise InputError(path, f"the header names column {twice[0]!r} twice")
         reader.fieldnames = header
         rows = []
         for row in reader:
@@ -313,9 +330,12 @@ def read_table(path: str | Path, *, role: str, columns: tuple[str, ...]) -> list
             if not any((value or "").strip() for key, value in row.items() if key is not None):
                 continue  # a blank line
             for column in columns:
-                if not (row.get(column) or "").strip():
+                value = (row.get(column) or "").strip()
+                if not value:
                     raise InputError(path, f"line {line}: column {column!r} is empty")
+                if any(ord(ch) < 32 for ch in value):
+                    raise InputError(path, f"line {line}: column {column!r} holds a control character")
             rows.append({c: row[c].strip() for c in columns})
         return rows
     except csv.Error as err:
-        raise InputError(path, f"is not a CSV table ({err})") from None
+        raise InputError(path, f"is not a CSV table (line {reader.line_num}: {err})") from None

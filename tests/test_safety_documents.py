@@ -304,7 +304,15 @@ def test_compare_reports_a_binary_json_as_a_mismatch(tmp_path, capsys):
 
 @pytest.mark.parametrize("window", [("10", "0"), ("nan", "nan"), ("0", "inf"), ("5", "5")])
 def test_qc_refuses_an_suv_window_that_shows_nothing(tmp_path, capsys, window):
-    argv = ["qc", "--pet", str(tmp_path / "p.nii.gz"), "--mask", str(tmp_path / "m.nii.gz"), "-o", str(tmp_path / "q")]
+    argv = [
+        "qc",
+        "--pet",
+        str(tmp_path / "p.nii.gz"),
+        "--mask",
+        str(tmp_path / "m.nii.gz"),
+        "-o",
+        str(tmp_path / "q.png"),
+    ]
     import SimpleITK as sitk
 
     from conftest import blob_study
@@ -458,3 +466,145 @@ def test_any_groups_table_gives_groups_or_one_line(tmp_path_factory, text, encod
         one_line(err)
     else:
         assert all(isinstance(k, str) and k and v for k, v in groups.items())
+
+
+# --- third hostile round: model folders and documents a user really has ---------------------------
+
+
+def test_a_signal_during_the_swap_still_leaves_one_whole_model(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import petseg.io
+    from petseg.frontend import run_guarded
+
+    out = tmp_path / "model"
+    write_model_folder(out, state_dicts=tiny_states(0), network=TINY_NETWORK, settings=Settings())
+    real = os.rename
+
+    def rename_then_stop(src, dst):
+        real(src, dst)
+        if str(dst).endswith(".old"):  # the old folder just moved aside
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(petseg.io.os, "rename", rename_then_stop)
+    new = tiny_states(9)
+
+    def job():
+        write_model_folder(out, state_dicts=new, network=TINY_NETWORK, settings=Settings())
+        return 0
+
+    assert run_guarded("petseg", job) == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing aside, nothing half-made
+    networks = ModelFolder.open(out).load_networks()
+    torch.testing.assert_close(networks[0].state_dict(), new[0])  # the stop waited for the swap
+
+
+def test_a_model_folder_a_killed_swap_left_aside_is_named_and_restored(tmp_path):
+    out = tmp_path / "model"
+    write_model_folder(out, state_dicts=tiny_states(0), network=TINY_NETWORK, settings=Settings())
+    aside = tmp_path / ".model.999999.abcd1234.partial.old"  # a writer that no longer runs
+    out.rename(aside)
+    with pytest.raises(ModelError, match="left the earlier folder at .*partial.old: rename it back"):
+        ModelFolder.open(out)
+    from petseg.io import remove_stale_partials
+
+    remove_stale_partials(out)  # what the next write there does first
+    assert ModelFolder.open(out).folds and not aside.exists()
+
+
+def test_writing_a_model_keeps_the_users_files_and_follows_a_link(tmp_path):
+    real = tmp_path / "store" / "model"
+    write_model_folder(real, state_dicts=tiny_states(0, folds=(0, 1, 2)), network=TINY_NETWORK, settings=Settings())
+    (real / "README.md").write_text("how we trained it")
+    (tmp_path / "link").symlink_to(real)
+    write_model_folder(tmp_path / "link", state_dicts=tiny_states(3), network=TINY_NETWORK, settings=Settings())
+    assert (tmp_path / "link").is_symlink() and (real / "README.md").read_text() == "how we trained it"
+    assert sorted(p.name for p in real.iterdir()) == ["README.md", "fold0.pt", "fold1.pt", "model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "store"]  # no .partial left
+
+
+def test_a_model_can_be_written_into_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    folder = write_model_folder(".", state_dicts=tiny_states(0), network=TINY_NETWORK, settings=Settings())
+    assert folder.path == tmp_path / "here" and len(ModelFolder.open(tmp_path / "here").folds) == 2
+
+
+def test_model_folders_as_users_have_them_open(tiny_model_dir, tmp_path):
+    """Checkpoints linked from a cache (Hugging Face's layout), an upper-case checksum, a
+    "metadata" key of the user's own, per-axis strides."""
+    folder = tmp_path / "snapshot"
+    (tmp_path / "blobs").mkdir()
+    folder.mkdir()
+    meta = json.loads((tiny_model_dir / MODEL_JSON).read_text())
+    for entry in meta["folds"]:
+        shutil.copy(tiny_model_dir / entry["file"], tmp_path / "blobs" / entry["sha256"])
+        (folder / entry["file"]).symlink_to(tmp_path / "blobs" / entry["sha256"])
+        entry["sha256"] = entry["sha256"].upper()
+    meta["metadata"] = {"licence": "CC BY 4.0"}
+    (folder / MODEL_JSON).write_text(json.dumps(meta))
+    assert len(ModelFolder.open(folder).load_networks()) == 2
+    strides = {**TINY_NETWORK, "channels": [4, 8], "strides": [[2, 2, 1]]}
+    state = build_network(strides).state_dict()
+    model = write_model_folder(
+        tmp_path / "aniso", state_dicts={0: state}, network=strides, settings=Settings(roi_size=(32, 32, 31))
+    )
+    assert model.network["strides"] == [[2, 2, 1]]
+
+
+def test_import_like_another_model_folder_takes_its_network_and_settings(click_model_dir, tmp_path, capsys):
+    files = []
+    for fold in (0, 1):
+        files.append(tmp_path / f"fold{fold}_model.pth")
+        shutil.copy(click_model_dir / f"fold{fold}.pt", files[-1])
+    argv = ["import-weights", *map(str, files), "-o", str(tmp_path / "m")]
+    assert main(argv) == 1  # a click-aware checkpoint does not fit the paper's CT/PET network
+    assert "does not fit the network (in_channels 2" in capsys.readouterr().err
+    assert main([*argv, "--like", str(click_model_dir), "--target-spacing", "3", "3", "3"]) == 0
+    imported = ModelFolder.open(tmp_path / "m")
+    assert imported.network["in_channels"] == 4 and imported.settings.click_sigma_mm == 10.0
+    assert imported.settings.target_spacing == (3.0, 3.0, 3.0)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"case,group,group\nc1,fdg,psma\n", "the header names column 'group' twice"),
+        (b'case,group\nc1,"fdg\n', "is not a CSV table (line"),
+        (b"case,group\nc1,fd\x01g\n", "line 2: column 'group' holds a control character"),
+    ],
+)
+def test_more_bad_groups_tables_are_one_line(tmp_path, content, problem):
+    (tmp_path / "groups.csv").write_bytes(content)
+    with pytest.raises(InputError) as err:
+        read_groups(tmp_path / "groups.csv")
+    assert problem in one_line(err.value)
+
+
+def test_splits_with_more_keys_and_models_without_residual_units_are_read(tmp_path):
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps([{"train": ["a"], "val": ["b"], "test": []}]))
+    assert load_splits(path, ["a", "b"]) == [{"train": ["a"], "val": ["b"]}]
+    from petseg.cli import build_parser
+
+    args = build_parser().parse_args(["train", "-d", ".", "-o", "r", "--num-res-units", "0"])
+    assert args.num_res_units == 0
+
+
+def test_qc_refuses_a_file_name_that_is_not_png_and_compare_an_empty_expectation(tmp_path, capsys):
+    from petseg.compare import compare_outputs
+
+    (tmp_path / "expected").mkdir()
+    (tmp_path / "actual").mkdir()
+    assert not compare_outputs(tmp_path / "expected", tmp_path / "actual").ok
+    import SimpleITK as sitk
+
+    from conftest import blob_study
+
+    _, pet = blob_study()
+    sitk.WriteImage(pet, str(tmp_path / "p.nii.gz"))
+    sitk.WriteImage(sitk.Cast(pet > 3, sitk.sitkUInt8), str(tmp_path / "m.nii.gz"))
+    qc = ["qc", "--pet", str(tmp_path / "p.nii.gz"), "--mask", str(tmp_path / "m.nii.gz"), "-o"]
+    assert main([*qc, str(tmp_path / "q.jpg")]) == 1
+    assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "q.jpg").exists()

@@ -228,3 +228,50 @@ def test_a_failing_rerun_leaves_no_earlier_mask_behind(tiny_model_dir, tmp_path)
     sitk.WriteImage(bad, str(src / "case00_0001.nii.gz"))
     assert predict(src, out, tiny_model_dir, "--workers", "0") == 1
     assert files(out) == [] and entries(out)[-1]["status"] == "failed"
+
+
+# --- third hostile round: what a crafted or colliding folder must not do ------------------------
+
+
+def test_a_crafted_manifest_line_cannot_make_predict_delete_other_files(tiny_model_dir, tmp_path):
+    src = cohort(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert predict(src, out, tiny_model_dir, "--workers", "0") == 0
+    (out / "notes.txt").write_text("mine")
+    victims = ["case01.nii.gz", "petseg-run.jsonl", "petseg-run.json", "notes.txt", "../in/case00_0000.nii.gz"]
+    with open(out / CASE_LOG, "a") as fh:
+        fh.write(json.dumps({"case": "case00", "status": "failed", "outputs": victims}) + "\n")
+    assert predict(src, out, tiny_model_dir, "--workers", "0") == 0  # case00 redone (its last line failed)
+    assert (out / "case01.nii.gz").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert (src / "case00_0000.nii.gz").is_file() and len(entries(out)) == 2 + 1 + 2  # the history is kept
+
+
+def test_two_files_for_one_case_are_refused_not_overwritten(tiny_model_dir, tmp_path, capsys):
+    src = cohort(tmp_path / "in", 1)
+    for channel in ("0000", "0001"):
+        image = sitk.ReadImage(str(src / f"case00_{channel}.nii.gz"))
+        sitk.WriteImage(image, str(src / f"case00_{channel}.mha"))
+    assert predict(src, tmp_path / "out", tiny_model_dir, "--workers", "0") == 1
+    assert "case case00 has two CT files (case00_0000.mha, case00_0000.nii.gz): keep one" in capsys.readouterr().err
+    assert files(tmp_path / "out") == []
+
+
+def test_a_case_whose_mask_would_be_anothers_map_is_refused(tiny_model_dir, tmp_path, capsys):
+    src = cohort(tmp_path / "in", 1)
+    for channel in ("0000", "0001"):
+        (src / f"case00_probability_{channel}.nii.gz").write_bytes((src / f"case00_{channel}.nii.gz").read_bytes())
+    assert predict(src, tmp_path / "out", tiny_model_dir, "--save-probabilities") == 1
+    err = capsys.readouterr().err
+    assert "case00_probability.nii.gz: written by two cases (case00 and case00_probability)" in err
+    assert files(tmp_path / "out") == []
+
+
+def test_the_container_checks_its_output_folder_before_the_folds_load(gc_input, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "images" / "automated-petct-lesion-segmentation").mkdir(parents=True)
+    (out / "images" / "automated-petct-lesion-segmentation" / "old-uuid.mha").write_bytes(b"old")
+    args = ["--input", str(gc_input), "--output", str(out), "--model-dir", str(tiny_model_dir), "--device", "cpu"]
+    assert process.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds old-uuid.mha: a job writes exactly one mask here" in err[0]
+    assert "predictor:" not in capsys.readouterr().out  # refused before any fold loaded

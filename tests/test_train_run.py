@@ -177,7 +177,9 @@ def test_more_epochs_on_resume_follow_the_cosine_of_the_longer_run(data, tmp_pat
     lrs = [float(r["lr"]) for r in rows(tmp_path / "run" / "fold_0")]
     assert [int(r["epoch"]) for r in rows(tmp_path / "run" / "fold_0")] == [0, 1, 2, 3]
     planned = [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (2, 3)]
-    assert lrs[:2] == pytest.approx([1e-3, 5e-4], rel=1e-5) and lrs[2:] == pytest.approx(planned, rel=1e-5)  # log: 6 digits
+    assert lrs[:2] == pytest.approx([1e-3, 5e-4], rel=1e-5) and lrs[2:] == pytest.approx(
+        planned, rel=1e-5
+    )  # log: 6 digits
     again = train_fold(dataclasses.replace(run, epochs=4), resume=True)  # nothing left: says so, changes nothing
     assert len(rows(again)) == 4
 

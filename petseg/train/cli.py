@@ -76,7 +76,7 @@ def add_train_commands(sub) -> None:
     p.add_argument("--val-every", type=positive(int), default=10)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--channels", type=positive(int), nargs="+", help="UNet widths (default: the paper's)")
-    p.add_argument("--num-res-units", type=positive(int))
+    p.add_argument("--num-res-units", type=number(int, low=0), help="residual units per level (default: the paper's 2)")
     p.add_argument("--target-spacing", type=positive(float), nargs=3)
     p.add_argument("--roi-size", type=positive(int), nargs=3, help="validation sliding window")
     p.add_argument("--sw-batch-size", type=positive(int))

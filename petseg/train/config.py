@@ -72,9 +72,9 @@ class TrainConfig:
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")
         network = convert(self.network, UNetKwargs, source="network", error=ConfigError)
-        stride = network.total_stride()  # else the UNet's skip connections do not line up
         for name, size in (("patch_size", self.patch_size), ("roi_size", self.settings.roi_size)):
-            if any(s % stride for s in size):
+            stride = network.misfit(size)  # else the UNet's skip connections do not line up
+            if stride is not None:
                 raise ConfigError(name, f"{list(size)} is not a multiple of the network's total stride {stride}")
 
     def recipe(self) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class Trainer:
         }
 
     def load(self, state: dict, *, source: Path) -> None:
-        load_state_dict(self.network, state["model"], source=source)
+        load_state_dict(self.network, state["model"], source=source, against="this run's network")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
