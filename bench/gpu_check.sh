@@ -24,6 +24,8 @@ train=(train -d "$tmp/data" --fold 0 --epochs 2 --val-every 2 --batch-size 2 --p
 gpus="$(python -c 'import torch; print(min(2, torch.cuda.device_count()))')"
 { time torchrun --standalone --nproc-per-node "$gpus" -m petseg "${train[@]}" -o "$tmp/run2"; } 2>&1 \
   | grep -E "epoch|nccl|NCCL|real|error" | tee -a "$out"
+# can the loader keep the GPU fed? the paper network's step on the GPU against 0/4/8/12 loader workers
+python bench/train_throughput.py --device cuda --workers 0 4 8 12 --batches 8 --step-batches 10 2>&1 | tee -a "$out"
 # cohort throughput on the GPU: sequential vs pipelined, demo weights
 python bench/cohort.py --n 4 --device cuda --demo-workers 0 2 --workers 0 2 2>&1 | tee -a "$out"
 rm -rf "$tmp"

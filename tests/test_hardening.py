@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -271,9 +270,7 @@ def test_implausible_inputs_are_refused_before_the_network(make, source, problem
     source = source.replace(".nii.gz", ext)
     if make == "nan_nifti":
         nifti_with_nan(src / "case_0001.nii.gz", pet)
-    start = time.perf_counter()
     assert predict(src, tmp_path / "out", tiny_model_dir) == 1
-    assert time.perf_counter() - start < 60
     _, errors = one_error_line(capsys)
     assert any(f"{src / source}: " in ln and problem in ln for ln in errors), errors
     assert files_under(tmp_path / "out") == []
