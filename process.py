@@ -20,7 +20,7 @@ from petseg.frontend import (
 
 configure_threads()  # before torch is imported: a Grand Challenge instance may have 4 of the host's CPUs
 
-from petseg import gc  # noqa: E402
+from petseg import grand_challenge as gc  # noqa: E402
 from petseg.model import ModelFolder  # noqa: E402
 from petseg.predictor import Predictor  # noqa: E402
 

@@ -39,26 +39,25 @@ class FixedLatency:
     def __init__(self, settings, seconds: float) -> None:
         self.settings = settings
         self.seconds = seconds
-        self.timings: dict[str, float] = {}
 
-    def network_maps(self, prep, *, start=None):
+    def run_network(self, image, record, *, start=None):
         from petseg.stages import EnsembleMaps
 
         time.sleep(self.seconds)
-        self.timings = {"network": self.seconds}
-        return EnsembleMaps((prep.image[1] > 2.5).astype(np.float32), None, None)
+        return EnsembleMaps((image[1] > 2.5).astype(np.float32), None, None), self.seconds
 
 
 def one_run(args: argparse.Namespace) -> None:
     """Child process: one configuration, result as one JSON line on stdout."""
     from petseg.cohort import Job, run_cohort
-    from petseg.layout import find_cases, output_path
+    from petseg.layout import find_cases
+    from petseg.outputs import CaseOutputs
     from petseg.predictor import Predictor
 
     cases, _ = find_cases(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [Job(name=c.name, ct=c.ct, pet=c.pet, mask=output_path(c, out)) for c in cases]
+    jobs = [Job(name=c.name, ct=c.ct, pet=c.pet, mask=CaseOutputs.of(c.name, out, c.suffix).mask) for c in cases]
     predictor = Predictor.from_model_dir(ROOT / "weights", device=args.device)
     if args.latency:
         predictor = FixedLatency(predictor.settings, args.latency)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # annotations only: the CLI imports MAX_CLICKS without Simple
 log = logging.getLogger(__name__)
 
 KINDS = ("tumor", "background")
-CLICK_CHANNELS = ("tumor_clicks", "background_clicks")
 MAX_CLICKS = 10  # per kind, as autoPET IV gives them
 FORMAT = '{"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}'
 
@@ -165,3 +165,42 @@ def _stamp(target: np.ndarray, grid: Grid, point: np.ndarray, sigma_mm: float) -
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     np.maximum(target[box], np.exp(-distance2 / (2.0 * sigma_mm**2)).astype(np.float32), out=target[box])
     return True
+
+
+# --- simulated clicks (interactive evaluation, training) -----------------------------------------
+
+
+def next_click(gt: np.ndarray, pred: np.ndarray, *, grid: Grid) -> tuple[str, np.ndarray] | None:
+    """(kind, point in mm) of the next simulated click, from (z, y, x) masks on ``grid``; None
+    when prediction and ground truth agree."""
+    import cc3d
+    from scipy import ndimage
+
+    from petseg.metrics import CONNECTIVITY
+
+    best = None
+    for kind, error in (("tumor", gt & ~pred), ("background", pred & ~gt)):
+        if not error.any():
+            continue
+        labels, count = cc3d.connected_components(error, connectivity=CONNECTIVITY, return_N=True)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        largest = int(np.argmax(sizes)) + 1
+        if best is None or sizes[largest - 1] > best[0]:
+            best = (int(sizes[largest - 1]), kind, labels, largest)
+    if best is None:
+        return None
+    _, kind, labels, largest = best
+    box = ndimage.find_objects(labels)[largest - 1]
+    zyx = region_centre(labels[box] == largest, spacing=grid.spacing[::-1])
+    zyx += [s.start for s in box]
+    return kind, grid.to_physical(zyx[::-1])
+
+
+def region_centre(region: np.ndarray, *, spacing: Sequence[float]) -> np.ndarray:
+    """Index (float, array order) of the voxel of ``region`` farthest in mm from its border
+    (ties: the first in array order). The array's faces count as border, so a region cut by
+    them (a lesion at the edge of a patch or scan) gets its click inside, not on the face."""
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[(slice(1, -1),) * region.ndim]
+    return np.array(np.unravel_index(np.argmax(distance), region.shape), float)

@@ -17,8 +17,9 @@ from petseg.calibration import BODY_SUV, Calibration
 from petseg.checks import check_mask, check_pet_range, check_same_grid, check_values
 from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
-from petseg.layout import index_images, index_maps, strip_suffix
+from petseg.layout import index_images, strip_suffix
 from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
+from petseg.outputs import index_maps
 from petseg.schemas import read_table
 
 log = logging.getLogger(__name__)
@@ -231,3 +232,53 @@ def read_groups(path: str | Path) -> dict[str, str]:
                 path, f"case {row['case']!r} is in two groups, {groups[row['case']]!r} and {row['group']!r}"
             )
     return groups
+
+
+@dataclass
+class EvaluationRun:
+    """What :func:`evaluate_predictions` measured and wrote."""
+
+    summaries: dict[str, dict[str, dict[str, float]]]  # prediction -> group -> measure
+    written: list[Path] = field(default_factory=list)
+
+    def ranking(self) -> list[dict]:
+        return rank(self.summaries) if len(self.summaries) > 1 else []
+
+
+def evaluate_predictions(
+    *,
+    gt: str | Path,
+    preds: Sequence[str | Path],
+    pet: str | Path | None = None,
+    prob: str | Path | None = None,
+    groups: str | Path | None = None,
+    table: str | Path | None = None,
+    reliability: str | Path | None = None,
+) -> EvaluationRun:
+    """``petseg evaluate``: each prediction against the ground truth; the per-case ``table``
+    (and its lesion table beside it), and with ``prob`` the reliability diagram."""
+    from petseg.io import write_csv
+    from petseg.outputs import evaluation_extras
+
+    if prob and len(preds) > 1:
+        raise ConfigError("--prob", "give one --pred with --prob (the maps belong to one prediction)")
+    lesions_path, default_diagram = evaluation_extras(table)
+    group_of_case = read_groups(groups) if groups else None
+    run = EvaluationRun(summaries={})
+    rows, lesion_rows = [], []
+    for pred in preds:
+        results, lesions = evaluate(gt=gt, pred=pred, pet=pet, prob=prob, groups=group_of_case)
+        calibration = pooled_calibration(results)
+        if calibration is not None:
+            from petseg.calibration import reliability_diagram
+
+            run.written.append(reliability_diagram(calibration, reliability or default_diagram))
+        tag = {"prediction": str(pred)} if len(preds) > 1 else {}
+        rows += [{**r.row(), **tag} for r in results]
+        lesion_rows += [{**r, **tag} for r in lesions]
+        run.summaries[str(pred)] = summarize(results)
+    if table:
+        run.written.append(write_csv(rows, table))
+        if lesion_rows:
+            run.written.append(write_csv(lesion_rows, lesions_path))
+    return run

@@ -115,9 +115,11 @@ def positive(kind: type) -> Callable[[str], Any]:
 
 def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float | None = None) -> None:
     """Options shared by ``petseg predict`` and ``process.py``."""
+    from petseg.settings import PRECISIONS
+
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help="network precision (default auto: bf16 where supported; fp32 is the reference)",
     )
     p.add_argument("--tta", action="store_true", help="average the 8 mirrorings of each window")

@@ -20,50 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cc3d
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from petseg.checks import check_mask, check_same_grid
-from petseg.clicks import MAX_CLICKS, Clicks
-from petseg.geometry import Grid
+from petseg.clicks import MAX_CLICKS, Clicks, next_click
 from petseg.io import atomic_path, read_image
-from petseg.metrics import CONNECTIVITY, case_metrics, voxel_ml
+from petseg.metrics import case_metrics, voxel_ml
 from petseg.stages import load_study, restore_prediction, with_clicks
 
 log = logging.getLogger(__name__)
 
 MEASURES = ("dsc", "fpv_ml", "fnv_ml")
-
-
-def next_click(gt: np.ndarray, pred: np.ndarray, *, grid: Grid) -> tuple[str, np.ndarray] | None:
-    """(kind, point in mm) of the next simulated click, from (z, y, x) masks on ``grid``; None
-    when prediction and ground truth agree."""
-    best = None
-    for kind, error in (("tumor", gt & ~pred), ("background", pred & ~gt)):
-        if not error.any():
-            continue
-        labels, count = cc3d.connected_components(error, connectivity=CONNECTIVITY, return_N=True)
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        largest = int(np.argmax(sizes)) + 1
-        if best is None or sizes[largest - 1] > best[0]:
-            best = (int(sizes[largest - 1]), kind, labels, largest)
-    if best is None:
-        return None
-    _, kind, labels, largest = best
-    box = ndimage.find_objects(labels)[largest - 1]
-    zyx = region_centre(labels[box] == largest, spacing=grid.spacing[::-1])
-    zyx += [s.start for s in box]
-    return kind, grid.to_physical(zyx[::-1])
-
-
-def region_centre(region: np.ndarray, *, spacing: Sequence[float]) -> np.ndarray:
-    """Index (float, array order) of the voxel of ``region`` farthest in mm from its border
-    (ties: the first in array order). The array's faces count as border, so a region cut by
-    them (a lesion at the edge of a patch or scan) gets its click inside, not on the face."""
-    distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[(slice(1, -1),) * region.ndim]
-    return np.array(np.unravel_index(np.argmax(distance), region.shape), float)
 
 
 @dataclass
@@ -178,3 +146,44 @@ def plot_curves(curves: Sequence[Curve], output: str | Path, *, title: str = "")
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(output)
+
+
+def evaluate_interactive(
+    input_dir: str | Path, gt: str | Path, output_dir: str | Path, *, make_predictor, clicks: int = MAX_CLICKS
+) -> tuple[dict[str, float], list[Path]]:
+    """``petseg evaluate-interactive``: 0..``clicks`` simulated clicks on every case of an
+    nnU-Net folder; per step (interactive.csv), per case (interactive_cases.csv) and the mean
+    curves (interactive.png). ``make_predictor()`` is called once the inputs are checked.
+    Returns the pooled summary and the files written."""
+    from tqdm import tqdm
+
+    from petseg.errors import InputError
+    from petseg.io import check_output_folder, write_csv
+    from petseg.layout import find_cases, index_images
+    from petseg.outputs import INTERACTIVE_FILES
+
+    cases, problems = find_cases(input_dir)
+    if problems:
+        raise problems[0]
+    if not cases:
+        raise InputError(input_dir, "no cases (<case>_0000 CT and <case>_0001 PET)")
+    labels = index_images(gt, role="ground truth")
+    missing = [c.name for c in cases if c.name not in labels]
+    if missing:
+        raise InputError(gt, f"no ground truth for {len(missing)} case(s): {', '.join(missing[:5])}")
+    check_output_folder(output_dir)
+    predictor = make_predictor()
+    if predictor.settings.click_sigma_mm is None and clicks > 0:
+        log.warning("the model takes no clicks: every step gives the automatic result")
+    curves = [
+        interactive_case(predictor, case=c.name, ct=c.ct, pet=c.pet, gt=labels[c.name], clicks=clicks)
+        for c in tqdm(cases, desc="interactive", unit="case", disable=True if len(cases) < 2 else None)
+    ]
+    steps, per_case, picture = (Path(output_dir) / name for name in INTERACTIVE_FILES)
+    write_csv([row for c in curves for row in c.rows], steps)
+    rows = [
+        {"case": c.case, **{f"{m}_{k}": getattr(c, k)(m) for m in MEASURES for k in ("final", "auc")}} for c in curves
+    ]
+    write_csv(rows, per_case)
+    plot_curves(curves, picture, title=f"{len(curves)} studies, 0-{clicks} simulated clicks")
+    return summarize_curves(curves), [steps, per_case, picture]

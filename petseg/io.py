@@ -17,7 +17,7 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -340,6 +340,18 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
     with atomic_path(path) as tmp:
         save_image(image, tmp, target=path, compress=compress)
     return Path(path)
+
+
+def publish(outputs: Mapping[Path, sitk.Image | str]) -> list[Path]:
+    """Write images and texts (target -> content) all or nothing, in the given order (put the
+    main output last): see :func:`atomic_paths`."""
+    with atomic_paths(list(outputs)) as temps:
+        for tmp, (target, content) in zip(temps, outputs.items()):
+            if isinstance(content, str):
+                tmp.write_text(content)
+            else:
+                save_image(content, tmp, target=target)
+    return list(outputs)
 
 
 def write_text(text: str, path: str | Path) -> Path:

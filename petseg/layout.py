@@ -1,17 +1,17 @@
-"""Which cases a folder holds and what their files are called: the one owner of naming rules.
+"""Which cases a folder holds and what their files are called: the one owner of input naming
+rules (what petseg writes is named by :mod:`petseg.outputs`).
 
 Three layouts:
 - **nnU-Net** (and the autoPET release): ``<case>_0000.<ext>`` = CT, ``<case>_0001.<ext>`` =
   PET; training data in ``imagesTr/`` with masks ``labelsTr/<case>.<ext>``.
 - **Grand Challenge**: ``images/ct/<uuid>.mha`` and ``images/pet/<uuid>.mha``, one study per
-  input folder; the output mask is ``images/<slug>/<uuid>.mha``.
+  input folder.
 - single files, matched by name without extension (evaluation).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +39,6 @@ def image_suffix(path: str | Path) -> str:
     ".NII.GZ"), or "" if not an image name."""
     name = Path(path).name
     return next((name[-len(s) :] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), "")
-
-
-# outputs are single files with a lower-case extension: a detached header (.mhd, .nhdr) would
-# name a data file, which a write through a temporary name cannot keep
-OUTPUT_SUFFIXES = {".mhd": ".mha", ".nhdr": ".nrrd"}
-
-
-def output_suffix(suffix: str) -> str:
-    """The extension outputs take for inputs with ``suffix``."""
-    return OUTPUT_SUFFIXES.get(suffix.lower(), suffix.lower())
 
 
 def strip_suffix(path: str | Path) -> str:
@@ -178,11 +168,6 @@ def gc_paths(root: Path, uuid: str) -> tuple[Path, Path, Path]:
     return root / GC_CT / f"{uuid}.mha", root / GC_PET / f"{uuid}.mha", root / "label" / f"{uuid}.mha"
 
 
-def gc_output_path(case: Case, output_dir: str | Path, slug: str) -> Path:
-    """``images/<slug>/<uuid>.mha``, uuid = the CT file's stem, as the organizers' baseline does."""
-    return Path(output_dir) / "images" / slug / f"{case.name}.mha"
-
-
 # --- either ------------------------------------------------------------------------------
 
 
@@ -205,73 +190,6 @@ def find_cases(input_dir: str | Path) -> tuple[list[Case], list[InputError]]:
     return cases, problems
 
 
-def output_path(case: Case, output_dir: str | Path) -> Path:
-    """Where ``petseg predict`` writes the mask of ``case``: ``<output>/<case><ext>``."""
-    return Path(output_dir) / f"{case.name}{output_suffix(case.suffix)}"
-
-
-MAP_SUFFIXES = {"probability": "_probability", "uncertainty": "_uncertainty"}
-
-
-def map_path(case: Case, output_dir: str | Path, *, kind: str) -> Path:
-    """Where ``petseg predict`` writes a map of ``case``: ``<output>/<case>_probability<ext>``
-    (``kind`` "probability") or ``<output>/<case>_uncertainty<ext>``."""
-    return Path(output_dir) / f"{case.name}{MAP_SUFFIXES[kind]}{output_suffix(case.suffix)}"
-
-
-def report_paths(name: str, output_dir: str | Path) -> tuple[Path, Path]:
-    """``<output>/<case>_lesions.json`` and ``.csv``: the lesion report of a case."""
-    return Path(output_dir) / f"{name}_lesions.json", Path(output_dir) / f"{name}_lesions.csv"
-
-
-def qc_path(name: str, output_dir: str | Path) -> Path:
-    """``<output>/<case>_qc.png``: the QC picture of a case."""
-    return Path(output_dir) / f"{name}_qc.png"
-
-
-def case_output_names(name: str) -> set[str]:
-    """Every file name ``petseg predict`` may give an output of case ``name``, whatever the
-    options and input format: what an earlier run into the same folder may have left."""
-    suffixes = {output_suffix(s) for s in IMAGE_SUFFIXES}
-    images = {f"{name}{kind}{s}" for s in suffixes for kind in ("", *MAP_SUFFIXES.values())}
-    return images | {p.name for p in report_paths(name, ".")} | {qc_path(name, ".").name}
-
-
-def index_maps(path: str | Path, *, kind: str) -> dict[str, Path]:
-    """case name -> ``<case>_probability`` (or ``_uncertainty``) file of a folder (or one file)."""
-    suffix = MAP_SUFFIXES[kind]
-    found = index_images(path, role=f"{kind} map")
-    maps = {name[: -len(suffix)]: file for name, file in found.items() if name.endswith(suffix)}
-    if not maps:
-        raise InputError(path, f"no {kind} maps found (files named <case>{suffix}.<ext>)")
-    return maps
-
-
-# --- a training run folder -------------------------------------------------------------------
-
-TRAIN_JSON, SPLITS_JSON, FINGERPRINT = "train.json", "splits_final.json", "fingerprint.json"
-BEST, LAST, TRAIN_LOG, CURVES = "best.pt", "last.pt", "log.csv", "curves.png"
-_FOLD_DIR = re.compile(r"fold_(\d{1,3})")
-
-
-def cache_folder(run_dir: str | Path, key: str) -> Path:
-    """``<run>/cache/<key>``: the preprocessed cases for the settings ``key`` stands for."""
-    return Path(run_dir) / "cache" / key
-
-
-def fold_dir(run_dir: str | Path, fold: int) -> Path:
-    """``<run>/fold_<K>``: one fold's checkpoints, log and curves."""
-    return Path(run_dir) / f"fold_{fold}"
-
-
-def fold_dirs(run_dir: str | Path) -> tuple[dict[int, Path], list[str]]:
-    """The ``fold_<K>`` folders of a training run by fold, and the names of other ``fold*``
-    entries (``fold_0_old``, ``fold_x``), which are not folds."""
-    folds, ignored = {}, []
-    for entry in sorted(Path(run_dir).glob("fold*")):
-        match = _FOLD_DIR.fullmatch(entry.name)
-        if match and entry.is_dir() and fold_dir(run_dir, int(match.group(1))).name == entry.name:
-            folds[int(match.group(1))] = entry
-        else:
-            ignored.append(entry.name)
-    return folds, ignored
+def clicks_path(folder: str | Path, case: str) -> Path:
+    """``<folder>/<case>_clicks.json``: a case's clicks in a ``--clicks`` folder."""
+    return Path(folder) / f"{case}_clicks.json"

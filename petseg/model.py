@@ -23,7 +23,16 @@ import torch
 
 from petseg.errors import ConfigError, ModelError, OutputError
 from petseg.io import atomic_folder, atomic_path, write_text
-from petseg.layout import BEST, SPLITS_JSON, TRAIN_JSON, fold_dirs
+from petseg.outputs import (
+    BEST,
+    MODEL_JSON,
+    SPLITS_JSON,
+    TRAIN_JSON,
+    fold_dirs,
+    fold_file,
+    fold_history,
+    written_by_petseg,
+)
 from petseg.schemas import (
     ModelDocument,
     TrainDocument,
@@ -38,7 +47,6 @@ from petseg.settings import CHANNELS, PAPER_NETWORK, Settings
 
 log = logging.getLogger(__name__)
 
-MODEL_JSON = "model.json"
 FORMAT = "petseg-model/1"
 NETWORK_CLASS = "monai.networks.nets.UNet"
 
@@ -287,7 +295,7 @@ def write_model_folder(
     out_dir = Path(os.path.abspath(out_dir))
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MODEL_JSON).is_file():
         raise OutputError(out_dir, "exists and is not a petseg model folder: give a new or empty folder")
-    kept = {p.name: p for p in sorted(out_dir.iterdir()) if not _written_by_petseg(p.name)} if out_dir.is_dir() else {}
+    kept = {p.name: p for p in sorted(out_dir.iterdir()) if not written_by_petseg(p.name)} if out_dir.is_dir() else {}
     settings = settings or Settings()
     probe = build_network(network)
     for fold, state in state_dicts.items():  # refuse a mismatch before writing
@@ -296,7 +304,7 @@ def write_model_folder(
     with atomic_folder(out_dir) as staging:
         entries = []
         for fold, state in sorted(state_dicts.items()):
-            name = f"fold{fold}.pt"
+            name = fold_file(fold)
             with atomic_path(staging / name) as tmp:
                 torch.save(dict(state), tmp)
             entries.append({"fold": fold, "file": name, "sha256": sha256_file(staging / name)})
@@ -321,14 +329,6 @@ def write_model_folder(
     if kept:
         log.info("%s: kept %s from the earlier folder", out_dir, ", ".join(kept))
     return ModelFolder.open(out_dir)
-
-
-_PETSEG_FILES = re.compile(rf"{re.escape(MODEL_JSON)}|splits_final\.json|fold\d+(\.pt|_log\.csv|_curves\.png)")
-
-
-def _written_by_petseg(name: str) -> bool:
-    """A model folder's files petseg writes (replaced by a new model); others are the user's."""
-    return _PETSEG_FILES.fullmatch(name) is not None
 
 
 def import_weights(
@@ -397,7 +397,7 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
         best_files[fold] = best
         for name in ("log.csv", "curves.png"):
             if (fold_dir / name).is_file():
-                files[f"fold{fold}_{name}"] = fold_dir / name
+                files[fold_history(fold, name)] = fold_dir / name
     if ignored:
         log.warning("%s: not assembled: %s", run_dir, ", ".join(ignored))
     if not states:

@@ -15,7 +15,7 @@ from petseg.clicks import Clicks
 from petseg.errors import ConfigError, ModelError
 from petseg.inference import FoldAverage, ensemble_maps, resolve_device, resolve_precision
 from petseg.model import ModelFolder, default_model_dir
-from petseg.preprocess import Preprocessed, preprocess
+from petseg.preprocess import Preprocessed, Record, preprocess
 from petseg.settings import Settings
 from petseg.stages import (
     UNCERTAINTY_KEY,
@@ -170,15 +170,24 @@ class Predictor:
         log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
 
     def network_maps(self, prep: Preprocessed, *, start: float | None = None) -> EnsembleMaps:
-        """The ensemble's maps of one preprocessed study; a time budget counts from ``start``
-        (``time.monotonic()``, default now)."""
-        record = prep.record
+        """The ensemble's maps of one preprocessed study (its seconds in ``timings``); a time
+        budget counts from ``start`` (``time.monotonic()``, default now)."""
+        maps, seconds = self.run_network(prep.image, prep.record, start=start)
+        self.timings["network"] = self.timings.get("network", 0.0) + seconds
+        return maps
+
+    def run_network(
+        self, image: np.ndarray, record: Record, *, start: float | None = None
+    ) -> tuple[EnsembleMaps, float]:
+        """The network stage: the ensemble's maps of a network input and the seconds it took
+        (the cohort pipeline's stage; :meth:`network_maps` for one study)."""
         log.info("network grid %s (crop %s of %s)", record.network.size, record.cropped.size, record.native.size)
         budget = self.settings.time_budget_s
         deadline = None if budget is None else (time.monotonic() if start is None else start) + budget
-        with timed("network", self.timings):
-            maps = ensemble_maps(prep.image, self.ensemble, device=self.device, deadline=deadline)
-        return EnsembleMaps.split(maps, settings=self.settings)
+        seconds: dict[str, float] = {}
+        with timed("network", seconds):
+            maps = ensemble_maps(image, self.ensemble, device=self.device, deadline=deadline)
+        return EnsembleMaps.split(maps, settings=self.settings), seconds["network"]
 
     def _predict(
         self,

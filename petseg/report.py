@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from petseg.checks import check_same_grid
 from petseg.io import atomic_paths, csv_text
-from petseg.layout import report_paths
 from petseg.metrics import Labelled, lesion_table, totals, voxel_ml
+from petseg.outputs import CaseOutputs
 
 COLUMNS = ("lesion", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "volume_ml", "suv_max", "suv_mean")
 CONFIDENCE_COLUMNS = ("probability_mean", "probability_max", "uncertainty_mean", "fold_vote", "folds", "doubtful")
@@ -141,7 +141,7 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     case = report["case"]
     columns = COLUMNS + (CONFIDENCE_COLUMNS if "folds" in report else ())
     rows = report["lesions"] or [dict.fromkeys(columns, "")]
-    targets = report_paths(case, out_dir)
+    targets = CaseOutputs(Path(out_dir), case, "").report
     with atomic_paths(targets) as (json_tmp, csv_tmp):  # both or neither
         json_tmp.write_text(json.dumps(report, indent=2) + "\n")
         csv_tmp.write_text(csv_text([{"case": case, **row} for row in rows]))

@@ -34,7 +34,8 @@ PAPER_NETWORK: dict[str, Any] = {
 
 CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
 CLICK_CHANNELS = ("tumor_clicks", "background_clicks")  # then, in click-aware models
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS = typing.get_args(Precision)
 
 # Field types, checked on construction (msgspec): NaN and infinities fail every bound.
 Spacing = Annotated[float, msgspec.Meta(gt=0, le=100)]  # mm
@@ -91,7 +92,7 @@ class Settings:
     overlap: Share = 0.5
     sw_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 2
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     channels_last: bool = True
     fold_batchnorm: bool = True
     compile: bool = False

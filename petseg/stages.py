@@ -18,8 +18,9 @@ import SimpleITK as sitk
 from petseg.clicks import Clicks, click_maps, read_clicks
 from petseg.errors import ConfigError
 from petseg.geometry import Grid
-from petseg.io import atomic_paths, read_image, save_image
+from petseg.io import publish, read_image
 from petseg.metrics import CONNECTIVITY
+from petseg.outputs import CaseOutputs
 from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, restore
 from petseg.settings import Settings
 
@@ -199,7 +200,41 @@ def write_prediction(
             raise ConfigError("uncertainty", "an uncertainty output needs Settings(uncertainty=True)")
         outputs[Path(uncertainty_output)] = prediction.uncertainty
     outputs[Path(output)] = prediction.mask
-    with timed("write", timings), atomic_paths(list(outputs)) as temps:
-        for tmp, (target, image) in zip(temps, outputs.items()):
-            save_image(image, tmp, target=target)
-    return list(outputs)
+    with timed("write", timings):
+        return publish(outputs)
+
+
+def write_extras(
+    prediction: Prediction, *, pet: sitk.Image | str | Path, name: str, output_dir: Path, report: bool, qc: bool
+) -> None:
+    """``<name>_lesions.json``/``.csv`` (each lesion's measures and confidence) and/or
+    ``<name>_qc.png`` (doubtful lesions in orange)."""
+    from petseg.io import read_image
+    from petseg.report import doubtful_mask, lesion_report, write_report
+
+    pet = pet if isinstance(pet, sitk.Image) else read_image(pet, role="PET")
+    lesions = lesion_report(
+        prediction.mask,
+        pet,
+        case=name,
+        probability=prediction.probability,
+        uncertainty=prediction.uncertainty,
+        votes=prediction.votes,
+        folds=prediction.folds,
+    )
+    if lesions.get("doubtful_lesions"):
+        log.info(
+            "%s: %d of %d lesion(s) doubtful (fold vote below a majority)",
+            name,
+            lesions["doubtful_lesions"],
+            lesions["lesion_count"],
+        )
+    if qc:
+        from petseg.qc import render_qc
+
+        doubtful = doubtful_mask(prediction.mask, lesions) if lesions.get("doubtful_lesions") else None
+        render_qc(
+            pet=pet, mask=prediction.mask, doubtful=doubtful, output=CaseOutputs(output_dir, name, "").qc, title=name
+        )
+    if report:
+        write_report(lesions, output_dir)

@@ -297,9 +297,9 @@ def test_predict_with_a_clicks_folder_redoes_a_case_whose_clicks_changed(click_m
 
 
 def test_bad_clicks_arguments_fail_with_one_line_before_the_model_loads(click_model_dir, tmp_path, capsys, monkeypatch):
-    import petseg.cli
+    import petseg.cli.predict
 
-    monkeypatch.setattr(petseg.cli, "_make_predictor", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(petseg.cli.predict, "make_predictor", lambda *a, **k: pytest.fail("the model was loaded"))
     one = _nnunet_folder(tmp_path / "one", cases=("psma_a_1",))
     two = _nnunet_folder(tmp_path / "two")
     good = _clicks_json(tmp_path / "c.json", [("tumor", (1, 2, 3))])

@@ -181,13 +181,11 @@ class SlowNetwork:
 
     def __init__(self, seconds: float) -> None:
         self.settings = SMALL
-        self.timings: dict[str, float] = {}
         self.seconds = seconds
 
-    def network_maps(self, prep, *, start=None) -> EnsembleMaps:
+    def run_network(self, image, record, *, start=None) -> tuple[EnsembleMaps, float]:
         time.sleep(self.seconds)
-        self.timings["network"] = self.seconds
-        return EnsembleMaps((prep.image[1] > 2.5).astype(np.float32), None, None)
+        return EnsembleMaps((image[1] > 2.5).astype(np.float32), None, None), self.seconds
 
 
 def cohort_jobs(tmp_path: Path, n: int) -> list[Job]:
@@ -239,7 +237,7 @@ def test_a_killed_worker_neither_hangs_the_run_nor_loses_the_other_cases(tmp_pat
     import multiprocessing
     import threading
 
-    from petseg.cohort import WORKER_DIED
+    from petseg.cohort.pipeline import WORKER_DIED
 
     jobs = cohort_jobs(tmp_path, 5)
 

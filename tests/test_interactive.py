@@ -10,8 +10,9 @@ import SimpleITK as sitk
 import torch
 
 from petseg.cli import main
+from petseg.clicks import next_click, region_centre
 from petseg.geometry import Grid
-from petseg.interactive import area, interactive_case, next_click, region_centre, summarize_curves
+from petseg.interactive import area, interactive_case, summarize_curves
 from petseg.predictor import Predictor
 
 from conftest import DIRECTIONS, SMALL, blob_study
@@ -173,7 +174,8 @@ def _like(values: np.ndarray, image: sitk.Image) -> sitk.Image:
 
 @pytest.mark.parametrize("command", ["predict", "evaluate-interactive"])
 def test_no_click_removal_reaches_the_settings(command, tiny_model_dir):
-    from petseg.cli import _make_predictor, build_parser
+    from petseg.cli import build_parser
+    from petseg.cli.common import make_predictor as _make_predictor
 
     extra = ["--gt", "g"] if command == "evaluate-interactive" else []
     base = [command, "-i", "x", "-o", "y", *extra, "--model-dir", str(tiny_model_dir), "--device", "cpu"]

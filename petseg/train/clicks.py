@@ -27,9 +27,8 @@ import torch
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
-from petseg.clicks import MAX_CLICKS, Clicks, click_maps
+from petseg.clicks import MAX_CLICKS, Clicks, click_maps, next_click, region_centre
 from petseg.geometry import Grid
-from petseg.interactive import next_click, region_centre
 from petseg.metrics import CONNECTIVITY
 
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from petseg.errors import ConfigError, InputError
 from petseg.io import atomic_paths, file_stamp, read_image, write_text
-from petseg.layout import FINGERPRINT, Case, cache_folder
+from petseg.layout import Case
+from petseg.outputs import FINGERPRINT, cache_folder
 from petseg.preprocess import preprocess
 from petseg.schemas import Splits, convert, read_json
 from petseg.settings import Settings

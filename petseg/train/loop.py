@@ -20,9 +20,10 @@ from tqdm import tqdm
 from petseg.errors import ConfigError, InputError, ModelError
 from petseg.inference import FoldAverage, foreground_probability, resolve_precision
 from petseg.io import atomic_path
-from petseg.layout import BEST, CURVES, LAST, TRAIN_LOG, cache_folder, find_training_cases
+from petseg.layout import find_training_cases
 from petseg.metrics import case_metrics
 from petseg.model import ModelFolder, build_network, load_state_dict, read_state_dict
+from petseg.outputs import BEST, CURVES, LAST, TRAIN_LOG, cache_folder
 from petseg.settings import Settings
 from petseg.train.config import TrainConfig
 from petseg.train.data import cache_case, cache_key, load_cached, load_splits, make_splits, open_cache

@@ -19,7 +19,7 @@ from typing import Any
 
 from petseg.errors import ConfigError, ModelError
 from petseg.io import csv_text, write_text
-from petseg.layout import BEST, CURVES, LAST, SPLITS_JSON, TRAIN_JSON, TRAIN_LOG, fold_dir
+from petseg.outputs import BEST, CURVES, LAST, SPLITS_JSON, TRAIN_JSON, TRAIN_LOG, fold_dir
 from petseg.schemas import TrainingState, convert, regular_file
 from petseg.train.config import TrainConfig, recipe_differences
 

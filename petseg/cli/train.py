@@ -7,9 +7,10 @@ import dataclasses
 from pathlib import Path
 
 from petseg.frontend import number, positive
+from petseg.settings import PRECISIONS
 
 
-def _train(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace) -> int:
     from petseg.model import network_kwargs
     from petseg.settings import Settings
     from petseg.train import TrainConfig, train_fold
@@ -52,15 +53,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _assemble(args: argparse.Namespace) -> int:
-    from petseg.model import assemble
+def assemble(args: argparse.Namespace) -> int:
+    from petseg.model import assemble as collect
 
-    folder = assemble(args.run, args.output, description=args.description)
+    folder = collect(args.run, args.output, description=args.description)
     print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")
     return 0
 
 
-def add_train_commands(sub) -> None:
+def add_parsers(sub) -> None:
     """Register ``train`` and ``assemble`` on the ``petseg`` subcommand parser."""
     p = sub.add_parser("train", help="train fold K (or all folds with --fold -1)")
     p.add_argument("-d", "--data", required=True, type=Path, help="folder with imagesTr/ and labelsTr/")
@@ -121,7 +122,7 @@ def add_train_commands(sub) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="auto",
         help="autocast (default auto: bf16 where the device has it natively, fp16 with loss scaling on older GPUs)",
     )
@@ -148,10 +149,10 @@ def add_train_commands(sub) -> None:
         help="with --clicks: share of batches that also get 1-3 rounds of error-driven clicks from the "
         "network's own prediction (default 0 = off)",
     )
-    p.set_defaults(func=_train)
+    p.set_defaults(func=train)
 
     p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")
     p.add_argument("run", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--description", default="")
-    p.set_defaults(func=_assemble)
+    p.set_defaults(func=assemble)

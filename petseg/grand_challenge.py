@@ -9,8 +9,9 @@ from pathlib import Path
 
 from petseg.clicks import check_clicks_file
 from petseg.errors import OutputError
-from petseg.io import atomic_paths, check_output_folder, save_image
-from petseg.layout import find_gc_case, gc_output_path, list_images
+from petseg.io import check_output_folder, publish
+from petseg.layout import find_gc_case, list_images
+from petseg.outputs import DATA_CENTRIC_JSON, gc_mask_path
 from petseg.predictor import Predictor, timed
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def check_job(input_dir: str | Path, output_dir: str | Path, interface: str, *, 
 
 def check_outputs(case, output_dir: str | Path, interface: str) -> Path:
     """The mask's path, once its folder is known to be usable and free of other masks."""
-    target = gc_output_path(case, output_dir, INTERFACES[interface].output_slug)
+    target = gc_mask_path(case.name, output_dir, INTERFACES[interface].output_slug)
     check_output_folder(target.parent)
     others = [p.name for p in list_images(target.parent) if p != target]
     if others:
@@ -73,14 +74,10 @@ def run(
         log.info("this model takes no clicks: %s not read", clicks)
         clicks = None
     mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
-    outputs = {gc_output_path(case, output_dir, spec.output_slug): mask}
+    outputs = {gc_mask_path(case.name, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:
-        outputs = {Path(output_dir) / "data-centric-model.json": json.dumps(False), **outputs}
-    with timed("write", predictor.timings), atomic_paths(list(outputs)) as temps:  # all or nothing, mask last
-        for tmp, (target, content) in zip(temps, outputs.items()):
-            if isinstance(content, str):
-                tmp.write_text(content)
-            else:
-                save_image(content, tmp, target=target)
+        outputs = {Path(output_dir) / DATA_CENTRIC_JSON: json.dumps(False), **outputs}
+    with timed("write", predictor.timings):
+        publish(outputs)  # all or nothing, the mask last
     predictor.log_written(list(outputs)[-1], mask)
     return list(outputs)

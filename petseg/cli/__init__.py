@@ -1,0 +1,43 @@
+"""``petseg`` command line: one module per group of commands, each with ``add_parsers`` and a
+handler per command; the work is the library's (:mod:`petseg.folders`, :mod:`petseg.evaluate`,
+:mod:`petseg.interactive`, :mod:`petseg.model`, :mod:`petseg.train`). Importing it loads no
+torch, MONAI or SimpleITK: ``petseg --help`` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from petseg.cli import evaluate, predict, tools, train
+from petseg.frontend import ArgumentParser, configure_threads, run_guarded, setup_logging
+
+COMMANDS = (predict, evaluate, tools, train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -v/-q before or after the subcommand; SUPPRESS keeps a subcommand from resetting the other
+    common = ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only"
+    )
+    parser = ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).", parents=[common])
+    parser.set_defaults(verbose=False, quiet=False)  # what neither the command nor its subcommand set
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub_add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: sub_add(*a, parents=[common], **kw)
+    for module in COMMANDS:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_threads()  # torch and SimpleITK are imported later, by the command
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    return run_guarded("petseg", lambda: args.func(args), verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""``petseg evaluate`` (challenge metrics, detection, calibration, ranking) and
+``petseg evaluate-interactive`` (autoPET IV curves over simulated clicks)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from petseg.cli.common import add_click_removal_option, add_model_options, make_predictor
+from petseg.clicks import MAX_CLICKS
+from petseg.frontend import number
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("evaluate", help="challenge metrics (DSC, FPV, FNV) and lesion measures")
+    p.add_argument("--gt", required=True, type=Path, help="ground-truth mask file or folder")
+    p.add_argument("--pred", required=True, type=Path, action="append", help="prediction file or folder (repeatable)")
+    p.add_argument("--pet", type=Path, help="PET (SUV) file or folder: adds TMTV, TLG, SUVmax, SUVmean, lesion table")
+    p.add_argument(
+        "--prob",
+        type=Path,
+        help="probability map file or folder (<case>_probability.<ext>, from predict --save-probabilities): "
+        "adds the expected calibration error (needs --pet) and a reliability diagram",
+    )
+    p.add_argument("--reliability", type=Path, help="reliability diagram PNG (default: <out>_reliability.png)")
+    p.add_argument("--groups", type=Path, help="CSV with columns case,group (default: fdg/psma name prefix)")
+    p.add_argument("--out", type=Path, help="per-case CSV (and <name>_lesions.csv with --pet)")
+    p.set_defaults(func=evaluate)
+
+    p = sub.add_parser(
+        "evaluate-interactive",
+        help="interactive evaluation (autoPET IV measures): DSC/FPV/FNV after 0..N error-driven clicks, and their AUC",
+    )
+    p.add_argument("-i", "--input", required=True, type=Path, help="nnU-Net-named images folder")
+    p.add_argument("--gt", required=True, type=Path, help="ground-truth masks folder (<case>.<ext>)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for interactive.csv, _cases.csv, .png")
+    add_model_options(p)
+    # autoPET IV scores 0..10 clicks; more would also exceed the 10 per kind a clicks file may hold
+    p.add_argument(
+        "--clicks",
+        type=number(int, low=0, high=MAX_CLICKS),
+        default=MAX_CLICKS,
+        help="clicks per study, 0..10 (default 10)",
+    )
+    add_click_removal_option(p)
+    p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
+    p.set_defaults(func=evaluate_interactive)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from petseg.evaluate import evaluate_predictions
+
+    run = evaluate_predictions(
+        gt=args.gt,
+        preds=args.pred,
+        pet=args.pet,
+        prob=args.prob,
+        groups=args.groups,
+        table=args.out,
+        reliability=args.reliability,
+    )
+    for path in run.written:
+        if path.suffix == ".png":
+            print(f"wrote {path}")
+    for pred, summary in run.summaries.items():
+        print(f"{pred}:")
+        for group, s in summary.items():
+            means = f"DSC {s['dsc']:.4f}  FPV {s['fpv_ml']:.3f} ml  FNV {s['fnv_ml']:.3f} ml"
+            means += f"  lesions: sensitivity {s['lesion_sensitivity']:.3f} precision {s['lesion_precision']:.3f}"
+            means += f" F1 {s['lesion_f1']:.3f} (FN {s['fn_lesions']}, FP {s['fp_lesions']})"
+            if "ece" in s:
+                means += f"  ECE {s['ece']:.4f}"
+            print(f"  {group:>6}: {s['cases']:4d} cases  {means}")
+    ranking = run.ranking()
+    if ranking:
+        print("ranking (0.5 DSC + 0.25 FPV + 0.25 FNV ranks, mean over groups; lower is better):")
+        for position, row in enumerate(ranking, 1):
+            print(f"  {position}. {row['prediction']}  score {row['score']:.3f}")
+    return 0
+
+
+def evaluate_interactive(args: argparse.Namespace) -> int:
+    from petseg.interactive import evaluate_interactive as run
+
+    summary, written = run(
+        args.input, args.gt, args.output, make_predictor=lambda: make_predictor(args), clicks=args.clicks
+    )
+    print(
+        f"{summary['cases']} cases: DSC {summary['dsc_final']:.4f} after {args.clicks} clicks "
+        f"(AUC {summary['dsc_auc']:.3f}), FPV {summary['fpv_ml_final']:.3f} ml (AUC {summary['fpv_ml_auc']:.3f}), "
+        f"FNV {summary['fnv_ml_final']:.3f} ml (AUC {summary['fnv_ml_auc']:.3f})"
+    )
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0

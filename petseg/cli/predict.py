@@ -1,0 +1,146 @@
+"""``petseg predict`` (a folder of cases, or one DICOM study) and ``petseg convert-dicom``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from petseg.cli.common import add_click_removal_option, add_dicom_options, add_model_options, make_predictor
+from petseg.errors import ConfigError
+from petseg.frontend import number, positive
+
+log = logging.getLogger("petseg")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="segment every case of a folder, or one DICOM study")
+    p.add_argument("-i", "--input", type=Path, help="nnU-Net-named folder or Grand Challenge input")
+    add_dicom_options(p)
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder (one mask per case)")
+    add_model_options(p, device_help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
+    p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's, 0.5)")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>_probability.<ext>: the ensemble's mean foreground probability (float32)",
+    )
+    p.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <case>_uncertainty.<ext>: the standard deviation of the folds' probabilities (float32)",
+    )
+    p.add_argument("--qc", action="store_true", help="also write <case>_qc.png (PET MIPs with lesion outlines)")
+    p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")
+    p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")
+    p.add_argument(
+        "--workers",
+        type=number(int, low=0),
+        help="background processes that read/preprocess the next cases and restore/write finished ones "
+        "while the network runs (0: none; default 2 on a GPU, 0 on the CPU)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo cases the run manifest lists as done")
+    p.add_argument(
+        "--clicks",
+        type=Path,
+        help="lesion clicks for a click-aware model: a JSON file (autoPET IV format, PET voxel indices) "
+        "or a folder of <case>_clicks.json",
+    )
+    p.add_argument("--clicks-world", action="store_true", help="the clicks' points are in mm (LPS), not voxel indices")
+    add_click_removal_option(p)
+    p.add_argument("--num-parts", type=positive(int), help="split the cases into N parts (cluster job arrays)")
+    p.add_argument("--part-id", type=number(int, low=0), help="which part this process predicts, 0..N-1")
+    p.set_defaults(func=predict)
+
+    p = sub.add_parser("convert-dicom", help="DICOM PET[/CT] -> SUV.nii.gz [CT.nii.gz, CTres.nii.gz]")
+    add_dicom_options(p)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.set_defaults(func=convert_dicom)
+
+
+def _requested(args: argparse.Namespace):
+    from petseg.folders import OutputRequest
+
+    return OutputRequest(
+        probabilities=args.save_probabilities, uncertainty=args.save_uncertainty, report=args.report, qc=args.qc
+    )
+
+
+def predict(args: argparse.Namespace) -> int:
+    if args.pet_dicom or args.ct_dicom:
+        return predict_dicom(args)
+    if args.dicom_seg:
+        raise ConfigError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
+    if args.input is None:
+        raise ConfigError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
+    from petseg.cohort import Shard
+    from petseg.folders import predict_folder
+
+    if args.part_id is not None and args.num_parts is None:
+        raise ConfigError("--part-id", "needs --num-parts")
+    outputs = _requested(args)
+    run = predict_folder(
+        args.input,
+        args.output,
+        make_predictor=lambda device: make_predictor(args, device=device, outputs=outputs),
+        device=args.device,
+        outputs=outputs,
+        clicks=args.clicks,
+        clicks_world=args.clicks_world,
+        workers=args.workers,
+        shard=Shard(args.num_parts, args.part_id or 0) if args.num_parts is not None else None,
+        overwrite=args.overwrite,
+    )
+    if run.summary is not None:
+        log.info("%s; manifest %s", run.summary.line(), run.case_log)
+    failed = run.failures()
+    if failed:
+        log.error("%d case(s) failed: %s", len(failed), "; ".join(failed))
+        return 1
+    return 0
+
+
+def predict_dicom(args: argparse.Namespace) -> int:
+    from petseg.dicom import read_ct, read_pet_suv, study_name, write_dicom_seg
+    from petseg.io import write_image
+    from petseg.outputs import dicom_study_outputs
+    from petseg.stages import write_extras
+
+    if not (args.pet_dicom and args.ct_dicom):
+        raise ConfigError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
+    if args.clicks is not None:
+        from petseg.clicks import check_clicks_file
+
+        check_clicks_file(args.clicks)  # before the DICOM is read and the model loaded
+    pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
+    ct = read_ct(args.ct_dicom, uid=args.ct_series)
+    prediction = make_predictor(args, outputs=_requested(args)).predict_images(
+        ct,
+        pet,
+        ct_source=str(args.ct_dicom),
+        pet_source=str(args.pet_dicom),
+        clicks=args.clicks,
+        clicks_world=args.clicks_world,
+    )
+    mask = prediction.mask
+    name = study_name(pet_datasets)
+    names = dicom_study_outputs(name, args.output)
+    log.info("wrote %s", write_image(mask, names.mask))
+    if args.dicom_seg:
+        log.info("wrote %s", write_dicom_seg(mask, pet_datasets, names.seg))
+    if args.report or args.qc:
+        write_extras(prediction, pet=pet, name=name, output_dir=Path(args.output), report=args.report, qc=args.qc)
+    return 0
+
+
+def convert_dicom(args: argparse.Namespace) -> int:
+    from petseg.dicom import convert_dicom as convert
+
+    if args.pet_dicom is None:
+        raise ConfigError("petseg convert-dicom", "give --pet-dicom DIR (and --ct-dicom DIR for the CT files)")
+    paths = convert(
+        pet_dir=args.pet_dicom, ct_dir=args.ct_dicom, output=args.output, pet_uid=args.pet_series, ct_uid=args.ct_series
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
