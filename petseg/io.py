@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from petseg.checks import check_geometry
 from petseg.errors import InputError, OutputError, is_out_of_memory
+from petseg.frontend import deferred_signals
 from petseg.imagefiles import check_header
 from petseg.layout import image_suffix
 from petseg.nifti import check_nifti_data
@@ -194,8 +195,6 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     wait for both renames). On any failure, an exception or a signal the front end turns into
     one, the new folder is removed and ``target`` is left exactly as it was. A ``target``
     that is a link to a folder has that folder replaced; a mount point cannot be swapped."""
-    from petseg.frontend import deferred_signals
-
     target = Path(os.path.abspath(target))  # the process may stand inside the folder it replaces
     if target.is_symlink() and target.is_dir():
         target = target.resolve()
@@ -281,7 +280,6 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
         _prepare_target(target)
     temps = [_temporary_name(t, image_suffix(t) or t.suffix) for t in targets]
     published: list[Path] = []
-    renaming: tuple[Path, Path] | None = None
     try:
         yield temps
         for tmp, target in zip(temps, targets):
@@ -289,18 +287,16 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
                 raise OutputError(target, "write failed: nothing was written (disk full?)")
             _fsync(tmp)
             os.chmod(tmp, 0o666 & ~_umask())
-        for tmp, target in zip(temps, targets):
-            renaming = (tmp, target)
-            os.replace(tmp, target)
-            published.append(target)
-            renaming = None
+        with deferred_signals():  # a stop waits for the renames: all of them, then it is done
+            for tmp, target in zip(temps, targets):
+                os.replace(tmp, target)
+                published.append(target)
         for folder in {t.parent for t in targets}:
             _fsync(folder)
     except BaseException as err:
-        if renaming is not None and not renaming[0].exists():  # renamed, then stopped (a signal) before noted
-            published.append(renaming[1])
-        for target in published:
-            target.unlink(missing_ok=True)
+        if len(published) < len(targets):  # once all are in place the job is done: never undone
+            for target in published:
+                target.unlink(missing_ok=True)
         if isinstance(err, OSError):
             named = dict(zip(map(str, temps), targets)).get(str(err.filename), err.filename or targets[-1])
             raise OutputError(named, f"write failed ({err.strerror or err})") from None

@@ -386,7 +386,7 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
     folds, ignored = fold_dirs(run_dir)
     from petseg.train.run import check_assembled
 
-    check_assembled(folds, raw, source=meta_path)  # every fold trained with the run's recipe
+    trained = check_assembled(folds, raw, source=meta_path)  # every fold trained with the run's recipe
     states, files, best_files = {}, {}, {}
     for fold, fold_dir in folds.items():
         best = fold_dir / BEST
@@ -413,5 +413,7 @@ def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "
         description=description,
         files=files,
         sources=best_files,
-        extra={"training": raw["training"]} if raw.get("training") else None,
+        extra={"training": {**raw["training"], "folds": {k: trained[k] for k in map(str, states) if k in trained}}}
+        if raw.get("training")
+        else None,
     )

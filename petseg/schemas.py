@@ -297,6 +297,7 @@ class TrainingState(msgspec.Struct, forbid_unknown_fields=True):
     best: Finite
     best_epoch: int = -1
     recipe: dict[str, Any] | None = None  # TrainConfig.recipe() and the fold's split digest
+    loader_workers: NonNegative | None = None
     config: dict[str, Any] | None = None  # written by petseg before the recipe was recorded
 
 

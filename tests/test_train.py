@@ -326,7 +326,8 @@ def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 1 of 2" in result.stdout and "rank 0 of 2" in result.stdout  # routine log: stdout
+    # one voice: rank 0 logs the run (stdout), rank 1 only warnings
+    assert "rank 0 of 2" in result.stdout and "rank 1 of 2" not in result.stdout
     with open(run / "fold_0" / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # one writer: no duplicated rows
@@ -494,7 +495,7 @@ def test_a_ct_pet_model_widened_for_clicks_starts_as_the_same_model():
     import torch
 
     from petseg.model import build_network, load_state_dict
-    from petseg.train.loop import widened
+    from petseg.train.trainer import widened
 
     torch.manual_seed(0)
     two = build_network(dict(TINY_NETWORK)).eval()

@@ -16,7 +16,7 @@ from petseg.model import assemble
 from petseg.phantom import make_cohort
 from petseg.settings import Settings
 from petseg.train import TrainConfig, train_fold
-from petseg.train.loop import loader_workers
+from petseg.train.trainer import loader_workers
 
 from conftest import ROOT, TINY_NETWORK
 
@@ -112,7 +112,9 @@ def test_a_changed_input_is_preprocessed_again(data, tmp_path):
 def test_a_fold_of_another_recipe_is_refused_in_a_run_folder_and_by_assemble(data, tmp_path):
     run = config(data, tmp_path / "run", epochs=1)
     train_fold(run)
-    with pytest.raises(ConfigError, match=r"train.json: the run was made with another recipe \(lr: 0.001 -> 0.01\)"):
+    with pytest.raises(
+        ConfigError, match=r"train.json: the run was made with another recipe \(training.lr: 0.001 -> 0.01\)"
+    ):
         train_fold(dataclasses.replace(run, fold=1, lr=0.01))
     train_fold(dataclasses.replace(run, fold=1, lr=0.01), overwrite=True)  # the run anew, for fold 1
     with pytest.raises(
@@ -220,4 +222,128 @@ def test_loader_workers_follow_the_cpus_per_gpu():
 
     cpus = available_cpus()
     assert loader_workers(cfg, cuda, {}) == max(0, min(cpus - 1, 12))
-    assert loader_workers(cfg, cuda, {"LOCAL_WORLD_SIZE": str(cpus)}) == 0
+    torchrun = {"RANK": "0", "WORLD_SIZE": str(cpus), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(cpus)}
+    assert loader_workers(cfg, cuda, torchrun) == 0
+
+
+# --- the third hostile round of the run folder ---------------------------------------------------
+
+
+def test_a_fold_being_trained_is_refused_to_a_second_process(data, tmp_path):
+    from petseg.train.run import fold_lock
+
+    run = config(data, tmp_path / "run", epochs=1)
+    with fold_lock(tmp_path / "run" / "fold_0"):
+        with pytest.raises(ConfigError, match=r"fold_0: is being trained by pid \d+: wait for it"):
+            train_fold(run)
+    train_fold(run)  # released: trains, and leaves no lock file behind
+    assert not (tmp_path / "run" / "fold_0" / ".lock").exists()
+
+
+def test_an_overwrite_that_replaces_the_recipe_names_the_folds_left_behind(data, tmp_path, caplog):
+    run = config(data, tmp_path / "run", epochs=1)
+    train_fold(run)
+    with caplog.at_level("WARNING"):
+        train_fold(dataclasses.replace(run, fold=1, lr=0.01), overwrite=True)
+    assert any("fold_0, trained with the old one, will not assemble" in r.getMessage() for r in caplog.records)
+
+
+def test_a_resume_keeps_its_best_weights_or_says_they_are_lost(data, tmp_path):
+    run = config(data, tmp_path / "run", epochs=3)
+    train_fold(run, stop_after=2)
+    (tmp_path / "run" / "fold_0" / "best.pt").unlink()
+    with pytest.raises(ConfigError, match=r"best.pt: the best weights \(epoch \d, DSC .*\) are missing"):
+        train_fold(run, resume=True)
+
+
+def test_fold_minus_one_resumes_the_started_folds_and_starts_the_others(data, tmp_path):
+    from petseg.train.loop import train_folds
+
+    run = config(data, tmp_path / "run", epochs=2)
+    train_fold(run, stop_after=1)
+    train_folds(run, [0, 1], resume=True)
+    for fold in (0, 1):
+        assert [int(r["epoch"]) for r in rows(tmp_path / "run" / f"fold_{fold}")] == [0, 1]
+    with pytest.raises(ConfigError, match="fold_0: holds a trained fold"):
+        train_folds(run, [0, 1])  # refused before any fold trains
+
+
+def test_a_hand_edited_run_description_is_compared_too(data, tmp_path):
+    run = config(data, tmp_path / "run", epochs=1)
+    train_fold(run)
+    path = tmp_path / "run" / "train.json"
+    described = json.loads(path.read_text())
+    described["preprocessing"]["target_spacing"] = [2.0, 2.0, 2.0]
+    path.write_text(json.dumps(described))
+    with pytest.raises(ConfigError, match=r"preprocessing.target_spacing: \[2.0, 2.0, 2.0\] -> \[8.0, 8.0, 8.0\]"):
+        train_fold(dataclasses.replace(run, fold=1))
+    described["training"] = None  # an older run's description: not checked, said so
+    path.write_text(json.dumps(described))
+    train_fold(dataclasses.replace(run, fold=1))
+
+
+def test_a_damaged_cached_case_is_preprocessed_again(data, tmp_path, caplog):
+    run = config(data, tmp_path / "run", epochs=1)
+    train_fold(run)
+    cached = sorted((tmp_path / "run" / "cache").glob("*/*.npz"))[0]
+    cached.write_bytes(cached.read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        train_fold(run, overwrite=True)
+    assert any("cached case is damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_tolerates_what_does_not_change_the_weights(data, tmp_path, caplog):
+    """--hot-suv without hard negatives, other loader workers (warned: the random streams differ)."""
+    run = config(data, tmp_path / "run", epochs=2)
+    train_fold(run, stop_after=1)
+    with caplog.at_level("WARNING"):
+        train_fold(dataclasses.replace(run, hot_suv=5.0, num_workers=1), resume=True)
+    assert any("the augmentations' random streams differ" in r.getMessage() for r in caplog.records)
+
+
+def test_training_refuses_a_device_it_cannot_use(data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    run = config(data, tmp_path / "run", epochs=1)
+    cuda = dataclasses.replace(run, settings=dataclasses.replace(run.settings, device="cuda"))
+    with pytest.raises(ConfigError, match="--device: cuda: no CUDA device here"):
+        train_fold(cuda)
+    with pytest.raises(ConfigError, match="--sync-batchnorm: needs GPUs"):
+        train_fold(dataclasses.replace(run, sync_batchnorm=True))
+
+
+def test_a_splits_file_must_match_the_fold_count_but_not_the_order(data, tmp_path):
+    run = config(data, tmp_path / "run", epochs=1)
+    train_fold(run)
+    splits = json.loads((tmp_path / "run" / "splits_final.json").read_text())
+    shuffled = [{"train": s["train"][::-1], "val": s["val"][::-1]} for s in splits]
+    (tmp_path / "same.json").write_text(json.dumps(shuffled))
+    train_fold(dataclasses.replace(run, fold=1, splits_file=tmp_path / "same.json"))
+    (tmp_path / "three.json").write_text(json.dumps(splits + splits[:1]))
+    with pytest.raises(ConfigError, match="--folds: 2 folds asked for, the split has 3"):
+        train_fold(dataclasses.replace(run, splits_file=tmp_path / "three.json"), overwrite=True)
+
+
+def test_a_fresh_loss_scale_when_resuming_a_bf16_fold_in_fp16(tmp_path):
+    from petseg.train.trainer import build_trainer
+
+    settings = Settings(target_spacing=(8.0, 8.0, 8.0), roi_size=(32, 32, 32), device="cpu", precision="fp16")
+    cfg = TrainConfig(data_dir=".", out_dir=".", network=dict(TINY_NETWORK), patch_size=(16, 16, 16), settings=settings)
+    from petseg.train.distributed import Dist
+
+    trainer = build_trainer(cfg, device=torch.device("cpu"), dist=Dist())
+    state = trainer.state(epoch=0, recipe={})
+    state["scaler"] = {}  # what a bf16 run (a disabled scaler) saved
+    trainer.load(state, source=tmp_path / "last.pt")
+    assert trainer.start_epoch == 1
+
+
+def test_assemble_names_an_unfinished_fold_and_records_each_folds_epochs(data, tmp_path, caplog):
+    run = config(data, tmp_path / "run", epochs=3)
+    train_fold(run)
+    train_fold(dataclasses.replace(run, fold=1), stop_after=1)
+    with caplog.at_level("WARNING"):
+        assemble(tmp_path / "run", tmp_path / "model")
+    assert any("fold_1: has trained 1 of its 3 epochs" in r.getMessage() for r in caplog.records)
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["training"]["folds"]["0"]["epochs"] == 3 and meta["training"]["folds"]["1"]["epochs"] == 1

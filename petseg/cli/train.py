@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from petseg.frontend import number, positive
@@ -13,7 +12,8 @@ from petseg.settings import PRECISIONS
 def train(args: argparse.Namespace) -> int:
     from petseg.model import network_kwargs
     from petseg.settings import Settings
-    from petseg.train import TrainConfig, train_fold
+    from petseg.train import TrainConfig
+    from petseg.train.loop import train_folds
 
     settings = Settings(device=args.device, precision=args.precision).with_overrides(
         target_spacing=args.target_spacing,
@@ -48,8 +48,8 @@ def train(args: argparse.Namespace) -> int:
         error_clicks=args.error_clicks,
         focal_weight=tuple(args.focal_weight),
     )
-    for fold in range(args.folds) if args.fold == -1 else [args.fold]:
-        train_fold(dataclasses.replace(config, fold=fold), resume=args.resume, overwrite=args.overwrite)
+    folds = list(range(args.folds)) if args.fold == -1 else [args.fold]
+    train_folds(config, folds, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -4,7 +4,9 @@
 - ``data``: splits by patient, the preprocessed-case cache, patch-sampling maps;
 - ``transforms``: random patches and augmentations;
 - ``distributed``: torchrun's process group;
-- ``loop``: :func:`train_fold` (setup, resume, epochs, validation, checkpoints);
+- ``run``: the run folder (recipe, split, fold claims, resume checks, the log);
+- ``trainer``: the trainer, the loader, one epoch, validation;
+- ``loop``: :func:`train_fold` (claim, check, set up or resume, epochs, checkpoints);
 - ``plots``: loss and validation curves.
 
 Assembling the folds into a model folder is :func:`petseg.model.assemble`.
@@ -22,7 +24,7 @@ _PUBLIC = {
     "patient_of": "petseg.train.data",
     "with_sampling_map": "petseg.train.data",
     "train_fold": "petseg.train.loop",
-    "validate": "petseg.train.loop",
+    "validate": "petseg.train.trainer",
     "train_transforms": "petseg.train.transforms",
 }
 

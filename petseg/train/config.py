@@ -84,8 +84,12 @@ class TrainConfig:
         from petseg.model import model_sections
 
         values = {name: _json(getattr(self, name)) for name in RECIPE_FIELDS}
-        values["init_from"] = None if self.init_from is None else str(self.init_from)
+        values["init_from"] = None if self.init_from is None else str(Path(self.init_from).resolve())
         values["preprocessing"] = model_sections(self.settings)["preprocessing"]
+        if not self.hard_negatives:
+            del values["hot_suv"]  # it only chooses the hard negatives' centres
+        if self.settings.click_sigma_mm is None:
+            del values["click_free"], values["error_clicks"]  # click training only
         return values
 
 

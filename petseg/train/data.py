@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from petseg.outputs import FINGERPRINT, cache_folder
 from petseg.preprocess import preprocess
 from petseg.schemas import Splits, convert, read_json
 from petseg.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def patient_of(case: str) -> str:
@@ -83,17 +87,27 @@ def open_cache(run_dir: Path, settings: Settings) -> Path:
     return folder
 
 
-def cache_case(case: Case, cache_dir: Path, settings: Settings) -> Path:
+def cache_case(case: Case, cache_dir: Path, settings: Settings, *, force: bool = False) -> Path:
     """Preprocess once with the engine's own pipeline; later epochs read the .npz. A case whose
-    CT, PET or label changed since (size, mtime, ends of the file) is preprocessed again."""
+    CT, PET or label changed since (size, mtime, ends of the file) is preprocessed again, and
+    said so (a resumed fold then trains on other data); ``force`` rebuilds a damaged one."""
     out, stamp_path = cache_dir / f"{case.name}.npz", cache_dir / f"{case.name}.json"
     stamps = {role: file_stamp(path) for role, path in (("ct", case.ct), ("pet", case.pet), ("label", case.label))}
-    if out.is_file() and stamp_path.is_file():
+    if out.is_file() and stamp_path.is_file() and not force:
         try:
-            if read_json(stamp_path, role="cache record") == stamps:
-                return out
+            recorded = read_json(stamp_path, role="cache record")
         except InputError:
-            pass  # an unreadable record: preprocess again
+            recorded = None  # an unreadable record: preprocess again
+        if recorded == stamps:
+            return out
+        if isinstance(recorded, dict):
+            changed = [role for role in stamps if recorded.get(role, {}).get("digest") != stamps[role]["digest"]]
+            log.warning(
+                "case %s: its %s changed since it was cached: preprocessed again%s",
+                case.name,
+                "/".join(changed) or "files",
+                " (training on other data than before)" if changed else "",
+            )
     ct, pet, label = (read_image(p, role=r) for p, r in zip((case.ct, case.pet, case.label), ("CT", "PET", "label")))
     prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(case.ct), pet_source=str(case.pet))
     with atomic_paths([out, stamp_path]) as (tmp, tmp_stamp):  # unique temp names: fold jobs share the cache
@@ -103,9 +117,13 @@ def cache_case(case: Case, cache_dir: Path, settings: Settings) -> Path:
 
 
 def load_cached(path: Path, *, hot_suv: float | None = None) -> dict[str, np.ndarray]:
-    """A cached case; with ``hot_suv`` (training cases) also its patch-sampling map."""
-    with np.load(path) as data:
-        case = {"image": data["image"], "label": data["label"][None].astype(np.float32)}
+    """A cached case; with ``hot_suv`` (training cases) also its patch-sampling map. A damaged
+    file (truncated, not an archive, missing an array) is an InputError naming it."""
+    try:
+        with np.load(path) as data:
+            case = {"image": data["image"], "label": data["label"][None].astype(np.float32)}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise InputError(path, f"cached case is damaged ({type(err).__name__}: {err})") from None
     return case if hot_suv is None else with_sampling_map(case, hot_suv=hot_suv)
 
 

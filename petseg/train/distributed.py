@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from petseg.inference import resolve_device
+from petseg.torchrun import Torchrun
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class Dist:
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    place = Torchrun.from_environment()
+    if place is None or place.world == 1:
         return Dist(), resolve_device(device_name)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, local_rank = place.world, place.local_rank
     cuda = torch.cuda.is_available() and device_name != "cpu"
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")

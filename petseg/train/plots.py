@@ -15,7 +15,7 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     with open(log_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -25,6 +25,9 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")  # 0.5, not 5x10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
     handles = [loss]
