@@ -176,17 +176,7 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
         for key in ("dsc", "fpv_ml", "fnv_ml"):
             values = np.array([getattr(r, key) for r in rows], float)
             summary[name][key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-        pooled = Detection.pooled([r.detection for r in rows])
-        summary[name].update(
-            {
-                "detected_lesions": pooled.detected_lesions,
-                "fn_lesions": pooled.fn_lesions,
-                "fp_lesions": pooled.fp_lesions,
-                "lesion_sensitivity": pooled.sensitivity,
-                "lesion_precision": pooled.precision,
-                "lesion_f1": pooled.f1,
-            }
-        )
+        summary[name].update(Detection.pooled([r.detection for r in rows]).row())
         calibrations = [r.calibration for r in rows if r.calibration is not None]
         if calibrations:
             summary[name]["ece"] = sum(calibrations, Calibration()).ece

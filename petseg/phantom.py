@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
+from petseg.geometry import Grid
 from petseg.io import write_image
 from petseg.layout import gc_paths, training_paths
 
@@ -99,12 +100,14 @@ class Study:
     lesions: list[Lesion]
 
 
-def _grid_points(size, spacing, origin, direction, z_slice: slice) -> np.ndarray:
-    """Physical points (N, 3) of voxels in z-slab ``z_slice``, ordered like a (z, y, x) array."""
+def _grid_points(grid: Grid, z_slice: slice) -> np.ndarray:
+    """Physical points (N, 3) of voxels in z-slab ``z_slice``, ordered like a (z, y, x) array
+    (Grid.to_physical in float32: half the memory for the millions of points of a slab)."""
+    size = grid.size
     zs = np.arange(size[2])[z_slice]
     k, j, i = np.meshgrid(zs, np.arange(size[1]), np.arange(size[0]), indexing="ij")
-    idx = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float32) * np.asarray(spacing, np.float32)
-    return idx @ np.asarray(direction, np.float32).reshape(3, 3).T + np.asarray(origin, np.float32)
+    idx = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float32) * np.asarray(grid.spacing, np.float32)
+    return idx @ np.asarray(grid.direction, np.float32).reshape(3, 3).T + np.asarray(grid.origin, np.float32)
 
 
 class Anatomy:
@@ -195,15 +198,16 @@ def _sample_mimics(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[L
     return mimics
 
 
-def _render(size, spacing, origin, direction, anatomy, lesions, tracer, *, what: str) -> np.ndarray:
+def _render(grid: Grid, anatomy, lesions, tracer, *, what: str) -> np.ndarray:
     """Render 'ct' (HU), 'pet' (ideal SUV) or 'label' as a (z, y, x) array, slab by slab."""
+    size = grid.size
     out = np.zeros(size[::-1], np.float32 if what != "label" else np.uint8)
     lut_hu = np.array([HU[i] for i in range(len(HU))], np.float32)
     lut_suv = np.array([SUV[tracer][i] for i in range(len(HU))], np.float32)
     slab = max(1, 2_000_000 // (size[0] * size[1]))
     for z0 in range(0, size[2], slab):
         zs = slice(z0, min(size[2], z0 + slab))
-        pts = _grid_points(size, spacing, origin, direction, zs)
+        pts = _grid_points(grid, zs)
         values = np.zeros(len(pts), out.dtype)
         if what != "label":
             values[:] = (lut_hu if what == "ct" else lut_suv)[anatomy.tissues(pts)]
@@ -219,14 +223,6 @@ def _render(size, spacing, origin, direction, anatomy, lesions, tracer, *, what:
                 values[inside] = 80.0 if lesion.site != "bone" else 900.0
         out[zs] = values.reshape(zs.stop - zs.start, size[1], size[0])
     return out
-
-
-def _image(array: np.ndarray, size, spacing, origin, direction) -> sitk.Image:
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    img.SetOrigin(tuple(float(o) for o in origin))
-    img.SetDirection(tuple(float(d) for d in np.asarray(direction).reshape(-1)))
-    return img
 
 
 def make_study(
@@ -266,21 +262,17 @@ def make_study(
     if hard:
         lesions += _sample_mimics(anatomy, rng, int(rng.integers(2, 6)))
 
-    pet = _render(size, spacing, origin, direction, anatomy, lesions, tracer, what="pet")
+    grid = Grid(size, tuple(float(s) for s in spacing), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
+    pet = _render(grid, anatomy, lesions, tracer, what="pet")
     if noise:
         counts = 6.0  # counts per SUV unit per voxel: low enough to look like PET noise
         pet = rng.poisson(pet * counts).astype(np.float32) / counts
     fwhm_mm = 6.5
     pet = gaussian_filter(pet, sigma=[fwhm_mm / 2.355 / s for s in spacing[::-1]]).astype(np.float32)
-    label = _render(size, spacing, origin, direction, anatomy, lesions, tracer, what="label")
-
-    if ct_spacing is None:
-        ct_size, ct_sp, ct_origin = size, tuple(spacing), origin
-    else:  # same direction and field-of-view centre, its own spacing
-        ct_sp = tuple(float(s) for s in ct_spacing)
-        ct_size = tuple(max(2, int(round(e / s))) for e, s in zip(extent_vec, ct_sp))
-        ct_origin = centre - direction @ ((np.asarray(ct_size) - 1) * np.asarray(ct_sp) / 2)
-    ct = _render(ct_size, ct_sp, ct_origin, direction, anatomy, lesions, tracer, what="ct")
+    label = _render(grid, anatomy, lesions, tracer, what="label")
+    # the CT: the same grid, or the same direction and field-of-view centre at its own spacing
+    ct_grid = grid if ct_spacing is None else grid.with_spacing(tuple(float(s) for s in ct_spacing))
+    ct = _render(ct_grid, anatomy, lesions, tracer, what="ct")
     if noise:
         ct += rng.normal(0, 12.0, ct.shape).astype(np.float32)
     ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
@@ -288,9 +280,9 @@ def make_study(
     return Study(
         case_id=f"{tracer}_ph{seed:03d}x{index:03d}_2026-01-01",
         tracer=tracer,
-        ct=_image(ct, ct_size, ct_sp, ct_origin, direction),
-        pet=_image(pet, size, spacing, origin, direction),
-        label=_image(label, size, spacing, origin, direction),
+        ct=ct_grid.stamp(sitk.GetImageFromArray(ct)),
+        pet=grid.stamp(sitk.GetImageFromArray(pet)),
+        label=grid.stamp(sitk.GetImageFromArray(label)),
         lesions=lesions,
     )
 

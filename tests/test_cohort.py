@@ -79,6 +79,7 @@ def test_two_shards_share_a_folder_and_write_every_mask_exactly_once(tiny_model_
     assert set(parts) == {"0/2", "1/2"} and not parts["0/2"] & parts["1/2"]
 
 
+@pytest.mark.slow
 def test_torchrun_gives_each_process_its_shard(tiny_model_dir, tmp_path):
     src = cohort(tmp_path / "in", 3)
     out = tmp_path / "out"
@@ -115,6 +116,7 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.slow
 def test_a_killed_run_started_again_does_only_the_rest(tiny_model_dir, tmp_path):
     src = cohort(tmp_path / "in", 8)
     out = tmp_path / "out"
@@ -233,6 +235,7 @@ def test_manifest_lines_from_many_writers_stay_whole(tmp_path):
     assert set(manifest.completed()) == {e["case"] for e in lines}
 
 
+@pytest.mark.slow
 def test_a_killed_worker_neither_hangs_the_run_nor_loses_the_other_cases(tmp_path):
     import multiprocessing
     import threading

@@ -131,6 +131,7 @@ def test_shipped_weights_folder_is_a_valid_model_folder():
     assert len(folder.load_networks()) == 5  # checksums verified
 
 
+@pytest.mark.slow
 def test_test_sh_local_reproduces_the_expected_output():
     """The non-Docker half of test.sh: process.py on a read-only copy of test/input, then compare."""
     result = subprocess.run(["bash", str(ROOT / "test.sh"), "--local"], capture_output=True, text=True, cwd=ROOT)

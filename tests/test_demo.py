@@ -8,6 +8,8 @@ from petseg.predictor import Predictor
 
 from conftest import ROOT, dice
 
+pytestmark = pytest.mark.slow  # the demo weights on phantoms: quality, not behaviour
+
 CASE = "cf0bf476-0047-52f9-a5ed-ab8fccfba24d"
 
 

@@ -275,6 +275,7 @@ def test_train_and_assemble_cli(phantom_data, tmp_path):
     assert meta["network"]["kwargs"]["channels"] == [4, 8] and len(meta["folds"]) == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_data, tmp_path):
     """DDP on the CPU (gloo): both ranks train and validate their half; rank 0 writes alone."""
     run = tmp_path / "ddp"

@@ -198,6 +198,7 @@ def test_a_resumed_log_has_each_epoch_once(data, tmp_path):
 # --- progress ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_progress_in_a_log_file_is_lines_not_bars(data, tmp_path):
     argv = [sys.executable, "-m", "petseg", "train", "-d", str(data), "-o", str(tmp_path / "run"), "--fold", "0"]
     argv += ["--folds", "2", "--epochs", "2", "--val-every", "1", "--batch-size", "2", "--patch-size", "16", "16", "16"]
