@@ -59,7 +59,9 @@ def _organ_suv(study, organ):
     )
     from petseg.phantom import _grid_points
 
-    tissue = anatomy.tissues(_grid_points(size, sp, study.pet.GetOrigin(), np.eye(3), slice(None))).reshape(pet.shape)
+    from petseg.geometry import Grid
+
+    tissue = anatomy.tissues(_grid_points(Grid.of(study.pet), slice(None))).reshape(pet.shape)
     return pet[tissue == organ].mean()
 
 
