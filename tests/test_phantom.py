@@ -57,9 +57,8 @@ def _organ_suv(study, organ):
         np.asarray(study.pet.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size])),
         np.asarray(size) * np.asarray(sp),
     )
-    from petseg.phantom import _grid_points
-
     from petseg.geometry import Grid
+    from petseg.phantom import _grid_points
 
     tissue = anatomy.tissues(_grid_points(Grid.of(study.pet), slice(None))).reshape(pet.shape)
     return pet[tissue == organ].mean()
