@@ -23,6 +23,7 @@ from monai.inferers import sliding_window_inference
 
 from petseg.errors import ConfigError, ModelError
 from petseg.settings import Settings, check_device
+from petseg.stages import EnsembleMaps
 
 log = logging.getLogger(__name__)
 
@@ -150,51 +151,36 @@ class FoldAverage(torch.nn.Module):
         self.mirrors: tuple[tuple[int, ...], ...] = MIRRORS if self.settings.tta else MIRRORS[:1]
         self.budget: Budget | None = budget
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    def forward(self, window: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The window batch's maps by name: "mean" (B, 1, ...) always, "variance" (B, 1, ...)
+        with ``settings.uncertainty``, "folds" (B, n, ...) with ``settings.fold_votes``."""
         start = time.perf_counter()
         dtype = resolve_precision(self.settings.precision, window.device.type)
         if self.settings.channels_last:
             window = window.contiguous(memory_format=torch.channels_last_3d)
-        total, passes = None, 0
-        reference = shifts = squares = None
-        fold_maps: list[torch.Tensor] = []
+        stats = _FoldStats(self.settings, folds=len(self.networks), mirrors=len(self.mirrors))
         for network in self.networks[: self.active_folds]:
-            fold_total = None
-            for flips in self.mirrors:
-                x = window.flip(flips) if flips else window
-                with torch.autocast(window.device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = network(x)
-                if logits.ndim != x.ndim or logits.shape[1] != 2 or logits.shape[2:] != x.shape[2:]:
-                    raise ModelError(
-                        type(network).__name__,
-                        f"returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; expected (B, 2, ...)",
-                    )
-                probability = torch.softmax(logits.float(), dim=1)[:, 1:2]
-                probability = probability.flip(flips) if flips else probability
-                fold_total = probability if fold_total is None else fold_total + probability
-                passes += 1
-            total = fold_total if total is None else total + fold_total
-            fold_p = fold_total / len(self.mirrors)
-            if self.settings.fold_votes:
-                fold_maps.append(fold_p)
-            if self.settings.uncertainty:  # running sums of p and p^2: no per-fold volumes kept
-                reference = fold_p if reference is None else reference  # shifted sums: no cancellation
-                shift = fold_p - reference
-                shifts = shift if shifts is None else shifts + shift
-                squares = shift * shift if squares is None else squares + shift * shift
+            stats.add(self._fold_sum(network, window, dtype))
         if self.budget is not None:
-            self._check_budget(time.perf_counter() - start, passes)
-        mean = total / passes
-        channels = [mean]
-        if squares is not None:
-            # the folds' variance per window; the sliding window then averages it over overlapping
-            # windows (blending E[p^2] and E[p] instead would mix in the windows' own disagreement)
-            shift_mean = shifts / self.active_folds
-            channels.append((squares / self.active_folds - shift_mean * shift_mean).clamp_min(0.0))
-        if self.settings.fold_votes:
-            # a fold dropped by the time budget votes as the remaining folds' mean does
-            channels += fold_maps + [mean] * (len(self.networks) - len(fold_maps))
-        return channels[0] if len(channels) == 1 else torch.cat(channels, dim=1)
+            self._check_budget(time.perf_counter() - start, stats.passes)
+        return stats.maps()
+
+    def _fold_sum(self, network: torch.nn.Module, window: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """One fold's foreground probability summed over the mirrorings."""
+        total = None
+        for flips in self.mirrors:
+            x = window.flip(flips) if flips else window
+            with torch.autocast(window.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = network(x)
+            if logits.ndim != x.ndim or logits.shape[1] != 2 or logits.shape[2:] != x.shape[2:]:
+                raise ModelError(
+                    type(network).__name__,
+                    f"returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; expected (B, 2, ...)",
+                )
+            probability = torch.softmax(logits.float(), dim=1)[:, 1:2]
+            probability = probability.flip(flips) if flips else probability
+            total = probability if total is None else total + probability
+        return total
 
     def _check_budget(self, seconds: float, passes: int) -> None:
         budget = self.budget
@@ -230,6 +216,45 @@ class FoldAverage(torch.nn.Module):
                 self.active_folds = keep
 
 
+class _FoldStats:
+    """The folds' maps of one window batch, accumulated fold by fold: the sum of every
+    (fold, mirroring) probability for the mean; shifted running sums of each fold's probability
+    and its square for the variance (no per-fold volume kept, no float32 cancellation); each
+    fold's own probability for the votes."""
+
+    def __init__(self, settings: Settings, *, folds: int, mirrors: int) -> None:
+        self.settings, self.folds, self.mirrors = settings, folds, mirrors
+        self.total = self.reference = self.shifts = self.squares = None
+        self.passes, self.active = 0, 0
+        self.own: list[torch.Tensor] = []
+
+    def add(self, fold_sum: torch.Tensor) -> None:
+        self.total = fold_sum if self.total is None else self.total + fold_sum
+        self.passes += self.mirrors
+        self.active += 1
+        fold_p = fold_sum / self.mirrors
+        if self.settings.fold_votes:
+            self.own.append(fold_p)
+        if self.settings.uncertainty:
+            self.reference = fold_p if self.reference is None else self.reference
+            shift = fold_p - self.reference
+            self.shifts = shift if self.shifts is None else self.shifts + shift
+            self.squares = shift * shift if self.squares is None else self.squares + shift * shift
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        mean = self.total / self.passes
+        maps = {"mean": mean}
+        if self.squares is not None:
+            # the folds' variance per window; the sliding window then averages it over overlapping
+            # windows (blending E[p^2] and E[p] instead would mix in the windows' own disagreement)
+            shift_mean = self.shifts / self.active
+            maps["variance"] = (self.squares / self.active - shift_mean * shift_mean).clamp_min(0.0)
+        if self.settings.fold_votes:
+            # a fold dropped by the time budget votes as the remaining folds' mean does
+            maps["folds"] = torch.cat(self.own + [mean] * (self.folds - len(self.own)), dim=1)
+        return maps
+
+
 def oom_ladder(sw_batch_size: int, device: torch.device) -> list[tuple[int, torch.device, torch.device]]:
     """(window batch, network device, aggregation device) to try in order after out-of-memory."""
     sizes = []
@@ -250,18 +275,17 @@ def foreground_probability(
     image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
 ) -> np.ndarray:
     """(C, X, Y, Z) network input -> (X, Y, Z) mean foreground probability, float32."""
-    return ensemble_maps(image, ensemble, device=device, deadline=deadline)[0]
+    return ensemble_maps(image, ensemble, device=device, deadline=deadline).mean
 
 
 def ensemble_maps(
     image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
-) -> np.ndarray:
-    """(C, X, Y, Z) network input -> (K, X, Y, Z) float32 with the ensemble's settings (window,
-    overlap, window batch, precision, mirroring): channel 0 is the mean foreground probability;
-    with ``settings.uncertainty`` the next is the variance of the folds' probabilities
+) -> EnsembleMaps:
+    """(C, X, Y, Z) network input -> the ensemble's maps on that grid, with the ensemble's
+    settings (window, overlap, window batch, precision, mirroring): the mean foreground
+    probability; with ``settings.uncertainty`` the variance of the folds' probabilities
     (computed per window from running sums of p and p^2, averaged over overlapping windows);
-    with ``settings.fold_votes`` one channel per fold follows, its own probability.
-    :meth:`EnsembleMaps.split` names them.
+    with ``settings.fold_votes`` each fold's own probability.
 
     On out-of-memory, retries down :func:`oom_ladder`, logging each step; never crashes for
     memory unless even the CPU run fails.
@@ -289,7 +313,8 @@ def ensemble_maps(
                     device=out_device,
                     progress=settings.progress,
                 )
-            return output[0].float().cpu().numpy()
+            maps = {key: value[0].float().cpu().numpy() for key, value in output.items()}
+            return EnsembleMaps(maps["mean"][0], maps["variance"][0] if "variance" in maps else None, maps.get("folds"))
         except torch.OutOfMemoryError:
             if attempt + 1 == len(steps):
                 raise

@@ -187,7 +187,7 @@ class Predictor:
         seconds: dict[str, float] = {}
         with timed("network", seconds):
             maps = ensemble_maps(image, self.ensemble, device=self.device, deadline=deadline)
-        return EnsembleMaps.split(maps, settings=self.settings), seconds["network"]
+        return maps, seconds["network"]
 
     def _predict(
         self,

@@ -32,17 +32,12 @@ UNCERTAINTY_NAME = "standard deviation of the folds' foreground probabilities"
 
 @dataclass(frozen=True)
 class EnsembleMaps:
-    """``ensemble_maps``' channels by name, each (X, Y, Z) float32 on the network grid."""
+    """The ensemble's maps of a study (``inference.ensemble_maps``), (X, Y, Z) float32 on the
+    network grid."""
 
     mean: np.ndarray  # the folds' mean foreground probability
     variance: np.ndarray | None  # the folds' variance (Settings.uncertainty)
     folds: np.ndarray | None  # (n, X, Y, Z): each fold's own probability (Settings.fold_votes)
-
-    @classmethod
-    def split(cls, maps: np.ndarray, *, settings: Settings) -> EnsembleMaps:
-        variance = maps[1] if settings.uncertainty else None
-        folds = maps[1 + settings.uncertainty :] if settings.fold_votes else None
-        return cls(maps[0], variance, folds)
 
     def std(self) -> np.ndarray:
         """Standard deviation of the folds' probabilities."""

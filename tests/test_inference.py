@@ -190,39 +190,34 @@ def _maps(folds, settings, image):
 
 
 def test_identical_folds_have_zero_uncertainty_everywhere():
-    from petseg.stages import EnsembleMaps
-
     net = trained_like(TINY_NETWORK)
     image = np.random.default_rng(0).normal(size=(2, 20, 24, 18)).astype(np.float32)
     settings = REF.with_overrides(uncertainty=True)
     maps = _maps([net, net, net], settings, image)
-    assert maps.shape == (2, 20, 24, 18)
-    np.testing.assert_allclose(EnsembleMaps.split(maps, settings=settings).std(), 0.0, atol=2e-4)
+    assert maps.mean.shape == maps.variance.shape == (20, 24, 18) and maps.folds is None
+    np.testing.assert_allclose(maps.std(), 0.0, atol=2e-4)
 
 
 def test_uncertainty_is_the_std_of_the_folds_and_costs_nothing_when_off():
-    from petseg.stages import EnsembleMaps
-
     folds = [trained_like(TINY_NETWORK, seed=s) for s in range(3)]
     image = np.random.default_rng(1).normal(size=(2, 16, 16, 16)).astype(np.float32)
-    one = [_maps([f], REF, image)[0] for f in folds]  # each fold alone
+    one = [_maps([f], REF, image).mean for f in folds]  # each fold alone
     settings = REF.with_overrides(uncertainty=True)
     maps = _maps(folds, settings, image)
-    np.testing.assert_allclose(maps[0], np.mean(one, axis=0), atol=1e-6)
-    np.testing.assert_allclose(EnsembleMaps.split(maps, settings=settings).std(), np.std(one, axis=0), atol=1e-4)
+    np.testing.assert_allclose(maps.mean, np.mean(one, axis=0), atol=1e-6)
+    np.testing.assert_allclose(maps.std(), np.std(one, axis=0), atol=1e-4)
     assert np.std(one, axis=0).max() > 0.01  # the folds do disagree
-    assert _maps(folds, REF, image).shape == (1, 16, 16, 16)  # off: one channel, no p^2 kept
+    off = _maps(folds, REF, image)
+    assert off.variance is None and off.folds is None  # off: no p^2 kept
 
 
 @pytest.mark.parametrize("uncertainty", [False, True])
 def test_fold_votes_keep_each_folds_own_probability(uncertainty):
-    from petseg.stages import EnsembleMaps
-
     folds = [trained_like(TINY_NETWORK, seed=s) for s in range(3)]
     image = np.random.default_rng(2).normal(size=(2, 20, 16, 24)).astype(np.float32)
-    one = [_maps([f], REF, image)[0] for f in folds]
+    one = [_maps([f], REF, image).mean for f in folds]
     settings = REF.with_overrides(fold_votes=True, uncertainty=uncertainty)
-    maps = EnsembleMaps.split(_maps(folds, settings, image), settings=settings)
+    maps = _maps(folds, settings, image)
     assert maps.folds.shape == (3, 20, 16, 24)
     np.testing.assert_allclose(maps.folds, np.stack(one), atol=1e-6)
     np.testing.assert_allclose(maps.mean, np.mean(one, axis=0), atol=1e-6)
