@@ -31,14 +31,8 @@ for arg in "$@"; do
   esac
 done
 
-work="$(mktemp -d)"
-volume=""
-cleanup() {
-  if [ -n "$volume" ]; then docker volume rm --force "$volume" > /dev/null 2>&1 || true; fi
-  chmod -R u+w "$work" 2> /dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=test/container/sandbox.sh
+source "$here/test/container/sandbox.sh"
 
 if [ "$mode" = "local" ]; then
   mkdir -p "$work/output"
@@ -62,11 +56,10 @@ fi
 cp -r "$here/test/input" "$work/input"
 cp -r "$here/test/expected_output" "$work/expected"
 chmod -R a+rX,a-w "$work/input" "$work/expected"
-volume="$(docker volume create "petseg-test-output-$(date +%s)-$$")"
+new_volume volume petseg-test-output
 
 gpus=(--gpus all)
 [ "$mode" = "cpu" ] && gpus=()
-sandbox=(--rm --network none --read-only --tmpfs /tmp --memory 30g --memory-swap 30g --shm-size 2g)
 docker run "${sandbox[@]}" "${gpus[@]}" \
   --volume "$work/input:/input:ro" --volume "$volume:/output" "$image"
 docker run "${sandbox[@]}" --entrypoint python \

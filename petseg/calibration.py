@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from petseg.atomic import atomic_path
 from petseg.errors import InputError
-from petseg.io import atomic_path
 
 BINS = 10
 BODY_SUV = 0.1  # air in PET reads ~0 SUV; lungs, the least avid tissue, ~0.3-0.6

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from petseg.documents import convert, read_json
 from petseg.errors import InputError
-from petseg.schemas import ClicksDocument, convert, read_json
+from petseg.schemas import ClicksDocument
 
 if TYPE_CHECKING:  # annotations only: the CLI imports MAX_CLICKS without SimpleITK
     from petseg.geometry import Grid

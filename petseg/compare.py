@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.documents import read_json
 from petseg.errors import InputError
 from petseg.geometry import same_grid
 from petseg.layout import image_suffix
-from petseg.schemas import read_json
 
 
 @dataclass

@@ -15,12 +15,12 @@ from tqdm import tqdm
 
 from petseg.calibration import BODY_SUV, Calibration
 from petseg.checks import check_mask, check_pet_range, check_same_grid, check_values
+from petseg.documents import read_table
 from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
 from petseg.layout import index_images, strip_suffix
 from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
 from petseg.outputs import index_maps
-from petseg.schemas import read_table
 
 log = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ def predict_folder(
     local rank's GPU). ``shard`` defaults to torchrun's part of the cases, else all of them;
     ``workers`` to 2 on a GPU, 0 on the CPU. Incomplete cases are logged and returned, the
     others run."""
+    from petseg.atomic import check_output_folder
     from petseg.cohort import Job, Manifest, Shard, default_workers, rank_device, run_cohort
-    from petseg.io import check_output_folder
     from petseg.layout import find_cases
     from petseg.outputs import CaseOutputs
 

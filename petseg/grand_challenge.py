@@ -7,12 +7,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from petseg.atomic import check_output_folder
 from petseg.clicks import check_clicks_file
 from petseg.errors import OutputError
-from petseg.io import check_output_folder, publish
+from petseg.io import publish
 from petseg.layout import find_gc_case, list_images
 from petseg.outputs import DATA_CENTRIC_JSON, gc_mask_path
-from petseg.predictor import Predictor, timed
+from petseg.predictor import Predictor
+from petseg.stages import timed
 
 log = logging.getLogger(__name__)
 

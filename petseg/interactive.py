@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.atomic import atomic_path
 from petseg.checks import check_mask, check_same_grid
 from petseg.clicks import MAX_CLICKS, Clicks, next_click
-from petseg.io import atomic_path, read_image
+from petseg.io import read_image
 from petseg.metrics import case_metrics, voxel_ml
 from petseg.stages import load_study, restore_prediction, with_clicks
 
@@ -157,8 +158,9 @@ def evaluate_interactive(
     Returns the pooled summary and the files written."""
     from tqdm import tqdm
 
+    from petseg.atomic import check_output_folder
     from petseg.errors import InputError
-    from petseg.io import check_output_folder, write_csv
+    from petseg.io import write_csv
     from petseg.layout import find_cases, index_images
     from petseg.outputs import INTERACTIVE_FILES
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
-import re
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,42 +18,19 @@ from typing import Any
 
 import torch
 
-from petseg.errors import ConfigError, ModelError, OutputError
-from petseg.io import atomic_folder, atomic_path, write_text
+from petseg.documents import convert, read_json, regular_file, shown_value
+from petseg.errors import ConfigError, ModelError
 from petseg.outputs import (
-    BEST,
     MODEL_JSON,
-    SPLITS_JSON,
-    TRAIN_JSON,
-    fold_dirs,
-    fold_file,
-    fold_history,
-    written_by_petseg,
 )
-from petseg.schemas import (
-    ModelDocument,
-    TrainDocument,
-    UNetKwargs,
-    convert,
-    is_file_name,
-    read_json,
-    regular_file,
-    shown_value,
-)
+from petseg.schemas import ModelDocument, UNetKwargs, is_file_name
 from petseg.settings import CHANNELS, PAPER_NETWORK, Settings
 
 log = logging.getLogger(__name__)
 
-FORMAT = "petseg-model/1"
+FORMAT = "petseg-model/2"  # every key of both sections stated
+OLD_FORMATS = ("petseg-model/1",)  # the keys of Settings.REQUIRED_KEYS stated, the others default
 NETWORK_CLASS = "monai.networks.nets.UNet"
-
-
-def model_sections(settings: Settings) -> dict[str, dict[str, Any]]:
-    """model.json's (and train.json's) "preprocessing" and "inference" sections, with the
-    network's input channels, which belong to the model, not to a run's settings."""
-    sections = settings.model_sections()
-    sections["preprocessing"]["channels"] = list(settings.channels)
-    return sections
 
 
 def read_document(path: Path, schema: Any, *, missing: str) -> tuple[dict, Any]:
@@ -67,14 +41,17 @@ def read_document(path: Path, schema: Any, *, missing: str) -> tuple[dict, Any]:
     raw = read_json(path, role="model description", error=ModelError)
     if not isinstance(raw, dict):
         raise ModelError(path, f"expected a JSON object, got {type(raw).__name__}")
-    if schema is ModelDocument and raw.get("format") != FORMAT:
-        raise ModelError(path, f"format is {shown_value(raw.get('format'))}, expected {FORMAT!r}")
+    if schema is ModelDocument and raw.get("format") not in (FORMAT, *OLD_FORMATS):
+        readable = " or ".join(repr(name) for name in (FORMAT, *OLD_FORMATS))
+        raise ModelError(path, f"format is {shown_value(raw.get('format'))}, expected {readable}")
     return raw, convert(raw, schema, source=path, error=ModelError, what="invalid model description")
 
 
-def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
+def parse_sections(meta: Mapping[str, Any], *, source: str | Path, complete: bool = False) -> Settings:
     """The one reader of "preprocessing" and "inference" sections (model.json, train.json):
-    every key must be a Settings field of that section, with a value of its type and range."""
+    every key must be a Settings field of that section, with a value of its type and range;
+    ``complete`` (model.json of the current format): every key of each section must be there,
+    the input channels too; else only the keys a model must state (older model folders)."""
     sections = {}
     for section, keys in (("preprocessing", Settings.PREPROCESSING_KEYS), ("inference", Settings.INFERENCE_KEYS)):
         values = meta.get(section)
@@ -82,6 +59,8 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
             raise ModelError(source, f"{section}: expected an object, got {shown_value(values)}")
         values = dict(values)
         if section == "preprocessing":
+            if complete and "channels" not in values:
+                raise ModelError(source, "preprocessing: missing key 'channels'")
             channels = convert(
                 values.pop("channels", list(CHANNELS)),
                 list[str],
@@ -92,7 +71,7 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path) -> Settings:
         unknown = sorted(set(values) - set(keys))
         if unknown:
             raise ModelError(source, f"{section}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
-        missing = [key for key in keys if key in Settings.REQUIRED_KEYS and key not in values]
+        missing = [key for key in keys if (complete or key in Settings.REQUIRED_KEYS) and key not in values]
         if missing:
             raise ModelError(source, f"{section}: missing key {missing[0]!r}")
         sections[section] = values
@@ -194,7 +173,7 @@ class ModelFolder:
         raw, doc = read_document(meta_path, ModelDocument, missing="missing: not a petseg model folder")
         if doc.network.class_ != NETWORK_CLASS:
             raise ModelError(meta_path, f"unsupported network class {doc.network.class_!r}")
-        settings = parse_sections(raw, source=meta_path)
+        settings = parse_sections(raw, source=meta_path, complete=raw["format"] == FORMAT)
         check_network_fits(doc.network.kwargs, settings, source=meta_path)
         seen: set[int] = set()
         for fold in doc.folds:
@@ -269,100 +248,6 @@ def describe_network(network: Mapping[str, Any]) -> str:
     return "the network (" + ", ".join(f"{k} {network.get(k)}" for k in keys) + ")"
 
 
-def fold_number(path: str | Path) -> int | None:
-    """Fold index from names like ``fold0_model_ep=0284.pth`` or ``fold_3.pt``."""
-    match = re.search(r"fold[_-]?(\d+)", Path(path).name, flags=re.IGNORECASE)
-    return int(match.group(1)) if match else None
-
-
-def write_model_folder(
-    out_dir: str | Path,
-    *,
-    state_dicts: Mapping[int, Mapping[str, torch.Tensor]],
-    network: Mapping[str, Any] = PAPER_NETWORK,
-    settings: Settings | None = None,
-    description: str = "",
-    extra: Mapping[str, Any] | None = None,
-    files: Mapping[str, Path] | None = None,
-    sources: Mapping[int, str | Path] | None = None,
-) -> ModelFolder:
-    """Write one state dict per fold, model.json (checksums included) and ``files`` (name ->
-    source, e.g. training logs) as one transaction: the folder is built beside ``out_dir``,
-    opened and every fold loaded, and only then swapped in. On any failure ``out_dir`` is as
-    it was (or absent) and nothing else is left. An existing ``out_dir`` must be empty or a
-    model folder: what petseg wrote there is replaced, other files (a README) are kept.
-    ``sources`` names each fold's file in errors."""
-    out_dir = Path(os.path.abspath(out_dir))
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MODEL_JSON).is_file():
-        raise OutputError(out_dir, "exists and is not a petseg model folder: give a new or empty folder")
-    kept = {p.name: p for p in sorted(out_dir.iterdir()) if not written_by_petseg(p.name)} if out_dir.is_dir() else {}
-    settings = settings or Settings()
-    probe = build_network(network)
-    for fold, state in state_dicts.items():  # refuse a mismatch before writing
-        source = (sources or {}).get(fold, f"fold {fold}")
-        load_state_dict(probe, state, source=source, against=describe_network(network))
-    with atomic_folder(out_dir) as staging:
-        entries = []
-        for fold, state in sorted(state_dicts.items()):
-            name = fold_file(fold)
-            with atomic_path(staging / name) as tmp:
-                torch.save(dict(state), tmp)
-            entries.append({"fold": fold, "file": name, "sha256": sha256_file(staging / name)})
-        meta = {
-            "format": FORMAT,
-            "description": description,
-            "network": {"class": NETWORK_CLASS, "kwargs": dict(network), "parameters": count_parameters(probe)},
-            **model_sections(settings),
-            "folds": entries,
-            **(dict(extra) if extra else {}),
-        }
-        write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", staging / MODEL_JSON)
-        for name, source in (files or {}).items():
-            with atomic_path(staging / name) as tmp:
-                shutil.copyfile(source, tmp)
-        for name, source in kept.items():
-            if source.is_dir() and not source.is_symlink():
-                shutil.copytree(source, staging / name, symlinks=True)
-            else:
-                shutil.copy2(source, staging / name, follow_symlinks=False)
-        ModelFolder.open(staging).load_networks()  # what a user will open: checksums, shapes, schema
-    if kept:
-        log.info("%s: kept %s from the earlier folder", out_dir, ", ".join(kept))
-    return ModelFolder.open(out_dir)
-
-
-def import_weights(
-    files: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    network: Mapping[str, Any] = PAPER_NETWORK,
-    settings: Settings | None = None,
-    description: str = "Imported checkpoints",
-) -> ModelFolder:
-    """Turn plain MONAI UNet state dicts (one per fold) into a model folder."""
-    if not files:
-        raise ModelError("import-weights", "no checkpoint files given")
-    states: dict[int, dict] = {}
-    sources: dict[int, Path] = {}
-    for position, file in enumerate(files):
-        named = fold_number(file)
-        fold = position if named is None else named
-        if fold in states:
-            how = "by its name" if named is not None else f"by its position ({position}) among the files"
-            raise ModelError(file, f"fold {fold} given twice: {sources[fold].name} and this file, {how}")
-        states[fold] = read_state_dict(file)
-        sources[fold] = Path(file)
-    return write_model_folder(
-        out_dir,
-        state_dicts=states,
-        network=network,
-        settings=settings,
-        description=description,
-        extra={"imported_from": {str(fold): path.name for fold, path in sources.items()}},
-        sources=sources,
-    )
-
-
 def default_model_dir() -> Path | None:
     """$PETSEG_MODEL_DIR, else ``weights/`` of a source checkout, else None."""
     env = os.environ.get("PETSEG_MODEL_DIR")
@@ -370,50 +255,3 @@ def default_model_dir() -> Path | None:
         return Path(env)
     candidate = Path(__file__).resolve().parents[1] / "weights"
     return candidate if (candidate / MODEL_JSON).is_file() else None
-
-
-def assemble(run_dir: str | Path, model_dir: str | Path, *, description: str = "") -> ModelFolder:
-    """Collect ``fold_K/best.pt`` of a training run into one model folder (network and
-    settings from the run's ``train.json``), with the run's split and each fold's log and
-    curves beside the weights. Only ``fold_<integer>`` folders count; others are named."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelError(run_dir, "training run folder not found")
-    meta_path = run_dir / TRAIN_JSON
-    raw, doc = read_document(meta_path, TrainDocument, missing="missing: not a petseg training run")
-    settings = parse_sections(raw, source=meta_path)
-    check_network_fits(doc.network, settings, source=meta_path)
-    folds, ignored = fold_dirs(run_dir)
-    from petseg.train.run import check_assembled
-
-    trained = check_assembled(folds, raw, source=meta_path)  # every fold trained with the run's recipe
-    states, files, best_files = {}, {}, {}
-    for fold, fold_dir in folds.items():
-        best = fold_dir / BEST
-        if not best.is_file():
-            ignored.append(f"{fold_dir.name} (no {BEST})")
-            continue
-        states[fold] = read_state_dict(best)
-        best_files[fold] = best
-        for name in ("log.csv", "curves.png"):
-            if (fold_dir / name).is_file():
-                files[fold_history(fold, name)] = fold_dir / name
-    if ignored:
-        log.warning("%s: not assembled: %s", run_dir, ", ".join(ignored))
-    if not states:
-        raise ModelError(run_dir, f"no fold_K/{BEST} found")
-    if (run_dir / SPLITS_JSON).is_file():
-        files[SPLITS_JSON] = run_dir / SPLITS_JSON
-    log.info("assembling folds %s of %s", sorted(states), run_dir)
-    return write_model_folder(
-        model_dir,
-        state_dicts=states,
-        network=raw["network"],
-        settings=settings,
-        description=description,
-        files=files,
-        sources=best_files,
-        extra={"training": {**raw["training"], "folds": {k: trained[k] for k in map(str, states) if k in trained}}}
-        if raw.get("training")
-        else None,
-    )

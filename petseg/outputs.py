@@ -87,6 +87,11 @@ def dicom_study_outputs(name: str, folder: str | Path) -> CaseOutputs:
     return CaseOutputs(Path(folder), name, ".nii.gz")
 
 
+# --- petseg convert-dicom: the autoPET release's file names ------------------------------------
+
+SUV_NII, CT_NII, CT_ON_PET_NII = "SUV.nii.gz", "CT.nii.gz", "CTres.nii.gz"
+
+
 # --- the Grand Challenge job and evaluation ------------------------------------------------------
 
 DATA_CENTRIC_JSON = "data-centric-model.json"
@@ -132,6 +137,8 @@ def written_by_petseg(name: str) -> bool:
 
 TRAIN_JSON, SPLITS_JSON, FINGERPRINT = "train.json", "splits_final.json", "fingerprint.json"
 BEST, LAST, TRAIN_LOG, CURVES = "best.pt", "last.pt", "log.csv", "curves.png"
+FOLD_FILES = (LAST, BEST, TRAIN_LOG, CURVES)  # what training writes into a fold folder
+FOLD_LOCK = ".lock"  # held by the process training the fold
 _FOLD_DIR = re.compile(r"fold_(\d{1,3})")
 
 

@@ -18,8 +18,6 @@ from petseg.model import ModelFolder, default_model_dir
 from petseg.preprocess import Preprocessed, Record, preprocess
 from petseg.settings import Settings
 from petseg.stages import (
-    UNCERTAINTY_KEY,
-    UNCERTAINTY_NAME,
     EnsembleMaps,
     Prediction,
     load_study,
@@ -29,7 +27,7 @@ from petseg.stages import (
     write_prediction,
 )
 
-__all__ = ["UNCERTAINTY_KEY", "UNCERTAINTY_NAME", "Prediction", "Predictor", "timed"]
+__all__ = ["Prediction", "Predictor"]
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.atomic import atomic_path
 from petseg.checks import check_mask, check_same_grid
 from petseg.errors import ConfigError
-from petseg.io import atomic_path
 
 LPS = "LPS"  # array (z, y, x): x towards the patient's left, y posterior, z superior
 

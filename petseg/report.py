@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.atomic import atomic_paths
 from petseg.checks import check_same_grid
-from petseg.io import atomic_paths, csv_text
+from petseg.io import csv_text
 from petseg.metrics import Labelled, lesion_table, totals, voxel_ml
 from petseg.outputs import CaseOutputs
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from petseg.documents import mismatch
 from petseg.errors import ConfigError
-from petseg.schemas import mismatch
 
 # The paper's network (autoPET III, MONAI residual UNet): 19,223,525 trainable parameters.
 PAPER_NETWORK: dict[str, Any] = {
@@ -44,6 +44,12 @@ Window = Annotated[int, msgspec.Meta(ge=1, le=1024)]  # voxels of a sliding wind
 Share = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 
 
+def _field(default: Any, *, section: str | None = None, required: bool = False, outputs: bool = True) -> Any:
+    """A field's default and what it is: its model.json section (None: not in model.json),
+    whether a model must state it, whether it can change a study's outputs."""
+    return dataclasses.field(default=default, metadata={"section": section, "required": required, "outputs": outputs})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Preprocessing and inference parameters.
@@ -55,9 +61,19 @@ class Settings:
         body_threshold_hu: voxels of the CT (on the PET grid) above this are "body";
             the crop is their bounding box plus ``body_margin_mm``.
         body_margin_mm: margin added around the body bounding box on each side.
+        click_sigma_mm: None for a CT/PET model; for a click-aware model (input channels
+            CT, PET, tumour clicks, background clicks) the Gaussian width of a click, mm.
         roi_size: sliding-window size in voxels of the network grid.
         overlap: sliding-window overlap fraction.
         sw_batch_size: windows per network call.
+        time_budget_s: if the first windows show that the ensemble would overrun this
+            many seconds (from the start of the study), drop mirrorings, then folds (never
+            below one), instead of timing out with no output. None = no budget.
+        threshold: a voxel is lesion when the ensemble's mean foreground probability is
+            strictly above this (0.5 = the argmax of the two classes).
+        click_removal: a background click on a predicted lesion removes that lesion (its
+            18-connected component on the PET grid gets probability 0) unless a tumour click
+            lies in it too; off, background clicks only reach the network as its input.
         device: "auto", "cpu", "cuda" or "cuda:N".
         precision: "auto" (bf16 where the device supports it, fp16 on older GPUs), "fp32"
             (the reference), "bf16" or "fp16": autocast for the network only.
@@ -65,45 +81,39 @@ class Settings:
         fold_batchnorm: fold BatchNorm into the preceding convolution for inference.
         compile: wrap the ensemble in ``torch.compile``.
         tta: average over the 8 mirrorings of each window (test-time augmentation).
-        time_budget_s: if the first windows show that the ensemble would overrun this
-            many seconds (from the start of the study), drop mirrorings, then folds (never
-            below one), instead of timing out with no output. None = no budget.
         progress: show a tqdm bar over sliding windows.
-        threshold: a voxel is lesion when the ensemble's mean foreground probability is
-            strictly above this (0.5 = the argmax of the two classes).
         uncertainty: also compute the standard deviation of the folds' probabilities
             (fold disagreement), from running sums of p and p^2 in the one pass.
-        click_sigma_mm: None for a CT/PET model; for a click-aware model (input channels
-            CT, PET, tumour clicks, background clicks) the Gaussian width of a click, mm.
-        click_removal: a background click on a predicted lesion removes that lesion (its
-            18-connected component on the PET grid gets probability 0) unless a tumour click
-            lies in it too; off, background clicks only reach the network as its input.
         fold_votes: also keep each fold's own probability (one map per fold on the network
             grid: memory grows by the fold count) to tell, per lesion, how many folds' own
             masks overlap it.
     """
 
-    target_spacing: tuple[Spacing, Spacing, Spacing] = (2.0, 2.0, 2.0)
-    ct_window: tuple[HU, HU] = (-1024.0, 1024.0)
-    ct_fill_hu: HU = -1024.0
-    body_threshold_hu: HU = -500.0
-    body_margin_mm: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 10.0
-    roi_size: tuple[Window, Window, Window] = (192, 192, 192)
-    overlap: Share = 0.5
-    sw_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 2
-    device: str = "auto"
-    precision: Precision = "auto"
-    channels_last: bool = True
-    fold_batchnorm: bool = True
-    compile: bool = False
-    tta: bool = False
-    time_budget_s: Annotated[float, msgspec.Meta(gt=0, le=1e7)] | None = None
-    progress: bool = False
-    threshold: Share = 0.5
-    uncertainty: bool = False
-    fold_votes: bool = False
-    click_sigma_mm: Annotated[float, msgspec.Meta(gt=0, le=1000)] | None = None
-    click_removal: bool = True
+    # what a model folder fixes: model.json's "preprocessing" section
+    target_spacing: tuple[Spacing, Spacing, Spacing] = _field((2.0, 2.0, 2.0), section="preprocessing", required=True)
+    ct_window: tuple[HU, HU] = _field((-1024.0, 1024.0), section="preprocessing", required=True)
+    ct_fill_hu: HU = _field(-1024.0, section="preprocessing", required=True)
+    body_threshold_hu: HU = _field(-500.0, section="preprocessing", required=True)
+    body_margin_mm: Annotated[float, msgspec.Meta(ge=0, le=1000)] = _field(10.0, section="preprocessing", required=True)
+    click_sigma_mm: Annotated[float, msgspec.Meta(gt=0, le=1000)] | None = _field(None, section="preprocessing")
+    # ... and its "inference" section (the window batch and a time budget are defaults a run may change)
+    roi_size: tuple[Window, Window, Window] = _field((192, 192, 192), section="inference", required=True)
+    overlap: Share = _field(0.5, section="inference")
+    sw_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = _field(2, section="inference", outputs=False)
+    time_budget_s: Annotated[float, msgspec.Meta(gt=0, le=1e7)] | None = _field(None, section="inference")
+    threshold: Share = _field(0.5, section="inference")
+    click_removal: bool = _field(True, section="inference")
+    # how one run executes
+    device: str = _field("auto", outputs=False)
+    precision: Precision = _field("auto")
+    channels_last: bool = _field(True)
+    fold_batchnorm: bool = _field(True)
+    compile: bool = _field(False, outputs=False)
+    tta: bool = _field(False)
+    progress: bool = _field(False, outputs=False)
+    # what it computes beside the mean probability, for the outputs asked for
+    uncertainty: bool = _field(False)
+    fold_votes: bool = _field(False)
 
     def __post_init__(self) -> None:
         for name, kind in _field_types().items():  # types and ranges: one line naming field and value
@@ -118,26 +128,10 @@ class Settings:
             raise ConfigError("ct_window", f"must be (low, high) with high > low, got {self.ct_window!r}")
         check_device(self.device)
 
-    # keys of model.json's "preprocessing" and "inference" sections map 1:1 onto fields
-    PREPROCESSING_KEYS = (
-        "target_spacing",
-        "ct_window",
-        "ct_fill_hu",
-        "body_threshold_hu",
-        "body_margin_mm",
-        "click_sigma_mm",
-    )
-
     @property
     def channels(self) -> tuple[str, ...]:
         """The network's input channels, in order."""
         return CHANNELS if self.click_sigma_mm is None else CHANNELS + CLICK_CHANNELS
-
-    INFERENCE_KEYS = ("roi_size", "overlap", "sw_batch_size", "time_budget_s", "threshold", "click_removal")
-    # what a trained model must state; the other keys default (older model folders lack them)
-    REQUIRED_KEYS = ("target_spacing", "ct_window", "ct_fill_hu", "body_threshold_hu", "body_margin_mm", "roi_size")
-    # fields that change how fast, where or how visibly a study runs, never its outputs
-    RUNTIME_ONLY = ("device", "sw_batch_size", "progress", "compile")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (tuples coerced from lists)."""
@@ -153,17 +147,36 @@ class Settings:
         sections: every key a field (an explicit null only where the field may be None).
         Raises KeyError for a missing section, ConfigError for unknown keys or bad values."""
         values = {**sections["preprocessing"], **sections["inference"]}
+        channels = values.pop("channels", None)  # a model fact that follows from click_sigma_mm
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError("settings", f"unknown: {sorted(unknown)}")
-        return cls(**values)
+        settings = cls(**values)
+        if channels is not None and list(channels) != list(settings.channels):
+            raise ConfigError("channels", f"{list(channels)!r} do not match {list(settings.channels)!r}")
+        return settings
 
     def model_sections(self) -> dict[str, dict[str, Any]]:
-        """model.json's "preprocessing" and "inference" sections (JSON-ready)."""
-        return {
-            "preprocessing": {k: _as_json(getattr(self, k)) for k in self.PREPROCESSING_KEYS},
-            "inference": {k: _as_json(getattr(self, k)) for k in self.INFERENCE_KEYS},
+        """model.json's (and train.json's) "preprocessing" and "inference" sections, JSON-ready,
+        every key of each, with the network's input channels (a model fact, not a field)."""
+        sections = {
+            section: {k: _as_json(getattr(self, k)) for k in keys}
+            for section, keys in (("preprocessing", self.PREPROCESSING_KEYS), ("inference", self.INFERENCE_KEYS))
         }
+        sections["preprocessing"]["channels"] = list(self.channels)
+        return sections
+
+
+def _keys(section: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("section") == section)
+
+
+# declared once, per field: which model.json section it belongs to, whether a model must state
+# it, whether it changes outputs (a run's key in its manifest leaves out those that do not)
+Settings.PREPROCESSING_KEYS = _keys("preprocessing")
+Settings.INFERENCE_KEYS = _keys("inference")
+Settings.REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("required"))
+Settings.RUNTIME_ONLY = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata["outputs"])
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from petseg.compare import dice as compare_dice
-from petseg.model import write_model_folder
+from petseg.model_write import write_model_folder
 from petseg.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,39 @@ class Oracle(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pet = x[:, 1:2]
         return torch.cat([2.5 - pet, pet - 2.5], dim=1)
+
+
+def cohort_folder(root: Path, n: int) -> Path:
+    """n small studies on anisotropic, oblique grids with non-zero origins, nnU-Net named."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        ct, pet = blob_study(size=(24 + i, 22, 18), origin=(-37.5 + i, 120.0, -400.2), direction=DIRECTIONS["oblique"])
+        sitk.WriteImage(ct, str(root / f"case{i:02d}_0000.nii.gz"))
+        sitk.WriteImage(pet, str(root / f"case{i:02d}_0001.nii.gz"))
+    return root
+
+
+def training_cohort(root: Path, n: int, seed: int) -> Path:
+    """n FDG and n PSMA phantoms (seeds seed, seed + 1) on one anisotropic grid: a tiny training set."""
+    from petseg.phantom import make_cohort
+
+    for tracer, s in (("fdg", seed), ("psma", seed + 1)):
+        make_cohort(root, n=n, seed=s, tracer=tracer, shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
+    return root
+
+
+def predict_cli(src, out, model, *extra) -> int:
+    """``petseg predict`` on the CPU, through the CLI's entry point."""
+    from petseg.cli import main
+
+    return main(["predict", "-i", str(src), "-o", str(out), "--model-dir", str(model), "--device", "cpu", *extra])
+
+
+def run_entries(out: Path) -> list[dict]:
+    """The lines of a predict run's case log."""
+    from petseg.cohort import CASE_LOG
+
+    return [json.loads(line) for line in (out / CASE_LOG).read_text().splitlines() if line.strip()]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

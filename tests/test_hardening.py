@@ -17,7 +17,7 @@ import petseg.layout
 from petseg.cli import main
 from petseg.errors import InputError, ModelError
 
-from conftest import ROOT, RUN_FILES, blob_study
+from conftest import ROOT, RUN_FILES, blob_study, predict_cli
 from dicom_helpers import write_series
 
 sys.path.insert(0, str(ROOT))
@@ -52,10 +52,6 @@ def nnunet_case(root, ct, pet, name="case", ext=".nii.gz"):
     return root
 
 
-def predict(src, out, model, *extra):
-    return main(["predict", "-i", str(src), "-o", str(out), "--model-dir", str(model), "--device", "cpu", *extra])
-
-
 def one_error_line(capsys, prog="petseg"):
     err = capsys.readouterr().err.strip().splitlines()
     errors = [ln for ln in err if ln.startswith(f"{prog}: error:") or " ERROR " in ln]
@@ -87,7 +83,7 @@ def full_disk(monkeypatch):
 
 def test_full_disk_predict_exits_1_and_publishes_nothing(full_disk, tiny_model_dir, tmp_path, capsys):
     src = nnunet_case(tmp_path / "in", *study())
-    assert predict(src, tmp_path / "out", tiny_model_dir, "--workers", "0") == 1  # the fault is patched in here
+    assert predict_cli(src, tmp_path / "out", tiny_model_dir, "--workers", "0") == 1  # the fault is patched in here
     _, errors = one_error_line(capsys)
     assert any(f"{tmp_path / 'out' / 'case.nii.gz'}: write failed, is the disk full?" in ln for ln in errors)
     assert files_under(tmp_path / "out") == []
@@ -270,7 +266,7 @@ def test_implausible_inputs_are_refused_before_the_network(make, source, problem
     source = source.replace(".nii.gz", ext)
     if make == "nan_nifti":
         nifti_with_nan(src / "case_0001.nii.gz", pet)
-    assert predict(src, tmp_path / "out", tiny_model_dir) == 1
+    assert predict_cli(src, tmp_path / "out", tiny_model_dir) == 1
     _, errors = one_error_line(capsys)
     assert any(f"{src / source}: " in ln and problem in ln for ln in errors), errors
     assert files_under(tmp_path / "out") == []
@@ -280,7 +276,7 @@ def test_a_ct_without_air_and_a_partial_ct_run_with_warnings(tiny_model_dir, tmp
     ct, pet = blob_study(ct_grid="same")  # CT 40 HU everywhere: no air
     ct = ct[:, :, :24]  # 80 % of the PET's axial extent
     src = nnunet_case(tmp_path / "in", ct, pet)
-    assert predict(src, tmp_path / "out", tiny_model_dir) == 0
+    assert predict_cli(src, tmp_path / "out", tiny_model_dir) == 0
     err = capsys.readouterr().err
     assert "CT minimum 40 HU: no air below -500 HU" in err and "CT covers only 80% of the PET's axial extent" in err
     assert files_under(tmp_path / "out") == ["case.nii.gz"]
@@ -381,7 +377,7 @@ def test_evaluate_refuses_probability_maps_and_negative_labels(values, problem, 
 def test_output_that_is_a_file_is_refused_before_the_network(tiny_model_dir, tmp_path, capsys):
     src = nnunet_case(tmp_path / "in", *study())
     (tmp_path / "out").write_text("not a folder")
-    assert predict(src, tmp_path / "out", tiny_model_dir) == 1
+    assert predict_cli(src, tmp_path / "out", tiny_model_dir) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"petseg: error: {tmp_path / 'out'}: is a file; expected an output folder"]
 
@@ -389,7 +385,7 @@ def test_output_that_is_a_file_is_refused_before_the_network(tiny_model_dir, tmp
 def test_a_target_name_that_is_a_folder_is_refused(tiny_model_dir, tmp_path, capsys):
     src = nnunet_case(tmp_path / "in", *study())
     (tmp_path / "out" / "case.nii.gz").mkdir(parents=True)
-    assert predict(src, tmp_path / "out", tiny_model_dir) == 1
+    assert predict_cli(src, tmp_path / "out", tiny_model_dir) == 1
     _, errors = one_error_line(capsys)
     assert any("case.nii.gz: is a folder; cannot write a file there" in ln for ln in errors)
 
@@ -418,7 +414,7 @@ def test_model_json_with_an_argument_the_network_does_not_take(tiny_model_dir, t
     meta["network"]["kwargs"]["dropout_rate"] = 0.1
     (model / "model.json").write_text(json.dumps(meta))
     src = nnunet_case(tmp_path / "in", *study())
-    assert predict(src, tmp_path / "out", model) == 1
+    assert predict_cli(src, tmp_path / "out", model) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{model / 'model.json'}: invalid model description: network.kwargs: " in err[0]
     assert "unknown field dropout_rate" in err[0]

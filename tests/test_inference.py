@@ -1,7 +1,6 @@
 """The fast path and its safety nets: BatchNorm folding, precision, OOM fallback, time budget, TTA."""
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -72,18 +71,42 @@ def test_fast_path_agrees_with_fp32_reference():
 
 
 class Counting(torch.nn.Module):
-    """Logits from the PET channel; counts calls and window-batch sizes."""
+    """Logits from the PET channel; counts calls and window-batch sizes; each call takes
+    ``seconds`` of a FakeClock's time."""
 
-    def __init__(self, fail_above: int | None = None, sleep: float = 0.0):
+    def __init__(self, fail_above: int | None = None, clock: "FakeClock | None" = None, seconds: float = 0.0):
         super().__init__()
-        self.batches, self.fail_above, self.sleep = [], fail_above, sleep
+        self.batches, self.fail_above, self.clock, self.seconds = [], fail_above, clock, seconds
 
     def forward(self, x):
         self.batches.append(x.shape[0])
         if self.fail_above is not None and x.shape[0] > self.fail_above:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
-        time.sleep(self.sleep)
+        if self.clock is not None:
+            self.clock.now += self.seconds
         return torch.cat([-x[:, 1:2], x[:, 1:2]], dim=1)
+
+
+class FakeClock:
+    """Stands in for the ``time`` module in petseg.inference: time passes only when a network
+    says so, so that the budget tests do not depend on how loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = monotonic
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import petseg.inference
+
+    fake = FakeClock()
+    monkeypatch.setattr(petseg.inference, "time", fake)
+    return fake
 
 
 def test_window_count_matches_monai():
@@ -125,14 +148,14 @@ def test_out_of_memory_everywhere_is_raised_not_swallowed():
         foreground_probability(image, FoldAverage([Counting(fail_above=0)], settings=settings), device=CPU)
 
 
-def test_time_budget_drops_folds_but_finishes(caplog):
+def test_time_budget_drops_folds_but_finishes(caplog, clock):
     image = np.random.default_rng(2).normal(size=(2, 64, 16, 16)).astype(np.float32)
     settings = REF.with_overrides(sw_batch_size=1)
-    folds = [Counting(sleep=0.03) for _ in range(4)]
+    folds = [Counting(clock=clock, seconds=0.03) for _ in range(4)]
     ensemble = FoldAverage(folds, settings=settings)
     calls = window_count(image.shape[1:], settings)
     # the first window batch (4 folds) plus room for about 1.5 folds over the rest
-    deadline = time.monotonic() + 4 * 0.03 + (calls - 1) * 0.03 * 1.5
+    deadline = clock.now + 4 * 0.03 + (calls - 1) * 0.03 * 1.5
     with caplog.at_level(logging.WARNING):
         out = foreground_probability(image, ensemble, device=CPU, deadline=deadline)
     assert out.shape == (64, 16, 16) and np.isfinite(out).all()
@@ -143,12 +166,12 @@ def test_time_budget_drops_folds_but_finishes(caplog):
     assert len(folds[3].batches) >= calls
 
 
-def test_time_budget_drops_mirroring_before_folds(caplog):
+def test_time_budget_drops_mirroring_before_folds(caplog, clock):
     image = np.zeros((2, 48, 16, 16), np.float32)
     settings = REF.with_overrides(sw_batch_size=1, tta=True)
-    folds = [Counting(sleep=0.02) for _ in range(2)]
+    folds = [Counting(clock=clock, seconds=0.02) for _ in range(2)]
     calls = window_count(image.shape[1:], settings)
-    deadline = time.monotonic() + calls * 0.02 * 2 * 6  # 6x what both folds need; 8 mirrorings need 8x
+    deadline = clock.now + calls * 0.02 * 2 * 6  # 6x what both folds need; 8 mirrorings need 8x
     with caplog.at_level(logging.WARNING):
         foreground_probability(image, FoldAverage(folds, settings=settings), device=CPU, deadline=deadline)
     assert "dropping test-time mirroring" in caplog.text

@@ -1,5 +1,6 @@
 """Model folder: the paper network, import of the authors' checkpoints, checksums, errors."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,15 +10,8 @@ import torch
 
 import petseg
 from petseg.cli import main
-from petseg.model import (
-    MODEL_JSON,
-    ModelFolder,
-    build_network,
-    count_parameters,
-    fold_number,
-    import_weights,
-    write_model_folder,
-)
+from petseg.model import MODEL_JSON, ModelFolder, build_network, count_parameters
+from petseg.model_write import fold_number, import_weights, write_model_folder
 from petseg.settings import PAPER_NETWORK, Settings
 
 from conftest import DIRECTIONS, TINY_NETWORK, make_image
@@ -132,6 +126,61 @@ def test_model_json_describes_the_folder(tmp_path):
     assert meta["preprocessing"]["channels"] == ["CT", "PET"]
     assert len(meta["folds"][0]["sha256"]) == 64
     assert len(folder.load_networks()) == 1
+
+
+def test_model_json_states_every_key_of_both_sections(tmp_path):
+    """Each field's section is declared on the field: model.json gets every one of them."""
+    settings = Settings(threshold=0.3, click_removal=False, time_budget_s=90.0, body_margin_mm=4.0)
+    folder = write_model_folder(
+        tmp_path / "m",
+        state_dicts={0: build_network(TINY_NETWORK).state_dict()},
+        network=TINY_NETWORK,
+        settings=settings,
+    )
+    meta = json.loads((folder.path / MODEL_JSON).read_text())
+    assert meta["format"] == "petseg-model/2"
+    declared = {
+        section: {f.name for f in dataclasses.fields(Settings) if f.metadata["section"] == section}
+        for section in ("preprocessing", "inference")
+    }
+    assert set(meta["preprocessing"]) == declared["preprocessing"] | {"channels"}
+    assert set(meta["inference"]) == declared["inference"]
+    assert ModelFolder.open(folder.path).settings == settings
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("inference", "threshold"),
+        ("inference", "click_removal"),
+        ("preprocessing", "click_sigma_mm"),
+        ("preprocessing", "channels"),
+    ],
+)
+def test_a_current_model_json_missing_a_key_is_refused(tmp_path, section, key):
+    folder = _tiny_folder(tmp_path)
+    meta = json.loads((folder.path / MODEL_JSON).read_text())
+    del meta[section][key]
+    (folder.path / MODEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(petseg.ModelError, match=f"{section}: missing key '{key}'"):
+        ModelFolder.open(folder.path)
+
+
+def test_a_format_1_model_json_reads_with_defaults_for_the_keys_it_lacks(tmp_path):
+    folder = _tiny_folder(tmp_path)
+    meta = json.loads((folder.path / MODEL_JSON).read_text())
+    meta["format"] = "petseg-model/1"
+    for key in ("threshold", "click_removal", "time_budget_s"):
+        del meta["inference"][key]
+    del meta["preprocessing"]["click_sigma_mm"], meta["preprocessing"]["channels"]
+    meta["inference"]["overlap"] = 0.25
+    (folder.path / MODEL_JSON).write_text(json.dumps(meta))
+    settings = ModelFolder.open(folder.path).settings
+    assert settings == Settings(overlap=0.25)
+    del meta["inference"]["roi_size"]  # a key every format must state
+    (folder.path / MODEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(petseg.ModelError, match="inference: missing key 'roi_size'"):
+        ModelFolder.open(folder.path)
 
 
 def test_model_json_with_other_input_channels_is_refused(tmp_path):

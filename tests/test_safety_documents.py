@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from petseg.cli import main
 from petseg.clicks import parse_clicks, read_clicks
 from petseg.cohort import CASE_LOG, Manifest, Shard
+from petseg.documents import parse_json_text
 from petseg.errors import InputError, ModelError, PetsegError
 from petseg.evaluate import read_groups
 from petseg.geometry import Grid
-from petseg.model import MODEL_JSON, ModelFolder, build_network, import_weights, write_model_folder
-from petseg.schemas import parse_json_text
+from petseg.model import MODEL_JSON, ModelFolder, build_network
+from petseg.model_write import import_weights, write_model_folder
 from petseg.settings import Settings
 from petseg.train.data import load_splits
 from petseg.train.run import read_training_state
@@ -100,7 +101,7 @@ BIG = "RAW:" + "9" * 5000  # a 5000-digit integer in the JSON text (Python's int
         ("network.kwargs.strides", [2, 2], "strides [2, 2] must have one entry fewer than channels [4, 8]"),
         ("network.kwargs.in_channels", 4, "network in_channels 4 != input channels ['CT', 'PET']"),
         ("network.class", "torch.nn.Linear", "unsupported network class 'torch.nn.Linear'"),
-        ("format", "petseg-model/0", "format is 'petseg-model/0', expected 'petseg-model/1'"),
+        ("format", "petseg-model/0", "format is 'petseg-model/0', expected 'petseg-model/2' or 'petseg-model/1'"),
         ("notes", "mine", "invalid model description: object contains unknown field notes"),
     ],
 )
@@ -507,7 +508,7 @@ def test_a_model_folder_a_killed_swap_left_aside_is_named_and_restored(tmp_path)
     out.rename(aside)
     with pytest.raises(ModelError, match="left the earlier folder at .*partial.old: rename it back"):
         ModelFolder.open(out)
-    from petseg.io import remove_stale_partials
+    from petseg.atomic import remove_stale_partials
 
     remove_stale_partials(out)  # what the next write there does first
     assert ModelFolder.open(out).folds and not aside.exists()

@@ -30,11 +30,16 @@ def test_cli_and_package_import_no_heavy_dependencies():
     assert result.stdout.strip() == "[]"
 
 
-def test_public_names_resolve():
+def test_public_names_resolve_to_their_modules_objects():
+    import importlib
+    import importlib.metadata
+
     import petseg
 
-    for name in petseg.__all__:
-        assert getattr(petseg, name) is not None
+    for name, module in petseg._PUBLIC.items():
+        assert getattr(petseg, name) is getattr(importlib.import_module(module), name)
+    assert set(petseg.__all__) == {*petseg._PUBLIC, "__version__"} == set(dir(petseg))
+    assert petseg.__version__ == importlib.metadata.version("petseg")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         petseg.nope  # noqa: B018
 

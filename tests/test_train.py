@@ -15,8 +15,7 @@ import torch
 import petseg
 from petseg.cli import main
 from petseg.inference import cpu_supports_bf16, resolve_precision
-from petseg.model import assemble
-from petseg.phantom import make_cohort
+from petseg.model_write import assemble
 from petseg.settings import Settings
 from petseg.train import (
     TrainConfig,
@@ -29,17 +28,12 @@ from petseg.train import (
     with_sampling_map,
 )
 
-from conftest import TINY_NETWORK
-
-GRID = dict(shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
+from conftest import TINY_NETWORK, training_cohort
 
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_data")
-    make_cohort(root, n=3, seed=11, tracer="fdg", **GRID)
-    make_cohort(root, n=3, seed=12, tracer="psma", **GRID)
-    return root
+    return training_cohort(tmp_path_factory.mktemp("train_data"), n=3, seed=11)
 
 
 def _config(data, out, **kw):
@@ -230,45 +224,16 @@ def test_resume_equals_an_uninterrupted_run(phantom_data, tmp_path):
     assert [ln.split(",")[0] for ln in lines[1:]] == ["0", "1"]
 
 
+def tiny_train_argv(data, run, *, fold: str, epochs: int = 1, batch_size: int = 2) -> list[str]:
+    """``petseg train`` of a tiny network (4-8 wide, one residual unit) on a 4 mm grid, 32^3 patches, 2 folds."""
+    argv = ["train", "-d", str(data), "-o", str(run), "--folds", "2", "--fold", fold, "--epochs", str(epochs)]
+    argv += ["--batch-size", str(batch_size), "--patch-size", "32", "32", "32", "--channels", "4", "8"]
+    return argv + ["--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32"]
+
+
 def test_train_and_assemble_cli(phantom_data, tmp_path):
-    args = [
-        "train",
-        "-d",
-        str(phantom_data),
-        "-o",
-        str(tmp_path / "run"),
-        "--folds",
-        "2",
-        "--fold",
-        "-1",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32",
-        "32",
-        "32",
-        "--channels",
-        "4",
-        "8",
-        "--num-res-units",
-        "1",
-        "--target-spacing",
-        "4",
-        "4",
-        "4",
-        "--roi-size",
-        "32",
-        "32",
-        "32",
-        "--hard-negatives",
-        "1",
-        "--hot-suv",
-        "2.5",
-        "--device",
-        "cpu",
-    ]
+    args = tiny_train_argv(phantom_data, tmp_path / "run", fold="-1")
+    args += ["--hard-negatives", "1", "--hot-suv", "2.5", "--device", "cpu"]
     assert main(args) == 0
     assert main(["assemble", str(tmp_path / "run"), "-o", str(tmp_path / "model")]) == 0
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
@@ -279,47 +244,10 @@ def test_train_and_assemble_cli(phantom_data, tmp_path):
 def test_torchrun_two_processes_gather_validation_and_only_rank0_writes(phantom_data, tmp_path):
     """DDP on the CPU (gloo): both ranks train and validate their half; rank 0 writes alone."""
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "petseg",
-        "train",
-        "-d",
-        str(phantom_data),
-        "-o",
-        str(run),
-        "--folds",
-        "2",
-        "--fold",
-        "0",
-        "--epochs",
-        "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "petseg"]
+    cmd += tiny_train_argv(phantom_data, run, fold="0", epochs=2, batch_size=1) + [
         "--val-every",
         "1",
-        "--batch-size",
-        "1",
-        "--patch-size",
-        "32",
-        "32",
-        "32",
-        "--channels",
-        "4",
-        "8",
-        "--num-res-units",
-        "1",
-        "--target-spacing",
-        "4",
-        "4",
-        "4",
-        "--roi-size",
-        "32",
-        "32",
-        "32",
         "--device",
         "cpu",
     ]
@@ -469,9 +397,7 @@ def test_click_training_writes_a_four_channel_model_that_takes_clicks(phantom_da
     from petseg.model import ModelFolder
     from petseg.predictor import Predictor
 
-    args = ["train", "-d", str(phantom_data), "-o", str(tmp_path / "run"), "--folds", "2", "--fold", "0"]
-    args += ["--epochs", "1", "--batch-size", "2", "--patch-size", "32", "32", "32", "--channels", "4", "8"]
-    args += ["--num-res-units", "1", "--target-spacing", "4", "4", "4", "--roi-size", "32", "32", "32"]
+    args = tiny_train_argv(phantom_data, tmp_path / "run", fold="0")
     assert main([*args, "--device", "cpu", "--error-clicks", "0.5"]) == 1  # error-driven clicks need --clicks
     assert "error_clicks" in capsys.readouterr().err
     assert main([*args, "--device", "cpu", "--clicks", "--click-sigma-mm", "6", "--error-clicks", "1"]) == 0

@@ -12,23 +12,17 @@ import pytest
 import torch
 
 from petseg.errors import ConfigError, ModelError
-from petseg.model import assemble
-from petseg.phantom import make_cohort
+from petseg.model_write import assemble
 from petseg.settings import Settings
 from petseg.train import TrainConfig, train_fold
 from petseg.train.trainer import loader_workers
 
-from conftest import ROOT, TINY_NETWORK
-
-GRID = dict(shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0))
+from conftest import ROOT, TINY_NETWORK, training_cohort
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run_data")
-    make_cohort(root, n=2, seed=21, tracer="fdg", **GRID)
-    make_cohort(root, n=2, seed=22, tracer="psma", **GRID)
-    return root
+    return training_cohort(tmp_path_factory.mktemp("run_data"), n=2, seed=21)
 
 
 def config(data, out, **kw):
@@ -231,7 +225,7 @@ def test_loader_workers_follow_the_cpus_per_gpu():
 
 
 def test_a_fold_being_trained_is_refused_to_a_second_process(data, tmp_path):
-    from petseg.train.run import fold_lock
+    from petseg.train.claims import fold_lock
 
     run = config(data, tmp_path / "run", epochs=1)
     with fold_lock(tmp_path / "run" / "fold_0"):

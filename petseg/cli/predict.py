@@ -101,7 +101,8 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def predict_dicom(args: argparse.Namespace) -> int:
-    from petseg.dicom import read_ct, read_pet_suv, study_name, write_dicom_seg
+    from petseg.dicom import read_ct, read_pet_suv
+    from petseg.dicom_write import study_name, write_dicom_seg
     from petseg.io import write_image
     from petseg.outputs import dicom_study_outputs
     from petseg.stages import write_extras
@@ -134,7 +135,7 @@ def predict_dicom(args: argparse.Namespace) -> int:
 
 
 def convert_dicom(args: argparse.Namespace) -> int:
-    from petseg.dicom import convert_dicom as convert
+    from petseg.dicom_write import convert_dicom as convert
 
     if args.pet_dicom is None:
         raise ConfigError("petseg convert-dicom", "give --pet-dicom DIR (and --ct-dicom DIR for the CT files)")

@@ -88,7 +88,7 @@ def qc(args: argparse.Namespace) -> int:
 
 def import_weights(args: argparse.Namespace) -> int:
     from petseg.model import ModelFolder, network_kwargs
-    from petseg.model import import_weights as write_imported
+    from petseg.model_write import import_weights as write_imported
 
     if args.like is not None:  # another model folder's network and settings (click-aware, another grid)
         if args.channels or args.num_res_units is not None:

@@ -54,7 +54,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def assemble(args: argparse.Namespace) -> int:
-    from petseg.model import assemble as collect
+    from petseg.model_write import assemble as collect
 
     folder = collect(args.run, args.output, description=args.description)
     print(f"model folder {folder.path}: folds {[f.fold for f in folder.folds]}")

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from petseg.cohort.shard import Shard
+from petseg.documents import convert, parse_json_text, read_json
 from petseg.errors import InputError, OutputError
 from petseg.io import write_text
 from petseg.outputs import CASE_LOG, MANIFEST
-from petseg.schemas import CaseEntry, convert, parse_json_text, read_json
+from petseg.schemas import CaseEntry
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@
 - ``loop``: :func:`train_fold` (claim, check, set up or resume, epochs, checkpoints);
 - ``plots``: loss and validation curves.
 
-Assembling the folds into a model folder is :func:`petseg.model.assemble`.
+Assembling the folds into a model folder is :func:`petseg.model_write.assemble`.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petseg.documents import convert
 from petseg.errors import ConfigError
-from petseg.schemas import UNetKwargs, convert
+from petseg.schemas import UNetKwargs
 from petseg.settings import PAPER_NETWORK, Settings
 
 
@@ -81,11 +82,10 @@ class TrainConfig:
         """What decides the weights a run trains (JSON values): a resumed fold must have the
         same, and every fold of a run folder too. Not in it: where data and outputs are, the
         device, the precision, loader workers, the validation window and frequency."""
-        from petseg.model import model_sections
 
         values = {name: _json(getattr(self, name)) for name in RECIPE_FIELDS}
         values["init_from"] = None if self.init_from is None else str(Path(self.init_from).resolve())
-        values["preprocessing"] = model_sections(self.settings)["preprocessing"]
+        values["preprocessing"] = self.settings.model_sections()["preprocessing"]
         if not self.hard_negatives:
             del values["hot_suv"]  # it only chooses the hard negatives' centres
         if self.settings.click_sigma_mm is None:

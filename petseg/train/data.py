@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from petseg.atomic import atomic_paths
+from petseg.documents import convert, read_json
 from petseg.errors import ConfigError, InputError
-from petseg.io import atomic_paths, file_stamp, read_image, write_text
+from petseg.io import file_stamp, read_image, write_text
 from petseg.layout import Case
 from petseg.outputs import FINGERPRINT, cache_folder
 from petseg.preprocess import preprocess
-from petseg.schemas import Splits, convert, read_json
+from petseg.schemas import Splits
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,20 +71,18 @@ CACHE_FORMAT = 1  # raise when preprocess or the cached arrays change: every old
 def cache_key(settings: Settings) -> str:
     """The cache's identity: a fingerprint of every preprocessing setting (nnU-Net's plans
     identifier): other settings get another cache folder, never this one."""
-    from petseg.model import model_sections
 
-    text = json.dumps({"format": CACHE_FORMAT, **model_sections(settings)["preprocessing"]}, sort_keys=True)
+    text = json.dumps({"format": CACHE_FORMAT, **settings.model_sections()["preprocessing"]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def open_cache(run_dir: Path, settings: Settings) -> Path:
     """``<run>/cache/<key>/`` with ``fingerprint.json`` (the settings the key stands for)."""
-    from petseg.model import model_sections
 
     folder = cache_folder(run_dir, cache_key(settings))
     if not (folder / FINGERPRINT).is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        description = {"format": CACHE_FORMAT, "preprocessing": model_sections(settings)["preprocessing"]}
+        description = {"format": CACHE_FORMAT, "preprocessing": settings.model_sections()["preprocessing"]}
         write_text(json.dumps(description, indent=1) + "\n", folder / FINGERPRINT)
     return folder
 

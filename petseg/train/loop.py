@@ -19,6 +19,7 @@ from petseg.errors import ConfigError, InputError
 from petseg.layout import find_training_cases
 from petseg.model import load_state_dict, read_state_dict
 from petseg.outputs import BEST, CURVES, LAST, TRAIN_LOG, cache_folder, fold_dir
+from petseg.train.claims import claim_fold, claim_run, claim_splits, fold_lock
 from petseg.train.config import TrainConfig
 from petseg.train.data import cache_case, cache_key, load_cached, load_splits, make_splits, open_cache
 from petseg.train.distributed import Dist, init_distributed
@@ -28,11 +29,7 @@ from petseg.train.run import (
     check_best,
     check_resume,
     check_split,
-    claim_fold,
-    claim_run,
-    claim_splits,
     distributed_recipe,
-    fold_lock,
     read_training_state,
     split_digest,
 )
@@ -110,7 +107,7 @@ def train_fold(
     A trained fold folder is continued with ``resume`` (weights, optimizer, scheduler, scaler,
     epoch and best score from ``last.pt``; with per-epoch seeding the continued run equals an
     uninterrupted one; a changed recipe is refused, more epochs extend the schedule) or started
-    anew with ``overwrite``, never replaced otherwise (see :mod:`petseg.train.run`).
+    anew with ``overwrite``, never replaced otherwise (see :mod:`petseg.train.claims`).
     ``stop_after`` ends the run after that many epochs (a job with a wall-time limit; resume
     later). Under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of every epoch
     (DDP), validation is split over the ranks and gathered, and only rank 0 writes.

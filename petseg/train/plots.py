@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from petseg.io import atomic_path
+from petseg.atomic import atomic_path
 
 
 def plot_curves(log_path: Path, out_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""A training run folder you can trust with GPU-days: one recipe for all its folds, one split,
-a fold never silently replaced, a resume that refuses a changed recipe, every file written
-atomically.
+"""A training run folder you can trust with GPU-days: a resume that refuses a changed recipe
+or split, a best.pt that belongs to its last.pt, a log written before the state, folds that
+assemble only with their run's recipe (the claims made before training: :mod:`.claims`).
 
 ``<run>/train.json``        the run's recipe (network, preprocessing, validation window, training)
 ``<run>/splits_final.json`` the folds' cases (nnU-Net's format)
@@ -11,163 +11,28 @@ atomically.
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from petseg.documents import convert, regular_file
 from petseg.errors import ConfigError, ModelError
 from petseg.io import csv_text, write_text
-from petseg.outputs import BEST, CURVES, LAST, SPLITS_JSON, TRAIN_JSON, TRAIN_LOG, fold_dir, fold_dirs
-from petseg.schemas import TrainingState, convert, regular_file
+from petseg.outputs import BEST, LAST, SPLITS_JSON
+from petseg.schemas import TrainingState
 from petseg.train.config import TrainConfig, recipe_differences
 
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ["epoch", "loss", "lr", "val_dsc", "val_fpv_ml", "val_fnv_ml", "val_cases", "seconds"]
-FOLD_FILES = (LAST, BEST, TRAIN_LOG, CURVES)  # what training writes into a fold folder
-LOCK = ".lock"  # held by the process training the fold
-
-
-def run_description(config: TrainConfig) -> dict[str, Any]:
-    """train.json: what ``petseg assemble`` puts into model.json, and the run's recipe."""
-    from petseg.model import model_sections
-
-    sections = model_sections(config.settings)
-    return {"network": dict(config.network), **sections, "training": config.recipe()}
-
-
-def claim_run(config: TrainConfig, *, overwrite: bool, write: bool) -> None:
-    """Every fold of a run folder has one recipe: an existing train.json of another recipe is
-    refused (naming the differences) unless ``overwrite`` starts the run anew; ``write`` (rank
-    0) writes train.json when it is new or replaced."""
-    from petseg.model import read_document
-    from petseg.schemas import TrainDocument
-
-    path = Path(config.out_dir) / TRAIN_JSON
-    wanted = run_description(config)
-    if path.exists() and not overwrite:
-        raw, _ = read_document(path, TrainDocument, missing="")
-        if raw.get("training") is None:
-            log.warning("%s: written by an older petseg without its recipe: not checked", path)
-            return
-        changes = recipe_differences(_comparable(raw), _comparable(wanted))
-        if changes:
-            raise ConfigError(
-                str(path),
-                f"the run was made with another recipe ({'; '.join(changes[:6])}): train into another -o, "
-                "or --overwrite to make this the run's recipe (folds of the old one will not assemble with it)",
-            )
-        return
-    if write:
-        if path.exists():
-            _note_orphans(Path(config.out_dir), config.fold, "recipe")
-        write_text(json.dumps(wanted, indent=1, allow_nan=False) + "\n", path)
-
-
-def _note_orphans(run_dir: Path, fold: int, what: str) -> None:
-    """An --overwrite that replaces the run's recipe or split leaves the other folds behind."""
-    others = [
-        name
-        for k, folder in fold_dirs(run_dir)[0].items()
-        if k != fold
-        for name in [folder.name]
-        if any((folder / f).exists() for f in FOLD_FILES)
-    ]
-    if others:
-        log.warning(
-            "%s: the run's %s is replaced; %s, trained with the old one, will not assemble with it until trained again",
-            run_dir,
-            what,
-            ", ".join(others),
-        )
-
-
-def _comparable(description: dict[str, Any]) -> dict[str, Any]:
-    """The parts of train.json that decide the weights (not the window batch or a time budget)."""
-    inference = description.get("inference") or {}
-    return {
-        "network": description.get("network"),
-        "preprocessing": description.get("preprocessing"),
-        "validation_window": {k: inference.get(k) for k in ("roi_size", "overlap")},
-        # a fold may be extended on resume (its own last.pt records its epochs)
-        "training": {k: v for k, v in (description.get("training") or {}).items() if k != "epochs"},
-    }
-
-
-def claim_splits(config: TrainConfig, splits: list[dict], *, overwrite: bool, write: bool) -> list[dict]:
-    """The run's split: an existing splits_final.json is kept, and one that differs from the
-    split asked for (another --splits file, or data that gained or lost cases) is refused."""
-    from petseg.train.data import load_splits
-
-    path = Path(config.out_dir) / SPLITS_JSON
-    if len(splits) != config.n_folds:
-        raise ConfigError(
-            "--folds", f"{config.n_folds} folds asked for, the split has {len(splits)}: give --folds {len(splits)}"
-        )
-    cases = sorted({c for s in splits for c in s["train"] + s["val"]})
-    if path.exists() and not overwrite:
-        existing = load_splits(path, cases)
-        if _canonical(existing) != _canonical(splits):
-            known = sorted({c for s in existing for c in s["train"] + s["val"]})
-            detail = (
-                f"{len(set(cases) - set(known))} case(s) added, {len(set(known) - set(cases))} removed"
-                if known != cases
-                else "the folds hold other cases"
-            )
-            raise ConfigError(
-                str(path),
-                f"the run's split differs from this one ({detail}): train into another -o, or --overwrite "
-                "to make this the run's split (folds of the old one will not assemble with it)",
-            )
-        return existing
-    if write:
-        if path.exists() and _canonical(load_splits(path, cases)) != _canonical(splits):
-            _note_orphans(Path(config.out_dir), config.fold, "split")
-        write_text(json.dumps(splits, indent=1) + "\n", path)
-    return splits
-
-
-def _canonical(splits: list[dict]) -> list[tuple[list[str], list[str]]]:
-    """A split as sets of cases per fold: the order cases are listed in does not matter."""
-    return [(sorted(s["train"]), sorted(s["val"])) for s in splits]
 
 
 def split_digest(split: dict[str, list[str]]) -> str:
     """A fold's cases, as part of its recipe: a resume on other cases is another training."""
     canonical = {"train": sorted(split["train"]), "val": sorted(split["val"])}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def claim_fold(run_dir: Path, fold: int, *, resume: bool, overwrite: bool, write: bool) -> Path:
-    """A fold folder is never silently replaced: a trained one needs ``resume`` (continue) or
-    ``overwrite`` (its files removed, start anew); ``resume`` needs a ``last.pt``."""
-    folder = fold_dir(run_dir, fold)
-    if resume and overwrite:
-        raise ConfigError("--resume/--overwrite", "give one: --resume continues a fold, --overwrite starts it anew")
-    present = [name for name in FOLD_FILES if (folder / name).exists()]
-    if resume and not (folder / LAST).exists():
-        raise ConfigError(
-            str(folder / LAST), "not found: nothing to resume (is -o the run folder?); train without --resume"
-        )
-    if present and not (resume or overwrite):
-        raise ConfigError(
-            str(folder),
-            f"holds a trained fold ({', '.join(present)}): --resume continues it, --overwrite starts it anew",
-        )
-    if write:
-        folder.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for name in present:
-                (folder / name).unlink()
-            if present:
-                log.info("%s: removed %s (--overwrite)", folder, ", ".join(present))
-    return folder
 
 
 RESUME_IGNORES = ("epochs", "init_from", "split")  # epochs: may grow; init_from: the weights are last.pt's
@@ -300,7 +165,8 @@ def check_assembled(fold_dirs: dict[int, Path], run: dict[str, Any], *, source: 
 
 
 def _raw_splits(run_dir: Path) -> list[list[str]]:
-    from petseg.schemas import Splits, convert, read_json
+    from petseg.documents import convert, read_json
+    from petseg.schemas import Splits
 
     splits = convert(read_json(run_dir / SPLITS_JSON, role="splits file"), Splits, source=run_dir / SPLITS_JSON)
     return [s.train + s.val for s in splits]
@@ -327,25 +193,3 @@ def distributed_recipe(config: TrainConfig, dist: Any) -> dict[str, Any]:
     """What torchrun changes in what is trained: the processes (each takes a batch, so the
     effective batch is their number times --batch-size) and SyncBatchNorm across them."""
     return {"processes": dist.world, "sync_batchnorm": config.sync_batchnorm and dist.world > 1}
-
-
-@contextmanager
-def fold_lock(folder: Path) -> Iterator[None]:
-    """One process trains a fold at a time: a second one (a resume, an --overwrite, the same
-    command twice) is refused while the first holds ``<fold>/.lock``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise ConfigError(str(folder), f"is being trained by pid {holder}: wait for it, or stop it first") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        (folder / LOCK).unlink(missing_ok=True)  # a finished fold's folder holds only its files
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

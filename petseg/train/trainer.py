@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from petseg.atomic import atomic_path
 from petseg.errors import InputError, ModelError
 from petseg.inference import FoldAverage, foreground_probability, resolve_precision
-from petseg.io import atomic_path
 from petseg.metrics import case_metrics
 from petseg.model import ModelFolder, build_network, load_state_dict
 from petseg.settings import Settings

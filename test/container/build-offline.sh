@@ -91,52 +91,7 @@ fi
 
 # This machine's pip index settings, with local folders / file:// URLs made reachable over HTTP.
 mkdir -p "$tmp/serve"
-python3 - "$tmp/serve" "$port" > "$tmp/pip-args" <<'PY'
-import os, subprocess, sys
-serve, port = sys.argv[1], sys.argv[2]
-keys = ("index-url", "extra-index-url", "find-links", "trusted-host")
-found = {}
-try:
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-except OSError:
-    out = ""
-for line in out.splitlines():  # files in pip's load order (later wins); [install] beats [global]
-    name, _, value = line.partition("=")
-    section, _, key = name.partition(".")
-    if section in ("global", "install") and key in keys:
-        prio = section == "install"
-        if key not in found or prio >= found[key][0]:
-            found[key] = (prio, value.strip("'\""))
-for key in keys:  # pip's own environment variables override the files
-    env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
-    if env:
-        found[key] = (True, env)
-served = {}
-def url_for(item):
-    path = item[len("file://"):] if item.startswith("file://") else item
-    if item.startswith(("http://", "https://")):
-        return item
-    if not os.path.isabs(path) or not os.path.isdir(path):
-        print(f"build-offline.sh: ignoring pip source {item} (not a folder)", file=sys.stderr)
-        return None
-    # An index folder (.../simple) links to ../../files/...: serve its parent.
-    top, sub = (os.path.dirname(path.rstrip("/")), os.path.basename(path.rstrip("/"))) if item.startswith("file://") else (path, "")
-    if top not in served:
-        served[top] = f"src{len(served)}"
-        os.symlink(top, os.path.join(serve, served[top]))
-    return f"http://127.0.0.1:{port}/{served[top]}/{sub}".rstrip("/") + "/"
-args = {}
-for key in ("index-url", "extra-index-url", "find-links"):
-    if key in found:
-        urls = [u for u in (url_for(i) for i in found[key][1].split()) if u]
-        if urls:
-            args["PIP_" + key.upper().replace("-", "_")] = " ".join(urls)
-if "trusted-host" in found:
-    args["PIP_TRUSTED_HOST"] = found["trusted-host"][1]
-for name, value in args.items():
-    print(f"{name}={value}")
-print(f"SERVE={len(served)}")
-PY
+python3 "$root/test/container/pip_sources.py" "$tmp/serve" "$port" > "$tmp/pip-args"
 
 build_args=()
 while IFS= read -r line; do

@@ -11,24 +11,16 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 image="${PETSEG_IMAGE:-petseg-autopet4}"
-work="$(mktemp -d)"
-volumes=()
-cleanup() {
-  for v in "${volumes[@]}"; do docker volume rm --force "$v" > /dev/null 2>&1 || true; done
-  chmod -R u+w "$work" 2> /dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=test/container/sandbox.sh
+source "$root/test/container/sandbox.sh"
 failures=0
 fail() { echo "check-autopet4.sh: FAIL: $*" >&2; failures=$((failures + 1)); }
 ok() { echo "check-autopet4.sh: ok: $*"; }
-sandbox=(--rm --network none --read-only --tmpfs /tmp --memory 30g --memory-swap 30g --shm-size 2g)
 task="images/tumor-lesion-segmentation"
 
 run_job() {  # run_job INPUT NAME: output in a fresh volume, stdout/stderr/exit code in $work/NAME.*
   local volume
-  volume="$(docker volume create "petseg-ap4-$2-$(date +%s)-$$")"
-  volumes+=("$volume")
+  new_volume volume "petseg-ap4-$2"
   set +e
   docker run "${sandbox[@]}" --volume "$1:/input:ro" --volume "$volume:/output" "$image" \
     > "$work/$2.out" 2> "$work/$2.err"

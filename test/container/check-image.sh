@@ -9,19 +9,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 image="${PETSEG_IMAGE:-petseg}"
-work="$(mktemp -d)"
-volume=""
-cleanup() {
-  if [ -n "$volume" ]; then docker volume rm --force "$volume" > /dev/null 2>&1 || true; fi
-  chmod -R u+w "$work" 2> /dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=test/container/sandbox.sh
+source "$root/test/container/sandbox.sh"
 failures=0
 fail() { echo "check-image.sh: FAIL: $*" >&2; failures=$((failures + 1)); }
 ok() { echo "check-image.sh: ok: $*"; }
 
-sandbox=(--rm --network none --read-only --tmpfs /tmp --memory 30g --memory-swap 30g --shm-size 2g)
 in_image() { docker run "${sandbox[@]}" --entrypoint "$1" "${@:2}"; }
 
 cp -r "$root/test/label" "$work/label"
@@ -66,7 +59,7 @@ else
 fi
 
 # bad input: an empty /input
-volume="$(docker volume create "petseg-check-output-$(date +%s)-$$")"
+new_volume volume petseg-check-output
 set +e
 docker run "${sandbox[@]}" --volume "$work/empty:/input:ro" --volume "$volume:/output" "$image" \
   > "$work/stdout" 2> "$work/stderr"
