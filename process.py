@@ -11,6 +11,7 @@ from pathlib import Path
 
 from petseg.frontend import (
     ArgumentParser,
+    add_device_option,
     add_speed_options,
     configure_threads,
     run_guarded,
@@ -29,17 +30,20 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--input", type=Path, default=Path("/input"))
-    parser.add_argument("--output", type=Path, default=Path("/output"))
-    parser.add_argument("--model-dir", type=Path, default=HERE / "weights")
+    parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default /input)")
+    parser.add_argument("--output", type=Path, default=Path("/output"), help="output folder (default /output)")
+    parser.add_argument(
+        "--model-dir", type=Path, default=HERE / "weights", help="model folder (default weights/ beside process.py)"
+    )
     parser.add_argument(
         "--interface",
         choices=sorted(gc.INTERFACES),
         default=os.environ.get("PETSEG_GC_INTERFACE", "autopet3"),  # the image's build argument INTERFACE
         help="Grand Challenge interface (default $PETSEG_GC_INTERFACE, else autopet3)",
     )
-    parser.add_argument("--device", default="auto")
-    add_speed_options(parser)
+    add_device_option(parser)
+    budgets = ", ".join(f"{name} {i.time_budget_s:g} s" for name, i in sorted(gc.INTERFACES.items()))
+    add_speed_options(parser, time_budget_default=f"the interface's limit less 30 s: {budgets}")
     args = parser.parse_args(argv)
     if args.interface not in gc.INTERFACES:  # argparse does not check a default against the choices
         parser.error(f"PETSEG_GC_INTERFACE={args.interface!r} is not one of {sorted(gc.INTERFACES)}")
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         takes_clicks = ModelFolder.open(args.model_dir).settings.click_sigma_mm is not None  # model.json only
         gc.check_job(args.input, args.output, args.interface, takes_clicks=takes_clicks)  # before five folds load
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
+        if args.device == "auto" and predictor.device.type == "cpu":  # the platform gives a GPU: say it was lost
+            gc.log.warning("CUDA is not available: running on the CPU")
         gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
         return 0
 

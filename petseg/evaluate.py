@@ -18,7 +18,7 @@ from petseg.checks import check_mask, check_pet_range, check_same_grid, check_va
 from petseg.documents import read_table
 from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
-from petseg.layout import index_images, strip_suffix
+from petseg.layout import STUDY_LABEL, STUDY_PET, index_images, strip_suffix
 from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
 from petseg.outputs import index_maps
 
@@ -58,7 +58,8 @@ def group_of(case: str, groups: dict[str, str] | None = None) -> str:
 def match_cases(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
     if gt.is_file() and pred.is_file():
         return [(strip_suffix(gt), gt, pred)]
-    gts, preds = index_images(gt, role="ground truth"), index_images(pred, role="prediction")
+    gts = index_images(gt, role="ground truth", study=STUDY_LABEL)
+    preds = index_images(pred, role="prediction")
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise InputError(pred, f"no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
@@ -138,7 +139,7 @@ def evaluate(
     if pet and Path(pet).is_file() and len(cases) == 1:
         pets = {cases[0][0]: Path(pet)}  # one study: its PET whatever the file is called
     else:
-        pets = index_images(pet, role="PET", channel=1) if pet else {}
+        pets = index_images(pet, role="PET", channel=1, study=STUDY_PET) if pet else {}
     probs = (index_maps(prob, kind="probability") if Path(prob).is_dir() else {cases[0][0]: Path(prob)}) if prob else {}
     if groups:
         unnamed = [case for case, _, _ in cases if case not in groups]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from petseg.errors import ConfigError, InputError
+from petseg.layout import Case
 
 log = logging.getLogger("petseg")
 
@@ -49,7 +50,7 @@ class FolderRun:
 
 
 def predict_folder(
-    input_dir: str | Path,
+    input_dir: str | Path | Case,
     output_dir: str | Path,
     *,
     make_predictor: Callable[[str], Any],
@@ -61,7 +62,8 @@ def predict_folder(
     shard: Any = None,
     overwrite: bool = False,
 ) -> FolderRun:
-    """Predict every case of ``input_dir`` into ``output_dir``. ``make_predictor(device)`` is
+    """Predict every case of ``input_dir`` (or the one :class:`~petseg.layout.Case` given) into
+    ``output_dir``. ``make_predictor(device)`` is
     called once, after the inputs are checked, with this process's device (torchrun: its
     local rank's GPU). ``shard`` defaults to torchrun's part of the cases, else all of them;
     ``workers`` to 2 on a GPU, 0 on the CPU. Incomplete cases are logged and returned, the
@@ -72,7 +74,7 @@ def predict_folder(
     from petseg.outputs import CaseOutputs
 
     shard = shard or Shard.from_environment() or Shard()
-    cases, problems = find_cases(input_dir)
+    cases, problems = ([input_dir], []) if isinstance(input_dir, Case) else find_cases(input_dir)
     check_output_folder(output_dir)
     click_files = clicks_by_case([case.name for case in cases], clicks)  # before the model loads
     cases = shard.select(cases, key=lambda case: case.name)

@@ -49,8 +49,25 @@ def configure_threads(environ: MutableMapping[str, str] = os.environ) -> int:
     return int(environ["OMP_NUM_THREADS"])
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default {shown.replace('%', '%%')})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with its errors as one line (``prog: error: argument --x: ...``), exit code 2."""
+    """argparse with its errors as one line (``prog: error: argument --x: ...``), exit code 2,
+    and each option's default in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -113,7 +130,28 @@ def positive(kind: type) -> Callable[[str], Any]:
     return number(kind, low=0, low_open=True)
 
 
-def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float | None = None) -> None:
+def device_name(text: str) -> str:
+    """argparse ``type=`` for ``--device``: checked while the arguments are parsed, before torch
+    is imported (``gpu`` reads as ``cuda``)."""
+    from petseg.errors import ConfigError
+    from petseg.settings import check_device
+
+    try:
+        return check_device(text or "empty")  # an empty value is a mistake here, not "auto"
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto | cpu | cuda[:N] | gpu[:N] (default auto: CUDA if available, else the CPU)",
+    )
+
+
+def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: str = "from model.json") -> None:
     """Options shared by ``petseg predict`` and ``process.py``."""
     from petseg.settings import PRECISIONS
 
@@ -123,13 +161,11 @@ def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: float 
         help="network precision (default auto: bf16 where supported; fp32 is the reference)",
     )
     p.add_argument("--tta", action="store_true", help="average the 8 mirrorings of each window")
-    default = "from model.json" if time_budget_default is None else f"{time_budget_default:g}"
     p.add_argument(
         "--time-budget",
         type=positive(float),
         metavar="SECONDS",
-        default=time_budget_default,
-        help=f"drop mirrorings, then folds, if the ensemble would overrun (default {default})",
+        help=f"drop mirrorings, then folds, if the ensemble would overrun (default {time_budget_default})",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
 

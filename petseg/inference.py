@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,13 +33,15 @@ MIRRORS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU. A CUDA request without CUDA falls back to CPU with a warning."""
+    """ "auto" -> CUDA when available, else CPU (the predictor's first line says which). A CUDA
+    request without CUDA falls back to CPU with a warning."""
     name = check_device(name)
     if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda" if name == "auto" else name)
-    log.warning("CUDA is not available: running on the CPU (expect minutes per study)")
+    if name != "auto":
+        log.warning("--device %s: CUDA is not available here, running on the CPU", name)
     return torch.device("cpu")
 
 
@@ -311,7 +314,7 @@ def ensemble_maps(
                     mode="constant",
                     sw_device=sw_device,
                     device=out_device,
-                    progress=settings.progress,
+                    progress=settings.progress and sys.stderr.isatty(),  # a bar in a log file is only redraws
                 )
             maps = {key: value[0].float().cpu().numpy() for key, value in output.items()}
             return EnsembleMaps(maps["mean"][0], maps["variance"][0] if "variance" in maps else None, maps.get("folds"))

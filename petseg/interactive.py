@@ -161,7 +161,7 @@ def evaluate_interactive(
     from petseg.atomic import check_output_folder
     from petseg.errors import InputError
     from petseg.io import write_csv
-    from petseg.layout import find_cases, index_images
+    from petseg.layout import STUDY_LABEL, find_cases, index_images
     from petseg.outputs import INTERACTIVE_FILES
 
     cases, problems = find_cases(input_dir)
@@ -169,7 +169,7 @@ def evaluate_interactive(
         raise problems[0]
     if not cases:
         raise InputError(input_dir, "no cases (<case>_0000 CT and <case>_0001 PET)")
-    labels = index_images(gt, role="ground truth")
+    labels = index_images(gt, role="ground truth", study=STUDY_LABEL)
     missing = [c.name for c in cases if c.name not in labels]
     if missing:
         raise InputError(gt, f"no ground truth for {len(missing)} case(s): {', '.join(missing[:5])}")

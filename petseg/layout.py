@@ -1,17 +1,25 @@
 """Which cases a folder holds and what their files are called: the one owner of input naming
 rules (what petseg writes is named by :mod:`petseg.outputs`).
 
-Three layouts:
-- **nnU-Net** (and the autoPET release): ``<case>_0000.<ext>`` = CT, ``<case>_0001.<ext>`` =
-  PET; training data in ``imagesTr/`` with masks ``labelsTr/<case>.<ext>``.
+Four layouts:
+- **nnU-Net**: ``<case>_0000.<ext>`` = CT, ``<case>_0001.<ext>`` = PET; training data in
+  ``imagesTr/`` with masks ``labelsTr/<case>.<ext>``. A folder that holds ``imagesTs/`` or
+  ``imagesTr/`` is followed into it.
+- **study folders** (the autoPET/TCIA NIfTI release and ``petseg convert-dicom``'s output):
+  ``CTres.<ext>`` (CT on the PET grid; ``CT.<ext>`` where there is none) + ``SUV.<ext>``, and
+  ``SEG.<ext>`` as the label. The input is one study folder (the case is named after it), a
+  patient folder of study folders, or a release root ``PETCT_<id>/<study>/``; a nested study
+  is named ``<patient>_<study>`` (non-name characters become "-"), unique by construction.
 - **Grand Challenge**: ``images/ct/<uuid>.mha`` and ``images/pet/<uuid>.mha``, one study per
   input folder.
-- single files, matched by name without extension (evaluation).
+- single files, matched by name without extension (evaluation), or one CT/PET pair.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +28,13 @@ from petseg.errors import InputError
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 CHANNEL_SUFFIXES = ("_0000", "_0001")  # nnU-Net channel files: 0 = CT, 1 = PET (the network's order)
 IMAGES_TR, LABELS_TR = "imagesTr", "labelsTr"
+IMAGES_TS = "imagesTs"
 GC_CT, GC_PET = Path("images/ct"), Path("images/pet")
+# study folders: file stems by role, in order of preference
+STUDY_CT, STUDY_PET, STUDY_LABEL = ("CTres", "CT"), ("SUV",), ("SEG",)
+STUDY_BQML = "PET"  # the release's PET in Bq/ml: never read as SUV
+
+log = logging.getLogger("petseg")
 
 
 @dataclass(frozen=True)
@@ -110,22 +124,42 @@ def find_training_cases(data_dir: str | Path) -> dict[str, Case]:
     """case name -> Case (label included) of an autoPET/nnU-Net training folder; every case
     must be complete (a training run does not silently drop data)."""
     data_dir = Path(data_dir)
-    cases, problems = _nnunet_cases(data_dir / IMAGES_TR, labels=data_dir / LABELS_TR)
+    if (data_dir / IMAGES_TR).is_dir():
+        cases, problems = _nnunet_cases(data_dir / IMAGES_TR, labels=data_dir / LABELS_TR)
+    else:  # the autoPET release: study folders with SEG
+        cases, problems = _study_cases(find_study_folders(data_dir) if data_dir.is_dir() else {}, label=True)
     if problems:
         raise problems[0]
     if not cases:
-        raise InputError(data_dir / IMAGES_TR, "no training cases (<id>_0000 / <id>_0001 + labelsTr/<id>)")
+        raise InputError(
+            data_dir,
+            "no training cases: expected imagesTr/<id>_0000 + _0001 with labelsTr/<id>, "
+            "or study folders with CTres, SUV and SEG images (the autoPET release)",
+        )
     return {case.name: case for case in cases}
 
 
-def index_images(path: str | Path, *, role: str, channel: int | None = None) -> dict[str, Path]:
+def index_images(
+    path: str | Path, *, role: str, channel: int | None = None, study: tuple[str, ...] | None = None
+) -> dict[str, Path]:
     """case name -> file, for a single file or a folder; with ``channel``, a trailing nnU-Net
-    channel suffix (e.g. ``_0001`` of PET files) is not part of the case name."""
+    channel suffix (e.g. ``_0001`` of PET files) is not part of the case name. With ``study``
+    (e.g. :data:`STUDY_LABEL`), a folder of study folders gives each study's file of that role,
+    under the case names :func:`find_cases` gives them."""
     path = Path(path)
     if path.is_file():
         return {strip_suffix(path): path}
     if not path.is_dir():
         raise InputError(path, f"{role} not found")
+    if study is not None and not list_images(path):
+        found = {}
+        for name, folder in find_study_folders(path).items():
+            file = _study_file(folder, study, _by_stem(folder))
+            if file is None:
+                raise InputError(folder, f"no {study[0]} image ({role}) in this study folder")
+            found[name] = file
+        if found:
+            return found
     out = {}
     for file in list_images(path):
         name = strip_suffix(file)
@@ -135,6 +169,119 @@ def index_images(path: str | Path, *, role: str, channel: int | None = None) -> 
     if not out:
         raise InputError(path, f"no {role} images found")
     return out
+
+
+# --- study folders: the autoPET/TCIA release, convert-dicom ---------------------------------
+
+
+def case_name(folder_name: str) -> str:
+    """A folder's name as a case name: runs of characters other than letters, digits, ".",
+    "_" and "-" become one "-" (release study folders hold spaces)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", folder_name).strip("-.") or "study"
+
+
+def _by_stem(folder: Path) -> dict[str, list[Path]]:
+    stems: dict[str, list[Path]] = {}
+    for image in list_images(folder):
+        stems.setdefault(strip_suffix(image).lower(), []).append(image)
+    return stems
+
+
+def is_study_folder(folder: Path) -> bool:
+    """``folder`` holds a study's named files (SUV, CTres, CT or PET images)."""
+    roles = {stem.lower() for stem in (*STUDY_CT, *STUDY_PET, STUDY_BQML)}
+    return folder.is_dir() and not roles.isdisjoint(_by_stem(folder))
+
+
+def _study_file(folder: Path, stems: tuple[str, ...], stem_files: dict[str, list[Path]]) -> Path | None:
+    for stem in stems:
+        files = stem_files.get(stem.lower(), [])
+        if len(files) > 1:
+            raise InputError(folder, f"two {stem} images ({', '.join(f.name for f in files)}): keep one")
+        if files:
+            return files[0]
+    return None
+
+
+def study_case(folder: str | Path, name: str | None = None, *, label: bool = False) -> Case:
+    """The case of one study folder (``name``: default the folder's); with ``label``, its
+    SEG image is required."""
+    folder = Path(folder)
+    files = _by_stem(folder)
+    pet = _study_file(folder, STUDY_PET, files)
+    if pet is None:
+        if STUDY_BQML.lower() in files:
+            raise InputError(
+                files[STUDY_BQML.lower()][0],
+                "is the PET in Bq/ml; petseg needs SUV.<ext> beside it (convert-dicom computes it from the DICOM)",
+            )
+        raise InputError(folder, "study folder without SUV.<ext> (the PET in SUV)")
+    ct = _study_file(folder, STUDY_CT, files)
+    if ct is None:
+        raise InputError(
+            folder, f"CT not found (expected CTres{image_suffix(pet)} or CT{image_suffix(pet)} beside {pet.name})"
+        )
+    seg = _study_file(folder, STUDY_LABEL, files) if label else None
+    if label and seg is None:
+        raise InputError(folder, f"no SEG{image_suffix(pet)} (the lesion mask) in this training study")
+    return Case(name or case_name(folder.resolve().name), ct, pet, image_suffix(pet), seg)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_study_folders(root: str | Path) -> dict[str, Path]:
+    """case name -> study folder: ``root`` itself, its subfolders (named alone), or the
+    release's ``<patient>/<study>/`` (named ``<patient>_<study>``)."""
+    root = Path(root)
+    if is_study_folder(root):
+        return {case_name(root.resolve().name): root}
+    found: dict[str, Path] = {}
+    for child in _subfolders(root):
+        nested = [(child, None)] if is_study_folder(child) else [(g, child) for g in _subfolders(child)]
+        for study, patient in nested:
+            if not is_study_folder(study):
+                continue
+            name = case_name(study.name) if patient is None else f"{case_name(patient.name)}_{case_name(study.name)}"
+            if name in found:
+                raise InputError(study, f"would be case {name}, as {found[name]} is: rename one of the folders")
+            found[name] = study
+    return found
+
+
+def _study_cases(studies: dict[str, Path], *, label: bool = False) -> tuple[list[Case], list[InputError]]:
+    cases, problems = [], []
+    for name, folder in studies.items():
+        try:
+            cases.append(study_case(folder, name, label=label))
+        except InputError as err:
+            problems.append(err)
+    return cases, problems
+
+
+def pair_case(ct: str | Path, pet: str | Path, name: str | None = None) -> Case:
+    """One study given as a CT file and a PET (SUV) file; named ``name``, by default after the
+    PET file, or its folder when the file has a study folder's generic name (SUV, PET)."""
+    ct, pet = Path(ct), Path(pet)
+    for role, path in (("CT", ct), ("PET", pet)):
+        if not _present(path):
+            raise InputError(path, f"{role} not found")
+        if not image_suffix(path):
+            raise InputError(path, f"{role}: not an image file name (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    if ct.resolve() == pet.resolve():
+        raise InputError(pet, "given as both the CT and the PET")
+    if name is None:
+        generic = strip_suffix(pet).lower() in {s.lower() for s in (*STUDY_PET, STUDY_BQML, "pet")}
+        return Case(case_name(pet.resolve().parent.name if generic else strip_suffix(pet)), ct, pet, image_suffix(pet))
+    return Case(checked_case_name(name), ct, pet, image_suffix(pet))
+
+
+def checked_case_name(name: str) -> str:
+    """A user's case name, if it makes a file name (:func:`case_name` leaves it as it is)."""
+    if case_name(name) != name:
+        raise InputError(name, "a case name takes letters, digits, '.', '_' and '-' only (not first or last)")
+    return name
 
 
 # --- Grand Challenge ---------------------------------------------------------------------
@@ -172,20 +319,32 @@ def gc_paths(root: Path, uuid: str) -> tuple[Path, Path, Path]:
 
 
 def find_cases(input_dir: str | Path) -> tuple[list[Case], list[InputError]]:
-    """Cases of an nnU-Net-named folder or of a Grand Challenge input folder, and one error per
-    incomplete case (a batch runs the others). No case at all is an error."""
+    """Cases of an nnU-Net-named folder, of study folders or of a Grand Challenge input
+    folder, and one error per incomplete case (a batch runs the others). No case at all is an
+    error."""
     input_dir = Path(input_dir)
+    if input_dir.is_file():
+        raise InputError(input_dir, "is a file: give one study as --ct CT --pet PET, or -i its folder")
     if not input_dir.is_dir():
-        raise InputError(input_dir, "input folder not found" if not input_dir.exists() else "is not a folder")
+        raise InputError(input_dir, "input folder not found")
     if not os.access(input_dir, os.R_OK | os.X_OK):
         raise InputError(input_dir, "input folder is not readable (permission denied)")
     if is_gc_input(input_dir):
         return [find_gc_case(input_dir)], []
     cases, problems = _nnunet_cases(input_dir)
+    if cases or problems:
+        return cases, problems
+    inner = [input_dir / name for name in (IMAGES_TS, IMAGES_TR) if (input_dir / name).is_dir()]
+    if inner:
+        also = f" ({inner[1].name}/ is there too: give -i {inner[1]} for those)" if len(inner) > 1 else ""
+        log.info("%s holds %s/: predicting its cases%s", input_dir, inner[0].name, also)
+        return find_cases(inner[0])
+    cases, problems = _study_cases(find_study_folders(input_dir))
     if not cases and not problems:
         raise InputError(
             input_dir,
-            "no cases found: expected <case>_0000.<ext> (CT) + <case>_0001.<ext> (PET), or images/ct + images/pet",
+            "no cases found: expected <case>_0000.<ext> (CT) + <case>_0001.<ext> (PET), study folders with "
+            "CTres + SUV images (the autoPET release, petseg convert-dicom), or images/ct + images/pet",
         )
     return cases, problems
 

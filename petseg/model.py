@@ -7,6 +7,7 @@ fold with its file name and sha256.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import logging
@@ -189,6 +190,18 @@ class ModelFolder:
             regular_file(path / fold.file, role=f"checkpoint of fold {fold.fold}", error=ModelError)
         folds = tuple(Fold(f.fold, f.file, f.sha256.lower()) for f in doc.folds)
         return cls(path, dict(raw["network"]["kwargs"]), settings, folds, doc.description)
+
+    def with_folds(self, folds: Sequence[int] | None) -> ModelFolder:
+        """This folder with only ``folds`` (nnU-Net's ``-f``), in the order given; None: all."""
+        if folds is None:
+            return self
+        by_number = {fold.fold: fold for fold in self.folds}
+        unknown = [f for f in folds if f not in by_number]
+        if unknown or not folds or len(set(folds)) != len(folds):
+            raise ConfigError(
+                "--folds", f"{list(folds)}: give distinct folds of {self.path}, which holds {sorted(by_number)}"
+            )
+        return dataclasses.replace(self, folds=tuple(by_number[f] for f in folds))
 
     def load_networks(self, *, verify: bool = True) -> list[torch.nn.Module]:
         """One network per fold (CPU, eval mode), checksums verified first."""

@@ -14,12 +14,14 @@ import torch
 from petseg.clicks import Clicks
 from petseg.errors import ConfigError, ModelError
 from petseg.inference import FoldAverage, ensemble_maps, resolve_device, resolve_precision
+from petseg.metrics import Labelled
 from petseg.model import ModelFolder, default_model_dir
 from petseg.preprocess import Preprocessed, Record, preprocess
 from petseg.settings import Settings
 from petseg.stages import (
     EnsembleMaps,
     Prediction,
+    case_line,
     load_study,
     restore_prediction,
     timed,
@@ -51,13 +53,22 @@ class Predictor:
 
     @classmethod
     def from_model_dir(
-        cls, model_dir: str | Path | None = None, *, settings: Settings | None = None, **overrides
+        cls,
+        model_dir: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        folds: Sequence[int] | None = None,
+        max_folds: int | None = None,
+        **overrides,
     ) -> Predictor:
-        """Load a model folder; ``overrides`` (e.g. device="cpu") replace model.json's settings."""
+        """Load a model folder (only ``folds``, when given: nnU-Net's ``-f``; of those, the first
+        ``max_folds``); ``overrides`` (e.g. device="cpu") replace model.json's settings."""
         model_dir = model_dir or default_model_dir()
         if model_dir is None:
             raise ModelError("model", "no model folder: pass --model-dir / model_dir or set PETSEG_MODEL_DIR")
-        folder = ModelFolder.open(model_dir)
+        folder = ModelFolder.open(model_dir).with_folds(folds)
+        if max_folds is not None:
+            folder = folder.with_folds([f.fold for f in folder.folds[:max_folds]])
         base = folder.settings if settings is None else settings
         if base.channels != folder.settings.channels:
             raise ConfigError(
@@ -164,8 +175,14 @@ class Predictor:
         return Path(output)
 
     def log_written(self, output: str | Path, mask: sitk.Image) -> None:
-        voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-        log.info("wrote %s (%d lesion voxels), total %.2f s", output, voxels, sum(self.timings.values()))
+        array = sitk.GetArrayViewFromImage(mask)
+        voxels, lesions = int(np.count_nonzero(array)), Labelled.of(array).count
+        log.info(
+            "%s",
+            case_line(
+                Path(output).name, lesions=lesions, voxels=voxels, seconds=sum(self.timings.values()), output=output
+            ),
+        )
 
     def network_maps(self, prep: Preprocessed, *, start: float | None = None) -> EnsembleMaps:
         """The ensemble's maps of one preprocessed study (its seconds in ``timings``); a time
@@ -179,7 +196,7 @@ class Predictor:
     ) -> tuple[EnsembleMaps, float]:
         """The network stage: the ensemble's maps of a network input and the seconds it took
         (the cohort pipeline's stage; :meth:`network_maps` for one study)."""
-        log.info("network grid %s (crop %s of %s)", record.network.size, record.cropped.size, record.native.size)
+        log.debug("network grid %s (crop %s of %s)", record.network.size, record.cropped.size, record.native.size)
         budget = self.settings.time_budget_s
         deadline = None if budget is None else (time.monotonic() if start is None else start) + budget
         seconds: dict[str, float] = {}

@@ -74,14 +74,14 @@ class Settings:
         click_removal: a background click on a predicted lesion removes that lesion (its
             18-connected component on the PET grid gets probability 0) unless a tumour click
             lies in it too; off, background clicks only reach the network as its input.
-        device: "auto", "cpu", "cuda" or "cuda:N".
+        device: "auto", "cpu", "cuda" or "cuda:N" ("gpu[:N]" is read as "cuda[:N]").
         precision: "auto" (bf16 where the device supports it, fp16 on older GPUs), "fp32"
             (the reference), "bf16" or "fp16": autocast for the network only.
         channels_last: run the network in channels-last 3D memory layout.
         fold_batchnorm: fold BatchNorm into the preceding convolution for inference.
         compile: wrap the ensemble in ``torch.compile``.
         tta: average over the 8 mirrorings of each window (test-time augmentation).
-        progress: show a tqdm bar over sliding windows.
+        progress: show a tqdm bar over sliding windows (on a terminal only).
         uncertainty: also compute the standard deviation of the folds' probabilities
             (fold disagreement), from running sums of p and p^2 in the one pass.
         fold_votes: also keep each fold's own probability (one map per fold on the network
@@ -96,7 +96,8 @@ class Settings:
     body_threshold_hu: HU = _field(-500.0, section="preprocessing", required=True)
     body_margin_mm: Annotated[float, msgspec.Meta(ge=0, le=1000)] = _field(10.0, section="preprocessing", required=True)
     click_sigma_mm: Annotated[float, msgspec.Meta(gt=0, le=1000)] | None = _field(None, section="preprocessing")
-    # ... and its "inference" section (the window batch and a time budget are defaults a run may change)
+    # ... and its "inference" section (a run may change the window batch, the time budget, the
+    # threshold and click removal; the others are how the model was validated)
     roi_size: tuple[Window, Window, Window] = _field((192, 192, 192), section="inference", required=True)
     overlap: Share = _field(0.5, section="inference")
     sw_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = _field(2, section="inference", outputs=False)
@@ -126,7 +127,7 @@ class Settings:
         lo, hi = self.ct_window
         if not hi > lo:
             raise ConfigError("ct_window", f"must be (low, high) with high > low, got {self.ct_window!r}")
-        check_device(self.device)
+        object.__setattr__(self, "device", check_device(self.device))  # "gpu" -> "cuda"
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -176,7 +177,7 @@ def _keys(section: str) -> tuple[str, ...]:
 Settings.PREPROCESSING_KEYS = _keys("preprocessing")
 Settings.INFERENCE_KEYS = _keys("inference")
 Settings.REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("required"))
-Settings.RUNTIME_ONLY = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata["outputs"])
+Settings.RUNTIME_ONLY = tuple(f.name for f in dataclasses.fields(Settings) if not f.metadata.get("outputs", True))
 
 
 @functools.cache
@@ -185,11 +186,12 @@ def _field_types() -> dict[str, Any]:
 
 
 def check_device(name: str) -> str:
-    """The device name, lower-cased, if it is "auto", "cpu", "cuda" or "cuda:N"."""
-    name = str(name or "auto").lower()
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    return name
+    """The device name, lower-cased, if it is "auto", "cpu", "cuda" or "cuda:N"; "gpu" and
+    "gpu:N" (TotalSegmentator's spelling) mean "cuda" and "cuda:N"."""
+    name = str(name or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|(cuda|gpu)(:\d+)?", name):
+        raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda[:N]' or 'gpu[:N]', got {name!r}")
+    return re.sub(r"^gpu", "cuda", name)
 
 
 def _as_field_value(value: Any) -> Any:

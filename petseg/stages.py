@@ -62,14 +62,20 @@ class Prediction:
 
 @contextmanager
 def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
-    """Accumulate the wall time of a stage into ``timings`` and log it."""
+    """Accumulate the wall time of a stage into ``timings`` and log it (at -v: a run's routine
+    log is one line per case)."""
     start = time.perf_counter()
     try:
         yield
     finally:
         elapsed = time.perf_counter() - start
         timings[stage] = timings.get(stage, 0.0) + elapsed
-        log.info("%-10s %7.2f s", stage, elapsed)
+        log.debug("%-10s %7.2f s", stage, elapsed)
+
+
+def case_line(name: str, *, lesions: int, voxels: int, seconds: float, output: str | Path) -> str:
+    """A run's one routine line per case."""
+    return f"{name}: {lesions} lesion{'' if lesions == 1 else 's'} ({voxels} voxels), {seconds:.1f} s -> {output}"
 
 
 def load_study(

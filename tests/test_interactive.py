@@ -105,7 +105,7 @@ def test_evaluate_interactive_cli_writes_curves_and_warns_for_a_ct_pet_model(tin
         "-o",
         str(tmp_path / "out"),
     ]
-    assert main([*args, "--model-dir", str(tiny_model_dir), "--device", "cpu", "--clicks", "3"]) == 0
+    assert main([*args, "--model-dir", str(tiny_model_dir), "--device", "cpu", "--num-clicks", "3"]) == 0
     captured = capsys.readouterr()
     assert "takes no clicks" in captured.err
     with (tmp_path / "out" / "interactive.csv").open() as fh:
@@ -121,11 +121,20 @@ def test_evaluate_interactive_cli_writes_curves_and_warns_for_a_ct_pet_model(tin
 def test_evaluate_interactive_refuses_a_click_count_outside_0_to_10_in_one_line(count, tmp_path, capsys):
     args = ["evaluate-interactive", "-i", str(tmp_path), "--gt", str(tmp_path), "-o", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--clicks", count])
+        main([*args, "--num-clicks", count])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--clicks" in err[0] and count in err[0]
+    assert len(err) == 1 and "--num-clicks" in err[0] and count in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_interactive_points_the_old_count_option_to_its_new_name(tmp_path, capsys):
+    args = ["evaluate-interactive", "-i", str(tmp_path), "--gt", str(tmp_path), "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--clicks", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--num-clicks 3" in err[0]
 
 
 @pytest.mark.parametrize("direction", ["identity", "oblique"])

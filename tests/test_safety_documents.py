@@ -375,6 +375,9 @@ def test_malformed_manifest_lines_are_skipped_with_one_warning_naming_them(tmp_p
     assert [e.case for e in entries] == ["a", "d"]  # the cut line did not swallow the next record
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "5 malformed line(s) skipped: line 2" in warning and "line 3" in warning
+    with caplog.at_level("WARNING"):
+        m.completed(), m.recorded_outputs()  # a run reads the log more than once: one warning a run
+    assert len(caplog.records) == 1
 
 
 def test_a_manifest_that_is_a_symlink_is_never_written_through(tmp_path):
@@ -385,6 +388,7 @@ def test_a_manifest_that_is_a_symlink_is_never_written_through(tmp_path):
     with pytest.raises(PetsegError, match="cannot be appended to .*symbolic link is refused"):
         manifest(tmp_path / "out").start()
     assert precious.read_text() == "mine\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [CASE_LOG]  # nothing written before the refusal
 
 
 # --- property-based: mutations never give a traceback ------------------------------------------

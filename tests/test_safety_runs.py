@@ -32,7 +32,7 @@ def files(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-def test_a_signal_between_the_two_renames_of_a_job_leaves_nothing(
+def test_a_signal_between_the_two_renames_of_a_job_leaves_both_outputs(
     gc_input, tiny_model_dir, tmp_path, capsys, monkeypatch, signum, code
 ):
     """Grand Challenge and SLURM stop a job with SIGTERM: data-centric-model.json published and

@@ -86,6 +86,8 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(caplog):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    assert resolve_device("auto").type == "cpu"
+    assert caplog.text == ""  # auto on a machine without CUDA is the CPU, as asked
     assert resolve_device("cuda").type == "cpu"
     assert "CUDA is not available" in caplog.text
     with pytest.raises(ValueError, match="'tpu'"):

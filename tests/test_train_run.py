@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -337,8 +338,16 @@ def test_assemble_names_an_unfinished_fold_and_records_each_folds_epochs(data, t
     run = config(data, tmp_path / "run", epochs=3)
     train_fold(run)
     train_fold(dataclasses.replace(run, fold=1), stop_after=1)
+    for other in ("fold_0_old", "fold_01", "fold_x"):  # a user's copies: never taken as fold 0
+        shutil.copytree(tmp_path / "run" / "fold_0", tmp_path / "run" / other)
+        state = torch.load(tmp_path / "run" / other / "best.pt", weights_only=True)  # a plain state dict
+        torch.save({k: v + 1 for k, v in state.items()}, tmp_path / "run" / other / "best.pt")
     with caplog.at_level("WARNING"):
         assemble(tmp_path / "run", tmp_path / "model")
     assert any("fold_1: has trained 1 of its 3 epochs" in r.getMessage() for r in caplog.records)
+    assert any("not assembled: fold_01, fold_0_old, fold_x" in r.getMessage() for r in caplog.records)
+    best = torch.load(tmp_path / "run" / "fold_0" / "best.pt", weights_only=True)
+    taken = torch.load(tmp_path / "model" / "fold0.pt", weights_only=True)
+    assert all(torch.equal(taken[k], v) for k, v in best.items())
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["training"]["folds"]["0"]["epochs"] == 3 and meta["training"]["folds"]["1"]["epochs"] == 1

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import petseg
 from petseg.cli import evaluate, predict, tools, train
 from petseg.frontend import ArgumentParser, configure_threads, run_guarded, setup_logging
 
@@ -22,14 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only"
     )
-    parser = ArgumentParser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).", parents=[common])
-    parser.set_defaults(verbose=False, quiet=False)  # what neither the command nor its subcommand set
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="petseg", description="PET/CT lesion segmentation (autoPET III).", parents=[common])
+    parser.add_argument("--version", action="version", version=f"petseg {petseg.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     sub_add = sub.add_parser
     sub.add_parser = lambda *a, **kw: sub_add(*a, parents=[common], **kw)
     for module in COMMANDS:
         module.add_parsers(sub)
     return parser
+
+
+class _Parser(ArgumentParser):
+    """The top parser: -v/-q False when given nowhere. (Not ``set_defaults``: the parents share
+    their action objects, so a default set here would reach the subcommands, and a subcommand
+    parsed after ``petseg -q`` would reset it.)"""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for name in ("verbose", "quiet"):
+            setattr(namespace, name, getattr(namespace, name, False))
+        return namespace, extras
 
 
 def main(argv: Sequence[str] | None = None) -> int:

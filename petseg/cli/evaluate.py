@@ -22,9 +22,11 @@ def add_parsers(sub) -> None:
         help="probability map file or folder (<case>_probability.<ext>, from predict --save-probabilities): "
         "adds the expected calibration error (needs --pet) and a reliability diagram",
     )
-    p.add_argument("--reliability", type=Path, help="reliability diagram PNG (default: <out>_reliability.png)")
+    p.add_argument("--reliability", type=Path, help="reliability diagram PNG (default: <output>_reliability.png)")
     p.add_argument("--groups", type=Path, help="CSV with columns case,group (default: fdg/psma name prefix)")
-    p.add_argument("--out", type=Path, help="per-case CSV (and <name>_lesions.csv with --pet)")
+    p.add_argument(
+        "-o", "--output", "--out", dest="out", type=Path, help="per-case CSV (and <name>_lesions.csv with --pet)"
+    )
     p.set_defaults(func=evaluate)
 
     p = sub.add_parser(
@@ -37,14 +39,21 @@ def add_parsers(sub) -> None:
     add_model_options(p)
     # autoPET IV scores 0..10 clicks; more would also exceed the 10 per kind a clicks file may hold
     p.add_argument(
-        "--clicks",
+        "--num-clicks",
         type=number(int, low=0, high=MAX_CLICKS),
         default=MAX_CLICKS,
-        help="clicks per study, 0..10 (default 10)",
+        help="simulated clicks per study, 0..10 (default 10)",
     )
+    p.add_argument("--clicks", type=_renamed_clicks, help=argparse.SUPPRESS)
     add_click_removal_option(p)
     p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
     p.set_defaults(func=evaluate_interactive)
+
+
+def _renamed_clicks(text: str) -> None:
+    raise argparse.ArgumentTypeError(
+        f"the count of simulated clicks is --num-clicks {text}; --clicks names a clicks file (petseg predict)"
+    )
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -83,10 +92,10 @@ def evaluate_interactive(args: argparse.Namespace) -> int:
     from petseg.interactive import evaluate_interactive as run
 
     summary, written = run(
-        args.input, args.gt, args.output, make_predictor=lambda: make_predictor(args), clicks=args.clicks
+        args.input, args.gt, args.output, make_predictor=lambda: make_predictor(args), clicks=args.num_clicks
     )
     print(
-        f"{summary['cases']} cases: DSC {summary['dsc_final']:.4f} after {args.clicks} clicks "
+        f"{summary['cases']} cases: DSC {summary['dsc_final']:.4f} after {args.num_clicks} clicks "
         f"(AUC {summary['dsc_auc']:.3f}), FPV {summary['fpv_ml_final']:.3f} ml (AUC {summary['fpv_ml_auc']:.3f}), "
         f"FNV {summary['fnv_ml_final']:.3f} ml (AUC {summary['fnv_ml_auc']:.3f})"
     )

@@ -15,10 +15,21 @@ log = logging.getLogger("petseg")
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("predict", help="segment every case of a folder, or one DICOM study")
-    p.add_argument("-i", "--input", type=Path, help="nnU-Net-named folder or Grand Challenge input")
+    p.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        help="folder of cases: nnU-Net named (<case>_0000 CT, _0001 PET), study folders (CTres + SUV: the "
+        "autoPET release, convert-dicom output), or a Grand Challenge input",
+    )
+    p.add_argument("--ct", type=Path, help="one study's CT file (with --pet): NIfTI, MHA or NRRD")
+    p.add_argument("--pet", type=Path, help="one study's PET file in SUV (with --ct)")
+    p.add_argument(
+        "--name", help="one study's case name (default: the PET file's, or its folder's; DICOM: from the study)"
+    )
     add_dicom_options(p)
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (one mask per case)")
-    add_model_options(p, device_help="auto | cpu | cuda[:N] (default auto: CUDA if available)")
+    add_model_options(p)
     p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's, 0.5)")
     p.add_argument(
         "--save-probabilities",
@@ -54,7 +65,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("convert-dicom", help="DICOM PET[/CT] -> SUV.nii.gz [CT.nii.gz, CTres.nii.gz]")
     add_dicom_options(p)
-    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder to write (a study folder petseg reads)")
     p.set_defaults(func=convert_dicom)
 
 
@@ -67,12 +78,18 @@ def _requested(args: argparse.Namespace):
 
 
 def predict(args: argparse.Namespace) -> int:
+    dicom_dirs = [path for path in (args.ct, args.pet) if path is not None and path.is_dir()]
+    if dicom_dirs:  # --ct/--pet DICOM folders: as --ct-dicom/--pet-dicom
+        if args.pet_dicom or args.ct_dicom or len(dicom_dirs) < 2:
+            raise ConfigError(dicom_dirs[0], "is a folder: give --ct and --pet both as DICOM folders, or both as files")
+        args.ct_dicom, args.pet_dicom, args.ct, args.pet = args.ct, args.pet, None, None
     if args.pet_dicom or args.ct_dicom:
         return predict_dicom(args)
     if args.dicom_seg:
         raise ConfigError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
-    if args.input is None:
-        raise ConfigError("petseg predict", "give -i INPUT, or --pet-dicom DIR and --ct-dicom DIR")
+    source = _single_study(args) or args.input
+    if source is None:
+        raise ConfigError("petseg predict", "give -i FOLDER, --ct CT --pet PET, or --pet-dicom DIR --ct-dicom DIR")
     from petseg.cohort import Shard
     from petseg.folders import predict_folder
 
@@ -80,7 +97,7 @@ def predict(args: argparse.Namespace) -> int:
         raise ConfigError("--part-id", "needs --num-parts")
     outputs = _requested(args)
     run = predict_folder(
-        args.input,
+        source,
         args.output,
         make_predictor=lambda device: make_predictor(args, device=device, outputs=outputs),
         device=args.device,
@@ -100,10 +117,28 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _single_study(args: argparse.Namespace):
+    """The case of ``--ct CT --pet PET`` (DICOM folders go to :func:`predict_dicom`), or None."""
+    if args.ct is None and args.pet is None:
+        if args.name is not None:
+            raise ConfigError("--name", "names the study of --ct/--pet")
+        return None
+    if args.input is not None:
+        raise ConfigError("--ct/--pet", f"give one study (--ct, --pet) or a folder (-i {args.input}), not both")
+    if args.ct is None:
+        raise ConfigError("--pet", f"{args.pet}: give its CT too (--ct CT); the models here take CT and PET")
+    if args.pet is None:
+        raise ConfigError("--ct", f"{args.ct}: give the PET too (--pet PET, in SUV)")
+    from petseg.layout import pair_case
+
+    return pair_case(args.ct, args.pet, args.name)
+
+
 def predict_dicom(args: argparse.Namespace) -> int:
     from petseg.dicom import read_ct, read_pet_suv
     from petseg.dicom_write import study_name, write_dicom_seg
     from petseg.io import write_image
+    from petseg.layout import checked_case_name
     from petseg.outputs import dicom_study_outputs
     from petseg.stages import write_extras
 
@@ -124,7 +159,7 @@ def predict_dicom(args: argparse.Namespace) -> int:
         clicks_world=args.clicks_world,
     )
     mask = prediction.mask
-    name = study_name(pet_datasets)
+    name = study_name(pet_datasets) if args.name is None else checked_case_name(args.name)
     names = dicom_study_outputs(name, args.output)
     log.info("wrote %s", write_image(mask, names.mask))
     if args.dicom_seg:

@@ -17,12 +17,14 @@ log = logging.getLogger("petseg")
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("qc", help="PNG with coronal/sagittal PET MIPs and lesion outlines")
-    p.add_argument("--pet", required=True, type=Path)
-    p.add_argument("--mask", required=True, type=Path)
-    p.add_argument("--gt", type=Path)
-    p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--suv-window", type=float, nargs=2, default=(0.0, 10.0), metavar=("LOW", "HIGH"))
-    p.add_argument("--title")
+    p.add_argument("--pet", required=True, type=Path, help="PET image (SUV)")
+    p.add_argument("--mask", required=True, type=Path, help="predicted lesion mask on the PET grid")
+    p.add_argument("--gt", type=Path, help="ground-truth mask: outlines found, missed and false lesions apart")
+    p.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")
+    p.add_argument(
+        "--suv-window", type=float, nargs=2, default=(0.0, 10.0), metavar=("LOW", "HIGH"), help="grey scale, SUV"
+    )
+    p.add_argument("--title", help="title (default: the mask's file name without extension)")
     p.set_defaults(func=qc)
 
     p = sub.add_parser("import-weights", help="turn the authors' fold checkpoints into a model folder")
@@ -49,13 +51,22 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=import_weights)
 
     p = sub.add_parser("phantom", help="write synthetic whole-body PET/CT studies with labels")
-    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder to write (added to, never replaced)")
     p.add_argument("-n", type=positive(int), default=1, help="number of studies")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracer", choices=("fdg", "psma"), default="fdg")
-    p.add_argument("--layout", choices=("nnunet", "gc"), default="nnunet")
-    p.add_argument("--shape", type=positive(int), nargs=3, default=(80, 64, 160), metavar=("X", "Y", "Z"))
-    p.add_argument("--spacing", type=positive(float), nargs=3, default=(5.0, 5.0, 4.5), metavar=("X", "Y", "Z"))
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same studies")
+    p.add_argument("--tracer", choices=("fdg", "psma"), default="fdg", help="uptake pattern")
+    p.add_argument(
+        "--layout",
+        choices=("nnunet", "gc"),
+        default="nnunet",
+        help="nnunet: imagesTr/ + labelsTr/; gc: a Grand Challenge input folder",
+    )
+    p.add_argument(
+        "--shape", type=positive(int), nargs=3, default=(80, 64, 160), metavar=("X", "Y", "Z"), help="PET voxels"
+    )
+    p.add_argument(
+        "--spacing", type=positive(float), nargs=3, default=(5.0, 5.0, 4.5), metavar=("X", "Y", "Z"), help="PET mm"
+    )
     p.add_argument("--ct-spacing", type=positive(float), nargs=3, metavar=("X", "Y", "Z"), help="CT on its own grid")
     p.add_argument("--lesions", type=positive(int), help="lesions per study (default: random 1-6)")
     p.add_argument(
@@ -64,14 +75,17 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=phantom)
 
     p = sub.add_parser("compare", help="compare an output folder with the expected one (test.sh)")
-    p.add_argument("expected", type=Path)
-    p.add_argument("actual", type=Path)
-    p.add_argument("--min-dice", type=number(float, low=0, high=1, low_open=True), default=0.99)
+    p.add_argument("expected", type=Path, help="folder of expected outputs")
+    p.add_argument("actual", type=Path, help="folder of outputs to check")
+    p.add_argument(
+        "--min-dice", type=number(float, low=0, high=1, low_open=True), default=0.99, help="least Dice per mask"
+    )
     p.set_defaults(func=compare)
 
 
 def qc(args: argparse.Namespace) -> int:
     from petseg.io import read_image
+    from petseg.layout import strip_suffix
     from petseg.qc import render_qc
 
     render_qc(
@@ -80,7 +94,7 @@ def qc(args: argparse.Namespace) -> int:
         gt=read_image(args.gt, role="ground truth") if args.gt else None,
         output=args.output,
         suv_window=tuple(args.suv_window),
-        title=args.title or "",
+        title=strip_suffix(args.mask) if args.title is None else args.title,
         sources={"PET": str(args.pet), "mask": str(args.mask), "ground truth": str(args.gt)},
     )
     return 0

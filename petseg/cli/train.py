@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from petseg.frontend import number, positive
+from petseg.frontend import add_device_option, number, positive
 from petseg.settings import PRECISIONS
 
 
@@ -67,21 +67,37 @@ def add_parsers(sub) -> None:
     p.add_argument("-d", "--data", required=True, type=Path, help="folder with imagesTr/ and labelsTr/")
     p.add_argument("-o", "--output", required=True, type=Path, help="run folder (cache, splits, fold_K/)")
     p.add_argument("--fold", type=int, default=0, help="fold to train; -1 trains all folds one after another")
-    p.add_argument("--folds", type=positive(int), default=5)
+    p.add_argument("--folds", type=positive(int), default=5, help="number of cross-validation folds")
     p.add_argument("--splits", type=Path, help="nnU-Net splits_final.json to use instead of a seeded split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=positive(int), default=400)
-    p.add_argument("--batch-size", type=positive(int), default=4)
-    p.add_argument("--patch-size", type=positive(int), nargs=3, default=(128, 128, 128))
-    p.add_argument("--lr", type=positive(float), default=1e-3)
-    p.add_argument("--val-every", type=positive(int), default=10)
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split and of the sampling")
+    p.add_argument(
+        "--epochs", type=positive(int), default=400, help="epochs (the cosine schedule reaches 0 at the last)"
+    )
+    p.add_argument("--batch-size", type=positive(int), default=4, help="patches per step")
+    p.add_argument(
+        "--patch-size", type=positive(int), nargs=3, default=(128, 128, 128), metavar=("X", "Y", "Z"), help="voxels"
+    )
+    p.add_argument("--lr", type=positive(float), default=1e-3, help="Adam's initial learning rate")
+    p.add_argument("--val-every", type=positive(int), default=10, help="validate every N epochs (and at the last)")
+    p.add_argument("--no-augment", action="store_true", help="train without the paper's augmentations")
     p.add_argument("--channels", type=positive(int), nargs="+", help="UNet widths (default: the paper's)")
     p.add_argument("--num-res-units", type=number(int, low=0), help="residual units per level (default: the paper's 2)")
-    p.add_argument("--target-spacing", type=positive(float), nargs=3)
-    p.add_argument("--roi-size", type=positive(int), nargs=3, help="validation sliding window")
-    p.add_argument("--sw-batch-size", type=positive(int))
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--target-spacing",
+        type=positive(float),
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="network grid, mm (default 2 2 2)",
+    )
+    p.add_argument(
+        "--roi-size",
+        type=positive(int),
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="sliding window, voxels (default 192 192 192)",
+    )
+    p.add_argument("--sw-batch-size", type=positive(int), help="windows per network call in validation (default 1)")
+    add_device_option(p)
     p.add_argument(
         "--num-workers",
         type=number(int, low=0),
@@ -152,7 +168,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=train)
 
     p = sub.add_parser("assemble", help="collect fold_K/best.pt of a run into a model folder")
-    p.add_argument("run", type=Path)
-    p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--description", default="")
+    p.add_argument("run", type=Path, help="run folder of petseg train (holds fold_K/)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="model folder to write")
+    p.add_argument("--description", default="", help="one line for model.json (default: none)")
     p.set_defaults(func=assemble)

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.io import file_stamp
+from petseg.metrics import Labelled
 from petseg.outputs import CaseOutputs
 from petseg.settings import Settings
 from petseg.stages import EnsembleMaps, load_study, restore_prediction, write_extras, write_prediction
@@ -70,6 +71,7 @@ class Loaded:
 @dataclass(frozen=True)
 class Finished:
     lesion_voxels: int
+    lesions: int  # 18-connected
     seconds: dict[str, float]
 
 
@@ -95,5 +97,5 @@ def finish_job(job: Job, maps: EnsembleMaps, record: Any, settings: Settings) ->
     )
     if job.report or job.qc:
         write_extras(prediction, pet=job.pet, name=job.name, output_dir=job.mask.parent, report=job.report, qc=job.qc)
-    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(prediction.mask)))
-    return Finished(voxels, seconds)
+    mask = sitk.GetArrayViewFromImage(prediction.mask)
+    return Finished(int(np.count_nonzero(mask)), Labelled.of(mask).count, seconds)

@@ -60,6 +60,7 @@ class Manifest:
             "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
             "case_log": CASE_LOG,
         }
+        self._warned: set[str] = set()  # the case log is read more than once a run: say each problem once
 
     @property
     def case_log(self) -> Path:
@@ -69,6 +70,8 @@ class Manifest:
         """Describe this run in ``petseg-run.json``, keeping the descriptions of earlier runs
         into the folder whose cases may still be there; check the case log can be appended to."""
         header = dict(self.header)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._open_log().close()  # before anything is written: a log that cannot be appended to refuses the run
         if (self.folder / MANIFEST).is_dir():
             raise OutputError(self.folder / MANIFEST, "is a folder; the run's description goes there")
         try:
@@ -83,7 +86,6 @@ class Manifest:
                 runs.append({k: v for k, v in earlier.items() if k != "earlier_runs"})
             header["earlier_runs"] = runs[-MAX_EARLIER_RUNS:]
         write_text(json.dumps(header, indent=2) + "\n", self.folder / MANIFEST)
-        self._open_log().close()
 
     def entries(self) -> Iterator[CaseEntry]:
         """The case log's lines in order; a malformed line (cut by a crash, edited, not UTF-8,
@@ -103,14 +105,10 @@ class Manifest:
                     yield convert(parse_json_text(line, source=self.case_log), CaseEntry, source=self.case_log)
                 except InputError as err:
                     bad.append(f"line {number} ({err.problem})")
-        if bad:
-            log.warning(
-                "%s: %d malformed line(s) skipped: %s%s",
-                self.case_log,
-                len(bad),
-                "; ".join(bad[:3]),
-                " ..." if len(bad) > 3 else "",
-            )
+        message = f"{self.case_log}: {len(bad)} malformed line(s) skipped: {'; '.join(bad[:3])}"
+        if bad and message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s%s", message, " ..." if len(bad) > 3 else "")
 
     def last_entries(self) -> dict[str, CaseEntry]:
         """case -> its last line that is not "skipped"."""

@@ -14,14 +14,14 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from petseg.cohort.jobs import Job, Loaded, finish_job, load_job
+from petseg.cohort.jobs import Finished, Job, Loaded, finish_job, load_job
 from petseg.cohort.manifest import Manifest
 from petseg.cohort.resume import check_distinct_outputs, clear_earlier_outputs, earlier_outputs, not_done
 from petseg.cohort.workers import WorkerPool
 from petseg.errors import ConfigError
 from petseg.frontend import deferred_signals
 from petseg.settings import Settings
-from petseg.stages import EnsembleMaps
+from petseg.stages import EnsembleMaps, case_line
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,14 @@ class Summary:
     max_in_flight: int = 0  # most studies held at once (loading, in the network, finishing)
 
     def line(self) -> str:
-        rate = len(self.done) / self.seconds * 3600 if self.seconds > 0 and self.done else 0.0
-        return (
-            f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
-            f"in {self.seconds:.1f} s ({rate:.0f} studies/hour)"
+        """The closing line; a rate only from two finished studies on (one says nothing of a
+        cohort, and skipped ones took no time)."""
+        rate = (
+            f" ({len(self.done) / self.seconds * 3600:.0f} studies/hour)"
+            if len(self.done) >= 2 and self.seconds > 0
+            else ""
         )
+        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed in {self.seconds:.1f} s{rate}"
 
 
 class NetworkStage(Protocol):
@@ -111,9 +114,13 @@ class _Run:
     recorded: Mapping[str, set[str]] = field(default_factory=dict)  # earlier runs' outputs per case
     bar: Any = None
 
-    def done(self, job: Job, seconds: dict[str, float], voxels: int) -> None:
+    def done(self, job: Job, seconds: dict[str, float], finished: Finished) -> None:
         self.summary.done.append(job.name)
-        log.info("wrote %s (%d lesion voxels), %.2f s of work", job.mask, voxels, sum(seconds.values()))
+        voxels = finished.lesion_voxels
+        line = case_line(
+            job.name, lesions=finished.lesions, voxels=voxels, seconds=sum(seconds.values()), output=job.mask
+        )
+        log.info("%s", line)
         if self.manifest is not None:
             self.manifest.append(
                 {
@@ -141,7 +148,7 @@ class _Run:
 
 def _sequential(jobs: list[Job], predictor: NetworkStage, run: _Run) -> None:
     for job in jobs:
-        log.info("case %s", job.name)
+        log.debug("case %s", job.name)
         run.summary.max_in_flight = 1
         try:
             start = time.monotonic()
@@ -150,7 +157,7 @@ def _sequential(jobs: list[Job], predictor: NetworkStage, run: _Run) -> None:
             maps, network = predictor.run_network(loaded.image, loaded.record, start=start)
             with deferred_signals():  # a stop waits until the case is written and recorded
                 finished = finish_job(job, maps, loaded.record, predictor.settings)
-                run.done(job, {**loaded.seconds, "network": network, **finished.seconds}, finished.lesion_voxels)
+                run.done(job, {**loaded.seconds, "network": network, **finished.seconds}, finished)
         except Exception as err:  # any failure is this case's: recorded, and the run goes on
             run.failed(job, err)
 
@@ -199,7 +206,7 @@ class _Pipeline:
                     if future.done() and not future.cancelled() and future.exception() is None:
                         outcome = future.result()
                         if outcome.error is None:
-                            self.outcomes.done(job, {**seconds, **outcome.value.seconds}, outcome.value.lesion_voxels)
+                            self.outcomes.done(job, {**seconds, **outcome.value.seconds}, outcome.value)
             raise
         finally:
             self.pool.close()
@@ -263,7 +270,7 @@ class _Pipeline:
             return
         with deferred_signals():
             self.finishing.popleft()
-            self.outcomes.done(job, {**seconds, **finished.seconds}, finished.lesion_voxels)
+            self.outcomes.done(job, {**seconds, **finished.seconds}, finished)
 
     def restart(self) -> None:
         """A dead worker broke every pending task: record the cases written before it died,

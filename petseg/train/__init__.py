@@ -4,7 +4,8 @@
 - ``data``: splits by patient, the preprocessed-case cache, patch-sampling maps;
 - ``transforms``: random patches and augmentations;
 - ``distributed``: torchrun's process group;
-- ``run``: the run folder (recipe, split, fold claims, resume checks, the log);
+- ``claims``: the run folder's recipe, split and fold claims, and the fold lock;
+- ``run``: resume and assemble checks, the training state, the log;
 - ``trainer``: the trainer, the loader, one epoch, validation;
 - ``loop``: :func:`train_fold` (claim, check, set up or resume, epochs, checkpoints);
 - ``plots``: loss and validation curves.

@@ -28,7 +28,7 @@ run_job() {  # run_job INPUT NAME: output in a fresh volume, stdout/stderr/exit 
   set -e
   docker run --rm --network none --volume "$volume:/output:ro" --entrypoint sh "$image" \
     -c "cd /output && find . -type f | sed 's|^\./||' | sort" > "$work/$2.files"
-  docker run --rm --network none --volume "$volume:/output:ro" --volume "$work:/work" --user 0 \
+  docker run --rm --network none --volume "$volume:/output:ro" --volume "$work:/work" --user "$(id -u):$(id -g)" \
     --entrypoint sh "$image" -c "mkdir -p /work/$2 && cp -r /output/. /work/$2/"
 }
 
@@ -50,7 +50,7 @@ fi
 # A background click at the centre of each lesion the click-free run found (at most 10).
 mkdir -p "$work/clicked"
 cp -r "$root/test/input/images" "$work/clicked/images"
-docker run --rm --network none --volume "$work:/work" --user 0 --entrypoint python "$image" -c "
+docker run --rm --network none --volume "$work:/work" --user "$(id -u):$(id -g)" --entrypoint python "$image" -c "
 import json, sys
 import cc3d, numpy as np, SimpleITK as sitk
 from scipy import ndimage
@@ -73,7 +73,7 @@ if [ "$(cat "$work/clicks.code")" = 0 ] && [ "$(cat "$work/clicks.files")" = "$t
 else
   fail "clicks: exit $(cat "$work/clicks.code"), files [$(cat "$work/clicks.files")]"; cat "$work/clicks.out" "$work/clicks.err" >&2
 fi
-if changed="$(docker run --rm --network none --volume "$work:/work:ro" --user 0 --entrypoint python "$image" -c "
+if changed="$(docker run --rm --network none --volume "$work:/work:ro" --user "$(id -u):$(id -g)" --entrypoint python "$image" -c "
 import numpy as np, SimpleITK as sitk
 a, b = (sitk.GetArrayFromImage(sitk.ReadImage(f'/work/{r}/$task/$case_file')) for r in ('none', 'clicks'))
 d = int((a != b).sum())
