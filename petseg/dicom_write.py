@@ -13,6 +13,8 @@ from petseg.dicom import read_ct, read_pet_suv
 from petseg.outputs import CT_NII, CT_ON_PET_NII, SUV_NII
 from petseg.settings import Settings
 
+SERIES_DESCRIPTION = "petseg lesions (autoPET III residual UNet ensemble)"
+
 
 def write_dicom_seg(mask: sitk.Image, pet_datasets: list, output: str | Path) -> Path:
     """A binary DICOM Segmentation ("Lesion") referencing the PET series; the mask must lie
@@ -50,20 +52,28 @@ def write_dicom_seg(mask: sitk.Image, pet_datasets: list, output: str | Path) ->
         software_versions=__version__,
         device_serial_number="0",
         omit_empty_frames=False,
+        series_description=SERIES_DESCRIPTION,
     )
     with atomic_path(output) as tmp:
         seg.save_as(tmp)
     return Path(output)
 
 
-def study_name(pet_datasets: list) -> str:
-    """``<PatientID>_<StudyDate>`` with file-name-safe characters, or "study"."""
-    import re
+def study_name(pet_datasets: list, *, identifying: bool = False) -> str:
+    """A DICOM study's case name. By default pseudonymous and stable: ``pet-`` and the first
+    12 hex digits of the SHA-256 of the StudyInstanceUID and the PET's SeriesInstanceUID (no
+    name, ID or date in a file name; the same series always gives the same name). With
+    ``identifying``: ``<PatientID>_<StudyDate>``, file-name-safe, or "study"."""
+    import hashlib
+
+    from petseg.layout import case_name
 
     ds = pet_datasets[0]
+    if not identifying:
+        uids = f"{ds.get('StudyInstanceUID', '')}/{ds.get('SeriesInstanceUID', '')}"
+        return f"pet-{hashlib.sha256(uids.encode()).hexdigest()[:12]}"
     parts = [str(ds.get("PatientID", "")).strip(), str(ds.get("StudyDate", "")).strip()]
-    name = "_".join(p for p in parts if p)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "study"
+    return case_name("_".join(p for p in parts if p))
 
 
 def convert_dicom(

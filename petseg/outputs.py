@@ -60,6 +60,11 @@ class CaseOutputs:
         """The DICOM Segmentation of a DICOM study."""
         return self.folder / f"{self.name}_seg.dcm"
 
+    @property
+    def rtstruct(self) -> Path:
+        """The RT Structure Set of a DICOM study."""
+        return self.folder / f"{self.name}_rtstruct.dcm"
+
 
 def case_output_names(name: str) -> set[str]:
     """Every file name ``petseg predict`` may give an output of case ``name``, whatever the

@@ -206,10 +206,18 @@ def write_prediction(
 
 
 def write_extras(
-    prediction: Prediction, *, pet: sitk.Image | str | Path, name: str, output_dir: Path, report: bool, qc: bool
+    prediction: Prediction,
+    *,
+    pet: sitk.Image | str | Path,
+    name: str,
+    output_dir: Path,
+    report: bool,
+    qc: bool,
+    facts: dict | None = None,
 ) -> None:
-    """``<name>_lesions.json``/``.csv`` (each lesion's measures and confidence) and/or
-    ``<name>_qc.png`` (doubtful lesions in orange)."""
+    """``<name>_lesions.json``/``.csv`` (each lesion's measures and confidence; ``facts``, e.g.
+    the SUV calculation of a DICOM study, join the JSON) and/or ``<name>_qc.png`` (doubtful
+    lesions in orange)."""
     from petseg.io import read_image
     from petseg.report import doubtful_mask, lesion_report, write_report
 
@@ -223,6 +231,7 @@ def write_extras(
         votes=prediction.votes,
         folds=prediction.folds,
     )
+    lesions.update(facts or {})
     if lesions.get("doubtful_lesions"):
         log.info(
             "%s: %d of %d lesion(s) doubtful (fold vote below a majority)",

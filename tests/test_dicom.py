@@ -195,21 +195,19 @@ def test_predict_dicom_writes_mask_dicom_seg_and_report(tmp_path, tiny_model_dir
         == 0
     )
     names = sorted(p.name for p in out.iterdir())
-    assert names == [
-        "PH001_20200101.nii.gz",
-        "PH001_20200101_lesions.csv",
-        "PH001_20200101_lesions.json",
-        "PH001_20200101_seg.dcm",
-    ]
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "PH001_20200101.nii.gz")))
-    seg = hd.seg.segread(out / "PH001_20200101_seg.dcm")
+    (mask_name,) = [n for n in names if n.endswith(".nii.gz")]
+    case = mask_name[: -len(".nii.gz")]
+    assert names == [f"{case}.nii.gz", f"{case}_lesions.csv", f"{case}_lesions.json", f"{case}_seg.dcm"]
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / mask_name)))
+    seg = hd.seg.segread(out / f"{case}_seg.dcm")
+    assert seg.SeriesDescription.startswith("petseg")
     pet_series_uid = pydicom.dcmread(next((tmp_path / "pet").iterdir())).SeriesInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pet_series_uid
     pet_files = sorted((tmp_path / "pet").iterdir())
     sop_uids = [pydicom.dcmread(p).SOPInstanceUID for p in pet_files]  # files are in slice order here
     volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, segment_numbers=[1])[..., 0]
     np.testing.assert_array_equal(volume, mask)
-    report = json.loads((out / "PH001_20200101_lesions.json").read_text())
+    report = json.loads((out / f"{case}_lesions.json").read_text())
     assert report["lesion_count"] == len(report["lesions"])
 
 

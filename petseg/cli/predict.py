@@ -45,6 +45,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--report", action="store_true", help="also write <case>_lesions.json and .csv")
     p.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm referencing the PET series")
     p.add_argument(
+        "--rtstruct",
+        action="store_true",
+        help="also write <case>_rtstruct.dcm: an RT Structure Set on the PET series (read back and checked)",
+    )
+    p.add_argument(
+        "--dicom-names",
+        action="store_true",
+        help="name a DICOM study's outputs <PatientID>_<StudyDate> (default: pet-<hash of its UIDs>, no identifying data)",
+    )
+    p.add_argument(
         "--workers",
         type=number(int, low=0),
         help="background processes that read/preprocess the next cases and restore/write finished ones "
@@ -85,8 +95,13 @@ def predict(args: argparse.Namespace) -> int:
         args.ct_dicom, args.pet_dicom, args.ct, args.pet = args.ct, args.pet, None, None
     if args.pet_dicom or args.ct_dicom:
         return predict_dicom(args)
-    if args.dicom_seg:
-        raise ConfigError("--dicom-seg", "needs DICOM input (--pet-dicom and --ct-dicom)")
+    for flag, given in (
+        ("--dicom-seg", args.dicom_seg),
+        ("--rtstruct", args.rtstruct),
+        ("--dicom-names", args.dicom_names),
+    ):
+        if given:
+            raise ConfigError(flag, "needs DICOM input (--pet-dicom and --ct-dicom)")
     source = _single_study(args) or args.input
     if source is None:
         raise ConfigError("petseg predict", "give -i FOLDER, --ct CT --pet PET, or --pet-dicom DIR --ct-dicom DIR")
@@ -135,11 +150,12 @@ def _single_study(args: argparse.Namespace):
 
 
 def predict_dicom(args: argparse.Namespace) -> int:
-    from petseg.dicom import read_ct, read_pet_suv
+    from petseg.dicom import read_ct, read_pet
     from petseg.dicom_write import study_name, write_dicom_seg
     from petseg.io import write_image
     from petseg.layout import checked_case_name
     from petseg.outputs import dicom_study_outputs
+    from petseg.rtstruct import write_rtstruct
     from petseg.stages import write_extras
 
     if not (args.pet_dicom and args.ct_dicom):
@@ -148,7 +164,8 @@ def predict_dicom(args: argparse.Namespace) -> int:
         from petseg.clicks import check_clicks_file
 
         check_clicks_file(args.clicks)  # before the DICOM is read and the model loaded
-    pet, pet_datasets = read_pet_suv(args.pet_dicom, uid=args.pet_series)
+    series = read_pet(args.pet_dicom, uid=args.pet_series)
+    pet, pet_datasets = series.image, series.datasets
     ct = read_ct(args.ct_dicom, uid=args.ct_series)
     prediction = make_predictor(args, outputs=_requested(args)).predict_images(
         ct,
@@ -159,13 +176,21 @@ def predict_dicom(args: argparse.Namespace) -> int:
         clicks_world=args.clicks_world,
     )
     mask = prediction.mask
-    name = study_name(pet_datasets) if args.name is None else checked_case_name(args.name)
+    if args.name is not None:
+        name = checked_case_name(args.name)
+    else:
+        name = study_name(pet_datasets, identifying=args.dicom_names)
     names = dicom_study_outputs(name, args.output)
     log.info("wrote %s", write_image(mask, names.mask))
     if args.dicom_seg:
         log.info("wrote %s", write_dicom_seg(mask, pet_datasets, names.seg))
+    if args.rtstruct:
+        dice = write_rtstruct(mask, pet_datasets, names.rtstruct)
+        log.info("wrote %s (read back onto the PET grid: Dice %.4f with the mask)", names.rtstruct, dice)
     if args.report or args.qc:
-        write_extras(prediction, pet=pet, name=name, output_dir=Path(args.output), report=args.report, qc=args.qc)
+        facts = {"suv_calculation": series.suv.as_dict()}
+        output = Path(args.output)
+        write_extras(prediction, pet=pet, name=name, output_dir=output, report=args.report, qc=args.qc, facts=facts)
     return 0
 
 
