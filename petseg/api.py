@@ -15,7 +15,7 @@ from petseg.settings import Settings
 
 
 def segment(
-    ct: sitk.Image | str | Path,
+    ct: sitk.Image | str | Path | None,
     pet: sitk.Image | str | Path,
     *,
     model_dir: str | Path | None = None,
@@ -27,7 +27,7 @@ def segment(
     """Segment lesions in one PET/CT study; returns a uint8 {0, 1} mask on the PET's grid.
 
     Args:
-        ct: CT in HU (image or file), any grid overlapping the PET.
+        ct: CT in HU (image or file), any grid overlapping the PET; None for a PET-only model.
         pet: PET in SUV (image or file).
         model_dir: model folder (default: $PETSEG_MODEL_DIR or the checkout's ``weights/``).
         networks: modules mapping (B, 2, X, Y, Z) to (B, 2, X, Y, Z) logits; given, they
@@ -41,7 +41,7 @@ def segment(
     """
     ct_source = str(ct) if not isinstance(ct, sitk.Image) else "CT"
     pet_source = str(pet) if not isinstance(pet, sitk.Image) else "PET"
-    if not isinstance(ct, sitk.Image):
+    if ct is not None and not isinstance(ct, sitk.Image):
         ct = read_image(ct, role="CT")
     if not isinstance(pet, sitk.Image):
         pet = read_image(pet, role="PET")

@@ -42,7 +42,7 @@ class Case:
     """One study: its name, CT and PET files, the extension outputs take, and the label if known."""
 
     name: str
-    ct: Path
+    ct: Path | None  # None: a PET-only study
     pet: Path
     suffix: str
     label: Path | None = None
@@ -260,16 +260,19 @@ def _study_cases(studies: dict[str, Path], *, label: bool = False) -> tuple[list
     return cases, problems
 
 
-def pair_case(ct: str | Path, pet: str | Path, name: str | None = None) -> Case:
-    """One study given as a CT file and a PET (SUV) file; named ``name``, by default after the
-    PET file, or its folder when the file has a study folder's generic name (SUV, PET)."""
-    ct, pet = Path(ct), Path(pet)
+def pair_case(ct: str | Path | None, pet: str | Path, name: str | None = None) -> Case:
+    """One study given as a CT file (None: a PET-only study) and a PET (SUV) file; named
+    ``name``, by default after the PET file, or its folder when the file has a study folder's
+    generic name (SUV, PET)."""
+    ct, pet = (None if ct is None else Path(ct)), Path(pet)
     for role, path in (("CT", ct), ("PET", pet)):
+        if path is None:
+            continue
         if not _present(path):
             raise InputError(path, f"{role} not found")
         if not image_suffix(path):
             raise InputError(path, f"{role}: not an image file name (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    if ct.resolve() == pet.resolve():
+    if ct is not None and ct.resolve() == pet.resolve():
         raise InputError(pet, "given as both the CT and the PET")
     if name is None:
         generic = strip_suffix(pet).lower() in {s.lower() for s in (*STUDY_PET, STUDY_BQML, "pet")}

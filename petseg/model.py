@@ -75,21 +75,15 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path, complete: boo
         missing = [key for key in keys if (complete or key in Settings.REQUIRED_KEYS) and key not in values]
         if missing:
             raise ModelError(source, f"{section}: missing key {missing[0]!r}")
-        sections[section] = values
+        sections[section] = values if section == "inference" else {**values, "channels": channels}
     try:
         settings = Settings.from_model_sections(sections)
     except ConfigError as err:
         field = err.source.split("[")[0]
+        if field in ("modalities", "channels"):  # model.json states the modalities as its input channels
+            raise ModelError(source, f"preprocessing.channels: {err.problem}") from None
         section = "preprocessing" if field in Settings.PREPROCESSING_KEYS else "inference"
         raise ModelError(source, f"{section}.{err.source}: {err.problem}") from None
-    if list(channels) != list(settings.channels):
-        hint = ""
-        if settings.click_sigma_mm is None and len(channels) > len(settings.channels):
-            hint = " (click channels need preprocessing.click_sigma_mm)"
-        raise ModelError(
-            source,
-            f"preprocessing.channels: input channels {channels!r} do not match {list(settings.channels)!r}{hint}",
-        )
     return settings
 
 
@@ -261,10 +255,11 @@ def describe_network(network: Mapping[str, Any]) -> str:
     return "the network (" + ", ".join(f"{k} {network.get(k)}" for k in keys) + ")"
 
 
-def default_model_dir() -> Path | None:
-    """$PETSEG_MODEL_DIR, else ``weights/`` of a source checkout, else None."""
-    env = os.environ.get("PETSEG_MODEL_DIR")
+def default_model_dir(*, pet_only: bool = False) -> Path | None:
+    """$PETSEG_MODEL_DIR, else ``weights/`` of a source checkout, else None; with ``pet_only``
+    (a study without a CT): $PETSEG_PET_MODEL_DIR, else the checkout's ``weights-pet/``."""
+    env = os.environ.get("PETSEG_PET_MODEL_DIR" if pet_only else "PETSEG_MODEL_DIR")
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parents[1] / "weights"
+    candidate = Path(__file__).resolve().parents[1] / ("weights-pet" if pet_only else "weights")
     return candidate if (candidate / MODEL_JSON).is_file() else None

@@ -104,7 +104,7 @@ class Predictor:
 
     def predict_images(
         self,
-        ct: sitk.Image,
+        ct: sitk.Image | None,
         pet: sitk.Image,
         *,
         ct_source: str = "CT",
@@ -113,7 +113,7 @@ class Predictor:
         clicks_world: bool = False,
     ) -> Prediction:
         """Every output the settings ask for; the mask is exactly ``probability > settings.threshold``.
-        ``clicks`` (a :class:`~petseg.clicks.Clicks` or a clicks JSON file) feed a click-aware model."""
+        ``ct`` is None for a PET-only model. ``clicks`` (a :class:`~petseg.clicks.Clicks` or a clicks JSON file) feed a click-aware model."""
         self.timings = {}
         return self._predict(
             ct, pet, ct_source=ct_source, pet_source=pet_source, clicks=clicks, clicks_world=clicks_world
@@ -122,7 +122,7 @@ class Predictor:
     def predict_paths(
         self,
         *,
-        ct: str | Path,
+        ct: str | Path | None,
         pet: str | Path,
         clicks: Clicks | str | Path | None = None,
         clicks_world: bool = False,
@@ -206,7 +206,7 @@ class Predictor:
 
     def _predict(
         self,
-        ct: sitk.Image,
+        ct: sitk.Image | None,
         pet: sitk.Image,
         *,
         ct_source: str,

@@ -11,7 +11,8 @@ Forward (``preprocess``), in this order, each step recorded in a :class:`Record`
 5. Resampling to ``target_spacing`` (linear for images, nearest for labels), skipped
    when the spacing already matches; the new grid keeps the field of view's centre.
 
-The network array is (C, X, Y, Z) in RAS, channel 0 = CT, 1 = PET: what MONAI's
+The network array is (C, X, Y, Z) in RAS, channel 0 = CT, 1 = PET (a PET-only model: the
+PET alone, steps 1-3 skipped, the whole field of view): what MONAI's
 ``LoadImage`` (nibabel) + ``Orientation("RAS")`` give for the same image. ``restore``
 undoes steps 5, 4 and 3 in reverse order and returns an image on the PET's native grid.
 """
@@ -35,7 +36,7 @@ from petseg.checks import (
     check_swapped,
     check_values,
 )
-from petseg.errors import InputError
+from petseg.errors import ConfigError, InputError
 from petseg.geometry import Grid, array_to_image, image_to_array, same_grid
 from petseg.settings import Settings
 
@@ -74,22 +75,26 @@ class Preprocessed:
 
 
 def validate_pair(
-    ct: sitk.Image, pet: sitk.Image, *, settings: Settings, ct_source: str = "CT", pet_source: str = "PET"
+    ct: sitk.Image | None, pet: sitk.Image, *, settings: Settings, ct_source: str = "CT", pet_source: str = "PET"
 ) -> None:
     """Every check of a study before any large allocation, in one place for the API, the CLI,
     cohorts, training and the container: each image's grid and field of view, then values
-    (finite, swapped, ranges), then the pair's overlap and the network grid. Errors and
-    warnings name the offending file and value."""
-    for image, role, source in ((ct, "CT", ct_source), (pet, "PET", pet_source)):
+    (finite, swapped, ranges), then the pair's overlap and the network grid (a PET-only
+    model's study: the PET's checks alone). Errors and warnings name the file and value."""
+    images = ((pet, "PET", pet_source),) if ct is None else ((ct, "CT", ct_source), (pet, "PET", pet_source))
+    for image, role, source in images:
         check_image(image, source=source)
         check_field_of_view(image, role=role, source=source, extent=role == "PET")
-    pet_values, ct_values = sitk.GetArrayViewFromImage(pet), sitk.GetArrayViewFromImage(ct)
+    pet_values = sitk.GetArrayViewFromImage(pet)
     check_values(pet_values, source=pet_source, role="PET")
-    check_values(ct_values, source=ct_source, role="CT")
-    check_swapped(ct_values, pet_values, ct_source=ct_source, pet_source=pet_source)
+    if ct is not None:
+        ct_values = sitk.GetArrayViewFromImage(ct)
+        check_values(ct_values, source=ct_source, role="CT")
+        check_swapped(ct_values, pet_values, ct_source=ct_source, pet_source=pet_source)
     check_pet_range(pet_values, source=pet_source)
-    check_ct_range(ct_values, source=ct_source)
-    check_overlap(ct, pet, ct_source=ct_source, pet_source=pet_source)
+    if ct is not None:
+        check_ct_range(ct_values, source=ct_source)
+        check_overlap(ct, pet, ct_source=ct_source, pet_source=pet_source)
     check_network_size(pet, settings.target_spacing, source=pet_source)
 
 
@@ -135,7 +140,7 @@ def _crop(image: sitk.Image, index: tuple, size: tuple) -> sitk.Image:
 
 
 def preprocess(
-    ct: sitk.Image,
+    ct: sitk.Image | None,
     pet: sitk.Image,
     *,
     settings: Settings,
@@ -143,15 +148,27 @@ def preprocess(
     ct_source: str = "CT",
     pet_source: str = "PET",
 ) -> Preprocessed:
-    """Network input for one study; ``label`` (on the PET grid) follows with nearest neighbour."""
+    """Network input for one study; ``label`` (on the PET grid) follows with nearest neighbour.
+    A PET-only model (``settings.modalities``) takes ``ct=None`` (a CT given is not read) and
+    the whole PET field of view; a CT/PET model refuses ``ct=None``."""
+    if not settings.uses_ct:
+        ct = None
+    elif ct is None:
+        raise ConfigError(
+            pet_source, "this model takes CT and PET and no CT was given (a PET-only model takes PET alone)"
+        )
     validate_pair(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source)
     pet = sitk.Cast(pet, sitk.sitkFloat32)
     native = Grid.of(pet)
-    ct_pet, ct_resampled = ct_on_pet_grid(ct, pet, settings=settings)
-    hu = sitk.GetArrayViewFromImage(ct_pet)
-    crop_index, crop_size = body_box(hu, native.spacing, settings=settings)
-    ct01 = native.stamp(sitk.GetImageFromArray(scale_ct(hu, settings=settings)))
-    stack = sitk.Compose(ct01, pet)  # one vector image: crop, orient and resample once for both
+    if ct is None:
+        ct_resampled, (crop_index, crop_size) = False, ((0, 0, 0), native.size)
+        stack = pet
+    else:
+        ct_pet, ct_resampled = ct_on_pet_grid(ct, pet, settings=settings)
+        hu = sitk.GetArrayViewFromImage(ct_pet)
+        crop_index, crop_size = body_box(hu, native.spacing, settings=settings)
+        ct01 = native.stamp(sitk.GetImageFromArray(scale_ct(hu, settings=settings)))
+        stack = sitk.Compose(ct01, pet)  # one vector image: crop, orient and resample once for both
 
     cropped = _crop(stack, crop_index, crop_size)
     oriented = sitk.DICOMOrient(cropped, RAS)
@@ -168,6 +185,8 @@ def preprocess(
         resampled=resampled,
     )
     array = image_to_array(network).astype(np.float32, copy=False)
+    if array.ndim == 3:  # the PET alone: one channel
+        array = array[None]
     label_array = None
     if label is not None:
         label_array = forward_label(label, record)

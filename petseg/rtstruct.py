@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import InputError
+from petseg.geometry import Grid
 
 RTSTRUCT_SOP = "1.2.840.10008.5.1.4.1.1.481.3"  # RT Structure Set Storage
 STUDY_SOP = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, the reference to a study
@@ -46,34 +47,53 @@ def slice_contours(mask_yx: np.ndarray) -> list[np.ndarray]:
         points = np.asarray(line, float) - 1.0
         if len(points) > 1 and np.allclose(points[0], points[-1]):
             points = points[:-1]
+        points = _corners(points)
         if len(points) >= 3:
             loops.append(points)
     return loops
+
+
+def _corners(loop: np.ndarray) -> np.ndarray:
+    """The loop without the points that lie on a straight run between their neighbours (the
+    same polygon, fewer points: a large lesion's contour stays well below DICOM's limits)."""
+    if len(loop) < 4:
+        return loop
+    before, after = np.roll(loop, 1, axis=0), np.roll(loop, -1, axis=0)
+    cross = (loop[:, 0] - before[:, 0]) * (after[:, 1] - before[:, 1]) - (loop[:, 1] - before[:, 1]) * (
+        after[:, 0] - before[:, 0]
+    )
+    return loop[np.abs(cross) > 1e-9]
 
 
 def fill_contours(loops: list[np.ndarray], shape_yx: tuple[int, int]) -> np.ndarray:
     """The voxels whose centres lie inside an odd number of ``loops`` ((N, 2) column, row)."""
     from matplotlib.path import Path as Polygon
 
-    rows, cols = np.mgrid[0 : shape_yx[0], 0 : shape_yx[1]]
-    centres = np.column_stack([cols.ravel(), rows.ravel()])
-    inside = np.zeros(len(centres), bool)
-    for loop in loops:  # closed=True takes the last vertex for the closing one: repeat the first
-        inside ^= Polygon(np.vstack([loop, loop[:1]]), closed=True).contains_points(centres)
-    return inside.reshape(shape_yx)
+    inside = np.zeros(shape_yx, bool)
+    for loop in loops:
+        lo = np.maximum(np.floor(loop.min(axis=0)).astype(int), 0)  # (column, row): only the loop's box
+        hi = np.minimum(np.ceil(loop.max(axis=0)).astype(int) + 1, (shape_yx[1], shape_yx[0]))
+        if (hi <= lo).any():
+            continue
+        rows, cols = np.mgrid[lo[1] : hi[1], lo[0] : hi[0]]
+        centres = np.column_stack([cols.ravel(), rows.ravel()])
+        # closed=True takes the last vertex for the closing one: repeat the first
+        hit = Polygon(np.vstack([loop, loop[:1]]), closed=True).contains_points(centres)
+        inside[lo[1] : hi[1], lo[0] : hi[0]] ^= hit.reshape(rows.shape)
+    return inside
 
 
 def _dataset(pet_datasets: list, label: str, description: str):
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
     from petseg import __version__
 
     first = pet_datasets[0]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTSTRUCT_SOP, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian  # explicit VR caps ContourData at 64 kB
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = first.get("SpecificCharacterSet", "ISO_IR 192")
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP, meta.MediaStorageSOPInstanceUID
@@ -129,17 +149,17 @@ def write_rtstruct(
     if array.shape != (len(pet_datasets), int(pet_datasets[0].Rows), int(pet_datasets[0].Columns)):
         raise ValueError(f"mask shape {array.shape} does not match the PET series")
     ds = _dataset(pet_datasets, label, description)
+    grid = Grid.of(mask)
     contours = []
     for k, pet in enumerate(pet_datasets):
         for loop in slice_contours(array[k]):
-            index = np.column_stack([loop, np.full(len(loop), k)])
-            points = [mask.TransformContinuousIndexToPhysicalPoint(tuple(map(float, p))) for p in index]
+            points = grid.to_physical(np.column_stack([loop, np.full(len(loop), k)]))
             item = pydicom.Dataset()
             reference = pydicom.Dataset()
             reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = pet.SOPClassUID, pet.SOPInstanceUID
             item.ContourImageSequence = [reference]
             item.ContourGeometricType, item.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
-            item.ContourData = [f"{v:.4f}" for point in points for v in point]
+            item.ContourData = [f"{v:.4f}" for v in points.ravel()]
             contours.append(item)
     roi_contour = pydicom.Dataset()
     roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = 1, [255, 0, 0]
@@ -177,6 +197,7 @@ def read_rtstruct(path: str | Path, grid: sitk.Image, *, roi: str | None = None)
     if not wanted:
         raise InputError(path, f"no ROI {roi!r} (it holds {', '.join(sorted(names.values()))})")
     size = grid.GetSize()
+    geometry = Grid.of(grid)
     out = np.zeros(size[::-1], bool)
     by_slice: dict[int, list[np.ndarray]] = {}
     for item in ds.ROIContourSequence:
@@ -184,7 +205,7 @@ def read_rtstruct(path: str | Path, grid: sitk.Image, *, roi: str | None = None)
             continue
         for contour in item.get("ContourSequence", []):
             points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
-            index = np.asarray([grid.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in points])
+            index = geometry.to_index(points)
             k = int(round(float(np.median(index[:, 2]))))
             if np.abs(index[:, 2] - k).max() > 0.25:
                 raise InputError(path, f"a contour of ROI {names[wanted[0]]!r} does not lie in one slice of the grid")

@@ -34,6 +34,7 @@ PAPER_NETWORK: dict[str, Any] = {
 
 CHANNELS = ("CT", "PET")  # network input order: 0 = CT, 1 = PET
 CLICK_CHANNELS = ("tumor_clicks", "background_clicks")  # then, in click-aware models
+PET_ONLY = ("PET",)  # the one input of a PET-only model (for studies without a usable CT)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS = typing.get_args(Precision)
 
@@ -63,6 +64,9 @@ class Settings:
         body_margin_mm: margin added around the body bounding box on each side.
         click_sigma_mm: None for a CT/PET model; for a click-aware model (input channels
             CT, PET, tumour clicks, background clicks) the Gaussian width of a click, mm.
+        modalities: the images the model takes: ("CT", "PET"), or ("PET",) for a PET-only
+            model (no CT is read, no body crop: the whole PET field of view). In model.json
+            they are the "channels" key, without the click channels.
         roi_size: sliding-window size in voxels of the network grid.
         overlap: sliding-window overlap fraction.
         sw_batch_size: windows per network call.
@@ -96,6 +100,7 @@ class Settings:
     body_threshold_hu: HU = _field(-500.0, section="preprocessing", required=True)
     body_margin_mm: Annotated[float, msgspec.Meta(ge=0, le=1000)] = _field(10.0, section="preprocessing", required=True)
     click_sigma_mm: Annotated[float, msgspec.Meta(gt=0, le=1000)] | None = _field(None, section="preprocessing")
+    modalities: tuple[str, ...] = _field(CHANNELS)  # model.json: "channels" (see from_model_sections)
     # ... and its "inference" section (a run may change the window batch, the time budget, the
     # threshold and click removal; the others are how the model was validated)
     roi_size: tuple[Window, Window, Window] = _field((192, 192, 192), section="inference", required=True)
@@ -128,11 +133,27 @@ class Settings:
         if not hi > lo:
             raise ConfigError("ct_window", f"must be (low, high) with high > low, got {self.ct_window!r}")
         object.__setattr__(self, "device", check_device(self.device))  # "gpu" -> "cuda"
+        if self.modalities not in (CHANNELS, PET_ONLY):
+            raise ConfigError(
+                "modalities",
+                f"must be ['CT', 'PET'] or ['PET'] (then any click channels), got {list(self.modalities)!r}",
+            )
+        if self.modalities == PET_ONLY and self.click_sigma_mm is not None:
+            raise ConfigError("click_sigma_mm", "click-aware models take CT and PET, not PET alone")
 
     @property
     def channels(self) -> tuple[str, ...]:
         """The network's input channels, in order."""
-        return CHANNELS if self.click_sigma_mm is None else CHANNELS + CLICK_CHANNELS
+        return self.modalities if self.click_sigma_mm is None else self.modalities + CLICK_CHANNELS
+
+    @property
+    def uses_ct(self) -> bool:
+        return "CT" in self.modalities
+
+    @property
+    def pet_channel(self) -> int:
+        """The PET's index among the input channels."""
+        return self.channels.index("PET")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (tuples coerced from lists)."""
@@ -148,13 +169,22 @@ class Settings:
         sections: every key a field (an explicit null only where the field may be None).
         Raises KeyError for a missing section, ConfigError for unknown keys or bad values."""
         values = {**sections["preprocessing"], **sections["inference"]}
-        channels = values.pop("channels", None)  # a model fact that follows from click_sigma_mm
+        channels = values.pop("channels", None)  # the modalities, then click channels by click_sigma_mm
+        if channels is not None:
+            values["modalities"] = tuple(c for c in channels if c not in CLICK_CHANNELS)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError("settings", f"unknown: {sorted(unknown)}")
         settings = cls(**values)
         if channels is not None and list(channels) != list(settings.channels):
-            raise ConfigError("channels", f"{list(channels)!r} do not match {list(settings.channels)!r}")
+            hint = (
+                " (click channels need click_sigma_mm)"
+                if settings.click_sigma_mm is None and len(channels) > len(settings.channels)
+                else ""
+            )
+            raise ConfigError(
+                "channels", f"input channels {list(channels)!r} do not match {list(settings.channels)!r}{hint}"
+            )
         return settings
 
     def model_sections(self) -> dict[str, dict[str, Any]]:

@@ -80,7 +80,7 @@ def case_line(name: str, *, lesions: int, voxels: int, seconds: float, output: s
 
 def load_study(
     *,
-    ct: str | Path,
+    ct: str | Path | None,
     pet: str | Path,
     settings: Settings,
     timings: dict[str, float],
@@ -89,9 +89,11 @@ def load_study(
 ) -> Preprocessed:
     """Read a CT/PET pair and preprocess it (stages "read" and "preprocess"); ``clicks`` (or a
     clicks JSON file, voxel indices of the PET or with ``clicks_world`` mm) become the click
-    channels of a click-aware model."""
+    channels of a click-aware model. A PET-only model reads no CT (``ct`` may be None)."""
+    if ct is not None and not settings.uses_ct:
+        log.debug("a PET-only model: %s not read", ct)
     with timed("read", timings):
-        ct_image = read_image(ct, role="CT")
+        ct_image = read_image(ct, role="CT") if ct is not None and settings.uses_ct else None
         pet_image = read_image(pet, role="PET")
     with timed("preprocess", timings):
         prep = preprocess(ct_image, pet_image, settings=settings, ct_source=str(ct), pet_source=str(pet))

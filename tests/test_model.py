@@ -188,7 +188,20 @@ def test_model_json_with_other_input_channels_is_refused(tmp_path):
     meta = json.loads((folder.path / MODEL_JSON).read_text())
     meta["preprocessing"]["channels"] = ["PET", "CT"]
     (folder.path / MODEL_JSON).write_text(json.dumps(meta))
-    with pytest.raises(petseg.ModelError, match=r"input channels \['PET', 'CT'\] do not match \['CT', 'PET'\]"):
+    with pytest.raises(
+        petseg.ModelError, match=r"preprocessing.channels: must be \['CT', 'PET'\] or \['PET'\] \(then any click channels\), got \['PET', 'CT'\]"
+    ):
+        ModelFolder.open(folder.path)
+    meta["preprocessing"]["channels"] = ["CT", "PET", "tumor_clicks", "background_clicks"]  # clicks without a sigma
+    (folder.path / MODEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(
+        petseg.ModelError,
+        match=r"preprocessing.channels: input channels .* do not match \['CT', 'PET'\] \(click channels need",
+    ):
+        ModelFolder.open(folder.path)
+    meta["preprocessing"]["channels"] = ["PET"]  # a PET-only model needs a one-channel network
+    (folder.path / MODEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(petseg.ModelError, match=r"network in_channels 2 != input channels \['PET'\]"):
         ModelFolder.open(folder.path)
 
 

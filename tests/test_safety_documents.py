@@ -89,7 +89,7 @@ BIG = "RAW:" + "9" * 5000  # a 5000-digit integer in the JSON text (Python's int
         ("preprocessing.target_spacing", [2, 2, BIG], "preprocessing.target_spacing[2]: expected float <= 100.0"),
         ("preprocessing.ct_window", [1024, -1024], "ct_window: must be (low, high) with high > low"),
         ("preprocessing.body_margin_mm", DELETE, "preprocessing: missing key 'body_margin_mm'"),
-        ("preprocessing.channels", ["PET", "CT"], "preprocessing.channels: input channels ['PET', 'CT'] do not match"),
+        ("preprocessing.channels", ["PET", "CT"], "preprocessing.channels: must be ['CT', 'PET'] or ['PET']"),
         ("folds.0.fold", "RAW:1e400", "folds[0].fold: expected int, got a number too large"),
         ("folds.0.fold", 2.7, "folds[0].fold: expected int, got 2.7"),
         ("folds.0.fold", -5, "folds[0].fold: expected int >= 0"),

@@ -90,7 +90,8 @@ def _requested(args: argparse.Namespace):
 def predict(args: argparse.Namespace) -> int:
     dicom_dirs = [path for path in (args.ct, args.pet) if path is not None and path.is_dir()]
     if dicom_dirs:  # --ct/--pet DICOM folders: as --ct-dicom/--pet-dicom
-        if args.pet_dicom or args.ct_dicom or len(dicom_dirs) < 2:
+        given = [path for path in (args.ct, args.pet) if path is not None]
+        if args.pet_dicom or args.ct_dicom or len(dicom_dirs) < len(given):
             raise ConfigError(dicom_dirs[0], "is a folder: give --ct and --pet both as DICOM folders, or both as files")
         args.ct_dicom, args.pet_dicom, args.ct, args.pet = args.ct, args.pet, None, None
     if args.pet_dicom or args.ct_dicom:
@@ -140,13 +141,31 @@ def _single_study(args: argparse.Namespace):
         return None
     if args.input is not None:
         raise ConfigError("--ct/--pet", f"give one study (--ct, --pet) or a folder (-i {args.input}), not both")
-    if args.ct is None:
-        raise ConfigError("--pet", f"{args.pet}: give its CT too (--ct CT); the models here take CT and PET")
     if args.pet is None:
         raise ConfigError("--ct", f"{args.ct}: give the PET too (--pet PET, in SUV)")
     from petseg.layout import pair_case
 
+    if args.ct is None:
+        pet_only_model(args, source=f"--pet {args.pet}")
     return pair_case(args.ct, args.pet, args.name)
+
+
+def pet_only_model(args: argparse.Namespace, *, source: str) -> None:
+    """A study without a CT takes a PET-only model: without --model-dir the shipped one
+    ($PETSEG_PET_MODEL_DIR, else weights-pet/), said in the log; a CT/PET model is refused in
+    one line pointing to it. Checked on model.json, before any fold loads."""
+    from petseg.model import ModelFolder, default_model_dir
+
+    pet_model = default_model_dir(pet_only=True)
+    if args.model_dir is None:
+        if pet_model is None:
+            raise ConfigError(source, "no CT given and no PET-only model found ($PETSEG_PET_MODEL_DIR, weights-pet/)")
+        args.model_dir = pet_model
+        log.info("no CT: the PET-only model %s", pet_model)
+    folder = ModelFolder.open(args.model_dir)
+    if folder.settings.uses_ct:
+        other = f"--model-dir {pet_model}" if pet_model else "a model trained with petseg train --pet-only"
+        raise ConfigError(source, f"no CT given, and {folder.path} takes CT and PET: give --ct CT, or use {other}")
 
 
 def predict_dicom(args: argparse.Namespace) -> int:
@@ -158,15 +177,17 @@ def predict_dicom(args: argparse.Namespace) -> int:
     from petseg.rtstruct import write_rtstruct
     from petseg.stages import write_extras
 
-    if not (args.pet_dicom and args.ct_dicom):
-        raise ConfigError("petseg predict", "DICOM input needs both --pet-dicom and --ct-dicom")
+    if args.pet_dicom is None:
+        raise ConfigError("--ct-dicom", "give the PET too (--pet-dicom DIR)")
+    if args.ct_dicom is None:
+        pet_only_model(args, source=f"--pet-dicom {args.pet_dicom}")
     if args.clicks is not None:
         from petseg.clicks import check_clicks_file
 
         check_clicks_file(args.clicks)  # before the DICOM is read and the model loaded
     series = read_pet(args.pet_dicom, uid=args.pet_series)
     pet, pet_datasets = series.image, series.datasets
-    ct = read_ct(args.ct_dicom, uid=args.ct_series)
+    ct = None if args.ct_dicom is None else read_ct(args.ct_dicom, uid=args.ct_series)
     prediction = make_predictor(args, outputs=_requested(args)).predict_images(
         ct,
         pet,
@@ -181,16 +202,17 @@ def predict_dicom(args: argparse.Namespace) -> int:
     else:
         name = study_name(pet_datasets, identifying=args.dicom_names)
     names = dicom_study_outputs(name, args.output)
-    log.info("wrote %s", write_image(mask, names.mask))
-    if args.dicom_seg:
-        log.info("wrote %s", write_dicom_seg(mask, pet_datasets, names.seg))
+    # the checked RTSTRUCT first and the mask last: a mask on disk means its study is complete
     if args.rtstruct:
         dice = write_rtstruct(mask, pet_datasets, names.rtstruct)
         log.info("wrote %s (read back onto the PET grid: Dice %.4f with the mask)", names.rtstruct, dice)
+    if args.dicom_seg:
+        log.info("wrote %s", write_dicom_seg(mask, pet_datasets, names.seg))
     if args.report or args.qc:
         facts = {"suv_calculation": series.suv.as_dict()}
         output = Path(args.output)
         write_extras(prediction, pet=pet, name=name, output_dir=output, report=args.report, qc=args.qc, facts=facts)
+    log.info("wrote %s", write_image(mask, names.mask))
     return 0
 
 

@@ -11,7 +11,7 @@ from petseg.settings import PRECISIONS
 
 def train(args: argparse.Namespace) -> int:
     from petseg.model import network_kwargs
-    from petseg.settings import Settings
+    from petseg.settings import PET_ONLY, Settings
     from petseg.train import TrainConfig
     from petseg.train.loop import train_folds
 
@@ -20,6 +20,7 @@ def train(args: argparse.Namespace) -> int:
         roi_size=args.roi_size,
         sw_batch_size=args.sw_batch_size,
         click_sigma_mm=args.click_sigma_mm if args.clicks else None,
+        modalities=PET_ONLY if args.pet_only else None,
     )
     network = network_kwargs(channels=args.channels, num_res_units=args.num_res_units)
     network["in_channels"] = len(settings.channels)
@@ -141,6 +142,11 @@ def add_parsers(sub) -> None:
         choices=PRECISIONS,
         default="auto",
         help="autocast (default auto: bf16 where the device has it natively, fp16 with loss scaling on older GPUs)",
+    )
+    p.add_argument(
+        "--pet-only",
+        action="store_true",
+        help="train a PET-only model (one input channel; the CT is not read) for studies without a usable CT",
     )
     p.add_argument(
         "--clicks",

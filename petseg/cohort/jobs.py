@@ -24,7 +24,7 @@ class Job:
     """One study: where it comes from and every file it must produce (the mask last)."""
 
     name: str
-    ct: Path
+    ct: Path | None  # None: a PET-only study
     pet: Path
     mask: Path
     probability: Path | None = None
@@ -45,7 +45,7 @@ class Job:
 
     def inputs(self) -> dict[str, dict[str, Any]]:
         """What identifies this case's input files now (see :func:`petseg.io.file_stamp`)."""
-        return {role: file_stamp(path) for role, path in (("ct", self.ct), ("pet", self.pet))}
+        return {role: file_stamp(path) for role, path in (("ct", self.ct), ("pet", self.pet)) if path is not None}
 
     def clicks_key(self) -> str | None:
         """The clicks' part of what decides this case's result: their file's content and how its

@@ -24,7 +24,7 @@ from petseg.errors import InputError, OutputError
 from petseg.io import write_text
 from petseg.outputs import CASE_LOG, MANIFEST
 from petseg.schemas import CaseEntry
-from petseg.settings import Settings
+from petseg.settings import CHANNELS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def run_key(model: Mapping[str, Any], settings: Settings) -> str:
     fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in Settings.RUNTIME_ONLY}
     if settings.click_sigma_mm is None:
         del fields["click_removal"]  # a CT/PET model takes no clicks: nothing to remove, nothing to redo
+    if settings.modalities == CHANNELS:
+        del fields["modalities"]  # the folds' checksums already tell a PET-only model apart; keeps older keys
     text = json.dumps({"folds": [f["sha256"] for f in model.get("folds", [])], "settings": fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

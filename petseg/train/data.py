@@ -108,7 +108,8 @@ def cache_case(case: Case, cache_dir: Path, settings: Settings, *, force: bool =
                 "/".join(changed) or "files",
                 " (training on other data than before)" if changed else "",
             )
-    ct, pet, label = (read_image(p, role=r) for p, r in zip((case.ct, case.pet, case.label), ("CT", "PET", "label")))
+    ct = read_image(case.ct, role="CT") if settings.uses_ct else None  # a PET-only model reads no CT
+    pet, label = read_image(case.pet, role="PET"), read_image(case.label, role="label")
     prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(case.ct), pet_source=str(case.pet))
     with atomic_paths([out, stamp_path]) as (tmp, tmp_stamp):  # unique temp names: fold jobs share the cache
         np.savez(tmp, image=prep.image, label=prep.label)
@@ -132,5 +133,5 @@ def with_sampling_map(case: dict[str, Any], *, hot_suv: float) -> dict[str, Any]
     2 hot background (PET >= hot_suv outside the label). Built once per case, not per patch."""
     lesion = np.asarray(case["label"][0]) > 0.5
     sampling = lesion.astype(np.uint8)
-    sampling[(np.asarray(case["image"][1]) >= hot_suv) & ~lesion] = 2
+    sampling[(np.asarray(case["image"][-1]) >= hot_suv) & ~lesion] = 2  # the PET: last of the cached modalities
     return {**case, "sampling": sampling[None]}

@@ -50,7 +50,8 @@ def train_transforms(config: TrainConfig):
             )
         )
     # gamma and noise change CT and PET, never the click maps
-    names = ["ct", "pet", "tumor", "background"] if clicks else ["ct", "pet"]
+    modalities = [m.lower() for m in config.settings.modalities]
+    names = [*modalities, "tumor", "background"] if clicks else modalities
     if config.augment:
         steps += [
             Rand3DElasticd(  # one resampling for translation, axial rotation, scaling and elastic
@@ -67,8 +68,7 @@ def train_transforms(config: TrainConfig):
             # gamma per channel: over the stacked image, min/max would mix CT [0, 1] with PET SUV
             # and bend the CT far more than the paper's 0.7-1.5 intends
             SplitDimd(keys="image", output_postfixes=names, dim=0, update_meta=False),
-            RandAdjustContrastd(keys=["image_ct"], prob=0.3, gamma=(0.7, 1.5)),
-            RandAdjustContrastd(keys=["image_pet"], prob=0.3, gamma=(0.7, 1.5)),
+            *(RandAdjustContrastd(keys=[f"image_{m}"], prob=0.3, gamma=(0.7, 1.5)) for m in modalities),
         ]
         if clicks:
             steps.append(RandGaussianNoised(keys=["image_ct", "image_pet"], prob=0.2, std=0.05))
