@@ -12,7 +12,7 @@ from conftest import ROOT, dice
 pytestmark = pytest.mark.slow  # the demo weights on phantoms: quality, not behaviour
 
 CASE = "cf0bf476-0047-52f9-a5ed-ab8fccfba24d"
-PET_ONLY_MIN_DSC = 0.0  # set from the measured held-out DSC of weights-pet
+PET_ONLY_MIN_DSC = 0.8  # measured: 0.897 (the CT/PET weights: 0.900), docs/training.md
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,7 @@ def test_pet_only_demo_weights_segment_the_heldout_phantoms_from_the_pet_alone()
     assert ModelFolder.open(ROOT / "weights-pet").settings.modalities == ("PET",)
     dsc = heldout_mean_dsc(ROOT / "weights-pet")
     assert dsc["all"] >= PET_ONLY_MIN_DSC, dsc
+    assert min(dsc["fdg"], dsc["psma"]) >= 0.7, dsc
 
 
 def test_click_weights_improve_with_clicks(tmp_path):

@@ -157,7 +157,7 @@ def test_one_pair_of_files_runs_and_is_named_after_the_pet(tiny_model_dir, tmp_p
     ("argv", "says"),
     [
         (["--ct", "{d}/CTres.mha"], "give the PET too"),
-        (["--pet", "{d}/SUV.mha"], "give its CT too"),
+        (["--pet", "{d}/SUV.mha"], "no CT given, and"),
         (["-i", "{d}/SUV.mha"], "is a file: give one study as --ct CT --pet PET"),
         (["-i", "{d}", "--ct", "{d}/CTres.mha", "--pet", "{d}/SUV.mha"], "not both"),
         (["--ct", "{d}/CTres.mha", "--pet", "{d}/SUV.mha", "--name", "a/b"], "case name"),

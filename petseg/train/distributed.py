@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,15 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     cuda = torch.cuda.is_available() and device_name != "cpu"
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        # torn down before the interpreter is: gloo's threads alive at exit abort the process
+        # ("terminate called without an active exception", exit -6) on a loaded machine
+        atexit.register(_destroy)
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     return Dist(torch.distributed.get_rank(), world, local_rank), device
+
+
+def _destroy() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
