@@ -33,6 +33,7 @@ GC_CT, GC_PET = Path("images/ct"), Path("images/pet")
 # study folders: file stems by role, in order of preference
 STUDY_CT, STUDY_PET, STUDY_LABEL = ("CTres", "CT"), ("SUV",), ("SEG",)
 STUDY_BQML = "PET"  # the release's PET in Bq/ml: never read as SUV
+RELEASE_PATIENT = "PETCT_"  # the release's patient folders: PETCT_<id>/<study>/
 
 log = logging.getLogger("petseg")
 
@@ -151,7 +152,7 @@ def index_images(
         return {strip_suffix(path): path}
     if not path.is_dir():
         raise InputError(path, f"{role} not found")
-    if study is not None and not list_images(path):
+    if study is not None and (is_study_folder(path) or not list_images(path)):
         found = {}
         for name, folder in find_study_folders(path).items():
             file = _study_file(folder, study, _by_stem(folder))
@@ -231,19 +232,29 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def study_folder_name(study: Path, patient: Path | None = None) -> str:
+    """A study folder's case name: ``<patient>_<study>`` under a patient folder (found as such,
+    or a release ``PETCT_*`` folder wherever ``-i`` points: the same study always gets the same
+    name), else the folder's own."""
+    parent = study.resolve().parent
+    if patient is None and parent.name.startswith(RELEASE_PATIENT):
+        patient = parent
+    return case_name(study.resolve().name) if patient is None else f"{case_name(patient.name)}_{case_name(study.name)}"
+
+
 def find_study_folders(root: str | Path) -> dict[str, Path]:
-    """case name -> study folder: ``root`` itself, its subfolders (named alone), or the
-    release's ``<patient>/<study>/`` (named ``<patient>_<study>``)."""
+    """case name -> study folder: ``root`` itself, its subfolders, or the release's
+    ``<patient>/<study>/`` (see :func:`study_folder_name`)."""
     root = Path(root)
     if is_study_folder(root):
-        return {case_name(root.resolve().name): root}
+        return {study_folder_name(root): root}
     found: dict[str, Path] = {}
     for child in _subfolders(root):
         nested = [(child, None)] if is_study_folder(child) else [(g, child) for g in _subfolders(child)]
         for study, patient in nested:
             if not is_study_folder(study):
                 continue
-            name = case_name(study.name) if patient is None else f"{case_name(patient.name)}_{case_name(study.name)}"
+            name = study_folder_name(study, patient)
             if name in found:
                 raise InputError(study, f"would be case {name}, as {found[name]} is: rename one of the folders")
             found[name] = study

@@ -70,6 +70,12 @@ class Predictor:
         if max_folds is not None:
             folder = folder.with_folds([f.fold for f in folder.folds[:max_folds]])
         base = folder.settings if settings is None else settings
+        if base.modalities != folder.settings.modalities:
+            raise ConfigError(
+                "modalities",
+                f"the given settings take {list(base.modalities)}, but {folder.path} takes "
+                f"{list(folder.settings.modalities)} (pass no settings, or settings with its modalities)",
+            )
         if base.channels != folder.settings.channels:
             raise ConfigError(
                 "click_sigma_mm",

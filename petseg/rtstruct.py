@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.dicom_write import SERIES_DESCRIPTION
 from petseg.errors import InputError
 from petseg.geometry import Grid
 
@@ -136,7 +137,7 @@ def write_rtstruct(
     output: str | Path,
     *,
     label: str = "Lesion",
-    description: str = "petseg lesions (autoPET III residual UNet ensemble)",
+    description: str = SERIES_DESCRIPTION,
 ) -> float:
     """An RT Structure Set with one ROI ``label`` outlining ``mask`` (on the PET grid, in the
     slice order of ``pet_datasets``). Read back onto the grid before it is published; returns

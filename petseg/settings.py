@@ -150,11 +150,6 @@ class Settings:
     def uses_ct(self) -> bool:
         return "CT" in self.modalities
 
-    @property
-    def pet_channel(self) -> int:
-        """The PET's index among the input channels."""
-        return self.channels.index("PET")
-
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (tuples coerced from lists)."""
         clean = {k: _as_field_value(v) for k, v in overrides.items() if v is not None}

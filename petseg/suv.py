@@ -85,11 +85,6 @@ class SuvCalculation:
         return "SUV: " + ", ".join(f"{k} {v}" for k, v in self.as_dict().items())
 
 
-def suv_factor(datasets: list, *, source: str) -> float:
-    """Multiplier from the rescaled pixel values to SUVbw (1.0 for images already in SUV)."""
-    return suv_calculation(datasets, source=source).factor
-
-
 def _positive_private(ds, tag: tuple[int, int]) -> float | None:
     if tag not in ds:
         return None

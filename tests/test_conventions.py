@@ -83,7 +83,12 @@ def test_every_option_has_help_and_shows_its_default(command):
             continue
         assert action.help, f"{command} {action.option_strings or action.dest} has no help text"
         shown = formatter._get_help_string(action) % vars(action)
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        if (
+            action.option_strings
+            and action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+        ):
             assert "default" in shown, f"{command} {action.option_strings}: {shown!r} does not say its default"
 
 

@@ -162,3 +162,26 @@ def test_admin_decay_correction_is_recorded(tmp_path):
     audit = read_pet(tmp_path / "pet").suv.as_dict()
     assert audit["decay_correction"] == "ADMIN" and "elapsed_s" not in audit
     assert audit["factor"] == pytest.approx(70_000.0 / 3.7e8)
+
+
+@pytest.mark.parametrize("extra", [["--ct", "ct.nii.gz"], ["-i", "."], ["--pet", "pet.nii.gz"]])
+def test_dicom_folders_and_files_together_are_refused(extra, tmp_path, tiny_model_dir, capsys):
+    _phantom_dicom(tmp_path)
+    assert _predict(tmp_path, tiny_model_dir, *extra) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not both" in err[0] and extra[0] in err[0]
+
+
+def test_a_bad_name_is_refused_before_any_work(tmp_path, tiny_model_dir, capsys):
+    _phantom_dicom(tmp_path)
+    assert _predict(tmp_path, tiny_model_dir, "--name", "P 7") == 1
+    assert "case name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pet_only_model_reads_no_ct_series(tmp_path, pet_model_dir):
+    _phantom_dicom(tmp_path)
+    for path in (tmp_path / "ct").iterdir():  # a CT folder that would not read
+        path.write_bytes(b"not DICOM")
+    assert _predict(tmp_path, pet_model_dir) == 0
+    assert len(list((tmp_path / "out").glob("pet-*.nii.gz"))) == 1

@@ -64,12 +64,11 @@ def test_the_release_tree_gives_one_uniquely_named_case_per_study(release):
     assert problems == [] and sorted(c.name for c in cases) == NAMES
     for case in cases:
         assert case.ct.name == "CTres.nii.gz" and case.pet.name == "SUV.nii.gz" and case.suffix == ".nii.gz"
-    # a patient folder or one study folder reads too; the names then start below the input
-    assert sorted(c.name for c in find_cases(release / "PETCT_0af7ffe12a")[0]) == [
-        n.split("_", 2)[2] for n in NAMES[:2]
-    ]
+    # a patient folder or one study folder reads too, each study under the same name
+    assert sorted(c.name for c in find_cases(release / "PETCT_0af7ffe12a")[0]) == NAMES[:2]
     (one,) = find_cases(release / "PETCT_1b2c3d4e5f" / STUDY_A)[0]
-    assert one.name == NAMES[2].split("_", 2)[2]
+    assert one.name == NAMES[2]
+    assert list(index_images(release / "PETCT_1b2c3d4e5f" / STUDY_A, role="gt", study=STUDY_LABEL)) == [NAMES[2]]
 
 
 def test_training_and_evaluation_take_seg_as_the_label(release):

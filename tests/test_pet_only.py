@@ -135,3 +135,10 @@ def test_the_real_fdg_series_without_ct_runs_end_to_end(pet_model_dir, tmp_path)
     report = json.loads(next(out.glob("pet-*_lesions.json")).read_text())
     assert report["suv_calculation"]["method"] == "SUVbw" and report["suv_calculation"]["weight_kg"] == 71.0
     assert sitk.ReadImage(str(mask)).GetSize() == (128, 128, 267)
+
+
+def test_settings_of_the_other_modalities_are_named(pet_model_dir):
+    from petseg.predictor import Predictor
+
+    with pytest.raises(ConfigError, match=r"the given settings take \['CT', 'PET'\], but .* takes \['PET'\]"):
+        Predictor.from_model_dir(pet_model_dir, settings=Settings())

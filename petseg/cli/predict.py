@@ -182,6 +182,10 @@ def predict_dicom(args: argparse.Namespace) -> int:
 
     if args.pet_dicom is None:
         raise ConfigError("--ct-dicom", "give the PET too (--pet-dicom DIR)")
+    mixed = [flag for flag, value in (("-i", args.input), ("--ct", args.ct), ("--pet", args.pet)) if value is not None]
+    if mixed:
+        raise ConfigError(mixed[0], "give one study as DICOM folders (--ct-dicom, --pet-dicom) or as files, not both")
+    name = None if args.name is None else checked_case_name(args.name)  # before minutes of work
     if args.ct_dicom is None:
         pet_only_model(args, source=f"--pet-dicom {args.pet_dicom}")
     if args.clicks is not None:
@@ -190,8 +194,11 @@ def predict_dicom(args: argparse.Namespace) -> int:
         check_clicks_file(args.clicks)  # before the DICOM is read and the model loaded
     series = read_pet(args.pet_dicom, uid=args.pet_series)
     pet, pet_datasets = series.image, series.datasets
-    ct = None if args.ct_dicom is None else read_ct(args.ct_dicom, uid=args.ct_series)
-    prediction = make_predictor(args, outputs=_requested(args)).predict_images(
+    predictor = make_predictor(args, outputs=_requested(args))
+    ct = None  # a PET-only model reads no CT, also when one is given
+    if args.ct_dicom is not None and predictor.settings.uses_ct:
+        ct = read_ct(args.ct_dicom, uid=args.ct_series)
+    prediction = predictor.predict_images(
         ct,
         pet,
         ct_source=str(args.ct_dicom),
@@ -200,10 +207,7 @@ def predict_dicom(args: argparse.Namespace) -> int:
         clicks_world=args.clicks_world,
     )
     mask = prediction.mask
-    if args.name is not None:
-        name = checked_case_name(args.name)
-    else:
-        name = study_name(pet_datasets, identifying=args.dicom_names)
+    name = name or study_name(pet_datasets, identifying=args.dicom_names)
     names = dicom_study_outputs(name, args.output)
     # the checked RTSTRUCT first and the mask last: a mask on disk means its study is complete
     if args.rtstruct:
