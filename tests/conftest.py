@@ -139,51 +139,43 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return compare_dice(np.asarray(a) > 0, np.asarray(b) > 0)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A two-fold model folder with a tiny random UNet and 32^3 windows."""
+def random_model_folder(out: Path, *, in_channels: int, seed: int, settings: Settings, description: str) -> Path:
+    """A two-fold model folder of tiny random UNets (fold K seeded ``seed + K``)."""
     from petseg.model import build_network
 
+    network = {**TINY_NETWORK, "in_channels": in_channels}
     states = {}
     for fold in range(2):
-        torch.manual_seed(fold)
-        states[fold] = build_network(TINY_NETWORK).state_dict()
-    out = tmp_path_factory.mktemp("tiny_model")
-    write_model_folder(out, state_dicts=states, network=TINY_NETWORK, settings=SMALL, description="tiny test model")
+        torch.manual_seed(seed + fold)
+        states[fold] = build_network(network).state_dict()
+    write_model_folder(out, state_dicts=states, network=network, settings=settings, description=description)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A two-fold CT/PET model folder with a tiny random UNet and 32^3 windows."""
+    return random_model_folder(
+        tmp_path_factory.mktemp("tiny_model"), in_channels=2, seed=0, settings=SMALL, description="tiny test model"
+    )
 
 
 @pytest.fixture(scope="session")
 def pet_model_dir(tmp_path_factory) -> Path:
     """A two-fold PET-only model folder: a tiny random UNet with 1 input channel."""
-    from petseg.model import build_network
     from petseg.settings import PET_ONLY
 
-    network = {**TINY_NETWORK, "in_channels": 1}
-    states = {}
-    for fold in range(2):
-        torch.manual_seed(20 + fold)
-        states[fold] = build_network(network).state_dict()
-    out = tmp_path_factory.mktemp("pet_model")
     settings = SMALL.with_overrides(modalities=PET_ONLY)
-    write_model_folder(out, state_dicts=states, network=network, settings=settings, description="tiny PET-only model")
-    return out
+    out = tmp_path_factory.mktemp("pet_model")
+    return random_model_folder(out, in_channels=1, seed=20, settings=settings, description="tiny PET-only model")
 
 
 @pytest.fixture(scope="session")
 def click_model_dir(tmp_path_factory) -> Path:
     """A two-fold click-aware model folder: a tiny random UNet with 4 input channels."""
-    from petseg.model import build_network
-
-    network = {**TINY_NETWORK, "in_channels": 4}
-    states = {}
-    for fold in range(2):
-        torch.manual_seed(10 + fold)
-        states[fold] = build_network(network).state_dict()
-    out = tmp_path_factory.mktemp("click_model")
     settings = SMALL.with_overrides(click_sigma_mm=10.0)
-    write_model_folder(out, state_dicts=states, network=network, settings=settings, description="tiny click model")
-    return out
+    out = tmp_path_factory.mktemp("click_model")
+    return random_model_folder(out, in_channels=4, seed=10, settings=settings, description="tiny click model")
 
 
 @pytest.fixture()
