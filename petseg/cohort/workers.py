@@ -1,5 +1,5 @@
 """The background workers of a pipelined cohort: spawned processes (no torch, their share of
-the SimpleITK threads) that run the load and finish stages. A task's log records come back
+the SimpleITK threads) that run the load and finish stages. A call's log records come back
 with its outcome and are shown in order by the main process; a worker leaves when its parent
 is gone; a pool that broke (a worker killed for memory) is replaced by :meth:`restart`."""
 
@@ -25,7 +25,7 @@ log = logging.getLogger("petseg.cohort")
 
 @dataclass
 class Outcome:
-    """What a task gives back: its value or the exception it raised, and its log records."""
+    """What a call gives back: its value or the exception it raised, and its log records."""
 
     value: Any = None
     error: BaseException | None = None
@@ -112,7 +112,7 @@ class WorkerPool:
 
     @staticmethod
     def result(future: Future, *, heading: str | None = None) -> Any:
-        """The task's value, after its log records are shown (below ``heading`` when the task
+        """The call's value, after its log records are shown (below ``heading`` when the call
         did its work); its exception is raised here. ``BrokenProcessPool`` when a worker died."""
         outcome = future.result()
         if heading is not None and outcome.error is None:
@@ -129,5 +129,5 @@ class WorkerPool:
         self._executor = self._new()
 
     def close(self) -> None:
-        """Let the workers finish the task in hand, cancel the rest."""
+        """Let the workers finish the calls in hand, cancel the rest."""
         self._executor.shutdown(wait=True, cancel_futures=True)
