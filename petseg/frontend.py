@@ -55,9 +55,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
-            return text
-        if not action.option_strings:
+        shown_already = "default" in text or default is None or default is False or default == argparse.SUPPRESS
+        if shown_already or not action.option_strings:
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         return f"{text} (default {shown.replace('%', '%%')})"

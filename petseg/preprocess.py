@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,6 +39,7 @@ from petseg.checks import (
 )
 from petseg.errors import ConfigError, InputError
 from petseg.geometry import Grid, array_to_image, image_to_array, same_grid
+from petseg.io import read_image
 from petseg.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,6 +74,15 @@ class Preprocessed:
 
 
 # --- forward ------------------------------------------------------------------------------
+
+
+def read_inputs(ct: str | Path | None, pet: str | Path, *, settings: Settings) -> tuple[sitk.Image | None, sitk.Image]:
+    """The images a model takes from a study's files: a PET-only model reads no CT, also when
+    one is given (:func:`preprocess` ignores it anyway)."""
+    if ct is not None and not settings.uses_ct:
+        log.debug("a PET-only model: %s not read", ct)
+    ct_image = read_image(ct, role="CT") if ct is not None and settings.uses_ct else None
+    return ct_image, read_image(pet, role="PET")
 
 
 def validate_pair(

@@ -21,7 +21,7 @@ from petseg.geometry import Grid
 from petseg.io import publish, read_image
 from petseg.metrics import CONNECTIVITY
 from petseg.outputs import CaseOutputs
-from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, restore
+from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, read_inputs, restore
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,8 @@ def load_study(
     """Read a CT/PET pair and preprocess it (stages "read" and "preprocess"); ``clicks`` (or a
     clicks JSON file, voxel indices of the PET or with ``clicks_world`` mm) become the click
     channels of a click-aware model. A PET-only model reads no CT (``ct`` may be None)."""
-    if ct is not None and not settings.uses_ct:
-        log.debug("a PET-only model: %s not read", ct)
     with timed("read", timings):
-        ct_image = read_image(ct, role="CT") if ct is not None and settings.uses_ct else None
-        pet_image = read_image(pet, role="PET")
+        ct_image, pet_image = read_inputs(ct, pet, settings=settings)
     with timed("preprocess", timings):
         prep = preprocess(ct_image, pet_image, settings=settings, ct_source=str(ct), pet_source=str(pet))
         return with_clicks(prep, clicks, settings=settings, world=clicks_world)
@@ -220,7 +217,6 @@ def write_extras(
     """``<name>_lesions.json``/``.csv`` (each lesion's measures and confidence; ``facts``, e.g.
     the SUV calculation of a DICOM study, join the JSON) and/or ``<name>_qc.png`` (doubtful
     lesions in orange)."""
-    from petseg.io import read_image
     from petseg.report import doubtful_mask, lesion_report, write_report
 
     pet = pet if isinstance(pet, sitk.Image) else read_image(pet, role="PET")

@@ -23,7 +23,7 @@ from petseg.errors import ConfigError, InputError
 from petseg.io import file_stamp, read_image, write_text
 from petseg.layout import Case
 from petseg.outputs import FINGERPRINT, cache_folder
-from petseg.preprocess import preprocess
+from petseg.preprocess import preprocess, read_inputs
 from petseg.schemas import Splits
 from petseg.settings import Settings
 
@@ -108,8 +108,8 @@ def cache_case(case: Case, cache_dir: Path, settings: Settings, *, force: bool =
                 "/".join(changed) or "files",
                 " (training on other data than before)" if changed else "",
             )
-    ct = read_image(case.ct, role="CT") if settings.uses_ct else None  # a PET-only model reads no CT
-    pet, label = read_image(case.pet, role="PET"), read_image(case.label, role="label")
+    ct, pet = read_inputs(case.ct, case.pet, settings=settings)
+    label = read_image(case.label, role="label")
     prep = preprocess(ct, pet, settings=settings, label=label, ct_source=str(case.ct), pet_source=str(case.pet))
     with atomic_paths([out, stamp_path]) as (tmp, tmp_stamp):  # unique temp names: fold jobs share the cache
         np.savez(tmp, image=prep.image, label=prep.label)
