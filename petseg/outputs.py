@@ -66,6 +66,12 @@ class CaseOutputs:
         return self.folder / f"{self.name}_rtstruct.dcm"
 
 
+def cohort_tables(folder: str | Path) -> tuple[Path, Path]:
+    """``petseg report``'s tables over a folder: ``studies.csv`` (one row per study) and
+    ``lesions.csv`` (one row per lesion)."""
+    return Path(folder) / "studies.csv", Path(folder) / "lesions.csv"
+
+
 def case_output_names(name: str) -> set[str]:
     """Every file name ``petseg predict`` may give an output of case ``name``, whatever the
     options and input format: what an earlier run into the same folder may have left."""

@@ -1,9 +1,13 @@
-"""Per-study lesion report (JSON + CSV): totals and one row per lesion, from the evaluation's
-measures, and, when the ensemble's maps are given, each lesion's confidence."""
+"""Per-study lesion report (JSON + CSV): the study's measures for every TMTV convention, one
+row per lesion and, when the ensemble's maps are given, each lesion's confidence. Definitions:
+docs/measures.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +15,59 @@ import SimpleITK as sitk
 
 from petseg.atomic import atomic_paths
 from petseg.checks import check_same_grid
+from petseg.errors import ConfigError
 from petseg.io import csv_text
-from petseg.metrics import Labelled, lesion_table, totals, voxel_ml
+from petseg.measures import (
+    LIVER_PLAUSIBLE,
+    LiverReference,
+    centroids_mm,
+    convention_mask,
+    conventions,
+    kept,
+    liver_reference,
+    sphere_region,
+    study_measures,
+)
+from petseg.metrics import Labelled, lesion_table, voxel_ml
+from petseg.normalise import Patient, normalisation
 from petseg.outputs import CaseOutputs
+from petseg.peak import PEAK_RADIUS_MM, lesion_peaks, sphere_kernel
 
-COLUMNS = ("lesion", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "volume_ml", "suv_max", "suv_mean")
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "lesion",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "voxels",
+    "volume_ml",
+    "suv_max",
+    "suv_peak_local",
+    "suv_peak_global",
+    "suv_mean",
+    "tlg",
+)
 CONFIDENCE_COLUMNS = ("probability_mean", "probability_max", "uncertainty_mean", "fold_vote", "folds", "doubtful")
 DOUBTFUL_RULE = "doubtful: fewer than a majority of the folds' own masks (fold_vote <= folds / 2) overlap the lesion"
+STUDY_MEASURES = ("lesion_count", "tmtv_ml", "tlg", "suv_max", "suv_mean", "dmax_mm", "sdmax_per_m")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """How a mask is measured: the SUV normalisation (``bw``, ``lbm`` = SUL, ``bsa``), the
+    smallest lesion counted (ml; 0 counts all) and, for the PERCIST convention, the centre of
+    a 3 cm liver sphere (mm, LPS) when no liver mask is given."""
+
+    suv: str = "bw"
+    min_volume_ml: float = 0.0
+    liver_centre_mm: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.min_volume_ml) and self.min_volume_ml >= 0):
+            raise ConfigError("min_volume_ml", f"must be a volume >= 0 ml, got {self.min_volume_ml}")
+        if self.liver_centre_mm is not None and not np.all(np.isfinite(self.liver_centre_mm)):
+            raise ConfigError("liver_centre_mm", f"must be finite, got {self.liver_centre_mm}")
 
 
 def majority(folds: int) -> int:
@@ -30,63 +80,117 @@ def lesion_report(
     pet: sitk.Image,
     *,
     case: str,
+    settings: ReportSettings = ReportSettings(),
+    patient: Patient | None = None,
+    liver_mask: sitk.Image | None = None,
+    liver_source: str = "liver mask",
+    pet_source: str = "the PET",
     probability: sitk.Image | None = None,
     uncertainty: sitk.Image | None = None,
     votes: sitk.Image | None = None,
     folds: int = 0,
 ) -> dict:
-    """Lesion count, TMTV (ml), TLG, SUVmax, SUVmean for the study; per lesion its centroid
-    in patient coordinates (mm, LPS), volume (ml), SUVmax and SUVmean. With the ensemble's
-    maps on the same grid (see :class:`petseg.predictor.Prediction`), per lesion also the mean
-    and maximum probability, the mean fold standard deviation, the fold vote (how many of
-    ``folds`` folds' own masks overlap it, from the ``votes`` bits) and whether it is doubtful."""
+    """The measures of ``mask`` (on the PET's grid) over ``pet`` (SUVbw): per study, for every
+    convention of :mod:`petseg.measures`, and per lesion of the mask its centroid (patient
+    coordinates, mm, LPS), voxels, volume (ml), SUVmax, both SUVpeaks (:mod:`petseg.peak`),
+    SUVmean and TLG, in the unit ``settings.suv`` asks for (``patient`` gives weight, height
+    and sex). With the ensemble's maps on the same grid (see :class:`petseg.predictor.Prediction`),
+    per lesion also the mean and maximum probability, the mean fold standard deviation, the fold
+    vote (how many of ``folds`` folds' own masks overlap it, from the ``votes`` bits) and whether
+    it is doubtful."""
+    check_same_grid(pet, mask, reference_source="the PET", other_source="the mask")
     for role, image in (("probability", probability), ("uncertainty", uncertainty), ("fold votes", votes)):
         if image is not None:
             check_same_grid(mask, image, reference_source="the mask", other_source=role)
     if votes is not None and folds < 1:
         raise ValueError(f"fold votes need the fold count, got folds={folds}")
-    labelled = Labelled.of(sitk.GetArrayViewFromImage(mask) > 0)
+    norm = normalisation(settings.suv, patient, source=pet_source)
+    values = sitk.GetArrayViewFromImage(pet).astype(np.float32) * np.float32(norm.factor)
     ml = voxel_ml(pet)
-    table = lesion_table(labelled, sitk.GetArrayViewFromImage(pet), voxel_volume_ml=ml)
-    stats = totals(table)
+    min_voxels = int(np.ceil(settings.min_volume_ml / ml - 1e-9)) if settings.min_volume_ml > 0 else 0
+    labelled = kept(Labelled.of(sitk.GetArrayViewFromImage(mask) > 0), min_voxels)
+    liver = _liver(pet, values, settings, liver_mask, liver_source, norm.factor)
+    by_convention = {}
+    for convention in conventions(norm.factor, norm.unit, liver):
+        lesions = (
+            labelled
+            if convention.key == "mask"
+            else kept(Labelled.of(convention_mask(convention, labelled, values)), min_voxels)
+        )
+        entry = {"rule": convention.rule}
+        if convention.threshold is not None:
+            entry["threshold"] = convention.threshold
+        by_convention[convention.key] = entry | study_measures(lesions, values, pet, bsa_m2=norm.bsa_m2)
+    table = lesion_table(labelled, values, voxel_volume_ml=ml)
+    spacing_zyx = pet.GetSpacing()[::-1]
+    local, best = lesion_peaks(values, labelled.labels, labelled.count, spacing_zyx)
+    centres = centroids_mm(labelled, pet)
+    flat = np.flatnonzero(labelled.labels)
+    confidence = _confidence(labelled, flat, labelled.labels.ravel()[flat], probability, uncertainty, votes, folds)
     lesions = []
-    if labelled.count:
-        flat = np.flatnonzero(labelled.labels)
-        labels = labelled.labels.ravel()[flat]
-        zyx = np.unravel_index(flat, labelled.labels.shape)
-        sizes = labelled.sizes[1:]
-        means = [np.bincount(labels, weights=axis, minlength=labelled.count + 1)[1:] / sizes for axis in zyx]
-        confidence = _confidence(labelled, flat, labels, probability, uncertainty, votes, folds)
-        for i in range(labelled.count):
-            index = (float(means[2][i]), float(means[1][i]), float(means[0][i]))  # (x, y, z)
-            centre = pet.TransformContinuousIndexToPhysicalPoint(index)
-            lesions.append(
-                {
-                    "lesion": i + 1,
-                    "centroid_x_mm": round(centre[0], 2),
-                    "centroid_y_mm": round(centre[1], 2),
-                    "centroid_z_mm": round(centre[2], 2),
-                    "volume_ml": float(table["mtv_ml"][i]),
-                    "suv_max": float(table["suv_max"][i]),
-                    "suv_mean": float(table["suv_mean"][i]),
-                    **{key: values[i] for key, values in confidence.items()},
-                }
-            )
+    for i in range(labelled.count):
+        lesions.append(
+            {
+                "lesion": i + 1,
+                **{f"centroid_{a}_mm": round(float(c), 2) for a, c in zip("xyz", centres[i])},
+                "voxels": int(labelled.sizes[i + 1]),
+                "volume_ml": float(table["mtv_ml"][i]),
+                "suv_max": float(table["suv_max"][i]),
+                "suv_peak_local": float(local[i]),
+                "suv_peak_global": float(best[i]),
+                "suv_mean": float(table["suv_mean"][i]),
+                "tlg": float(table["mtv_ml"][i] * table["suv_mean"][i]),
+                **{key: values_[i] for key, values_ in confidence.items()},
+            }
+        )
+    top = np.flatnonzero(table["suv_max"] == table["suv_max"].max()) if labelled.count else []
     report = {
         "case": case,
-        "lesion_count": stats.count,
-        "tmtv_ml": stats.tmtv_ml,
-        "tlg": stats.tlg,
-        "suv_max": None if stats.count == 0 else stats.suv_max,
-        "suv_mean": None if stats.count == 0 else stats.suv_mean,
+        "suv": norm.as_dict() | ({"patient": _patient(patient)} if patient is not None else {}),
         "coordinates": "patient (LPS), mm",
+        **{key: by_convention["mask"][key] for key in STUDY_MEASURES},
+        # the study's peaks: IBSI's over the whole mask (the local one sits on the highest voxel)
+        "suv_peak_local": float(local[top].max()) if labelled.count else None,
+        "suv_peak_global": float(best.max()) if labelled.count else None,
+        "peak_sphere": {"radius_mm": round(PEAK_RADIUS_MM, 4), "voxels": int(sphere_kernel(spacing_zyx).sum())},
+        "min_volume_ml": settings.min_volume_ml,
     }
+    if liver is not None:
+        report["liver_reference"] = liver.as_dict()
+    report["conventions"] = by_convention
     if votes is not None:
         report["folds"] = folds
         report["doubtful_lesions"] = sum(lesion["doubtful"] for lesion in lesions)
         report["doubtful_rule"] = DOUBTFUL_RULE
     report["lesions"] = lesions
     return report
+
+
+def _patient(patient: Patient) -> dict:
+    return {k: v for k, v in dataclasses.asdict(patient).items() if v not in (None, "")}
+
+
+def _liver(pet, values, settings: ReportSettings, liver_mask, source: str, factor: float) -> LiverReference | None:
+    if liver_mask is not None:
+        check_same_grid(pet, liver_mask, reference_source="the PET", other_source=source)
+        region = sitk.GetArrayViewFromImage(liver_mask) > 0
+    elif settings.liver_centre_mm is not None:
+        centre = ", ".join(f"{c:g}" for c in settings.liver_centre_mm)
+        source = f"liver sphere (3 cm) at {centre} mm (LPS)"
+        region = sphere_region(pet, settings.liver_centre_mm, source=source)
+    else:
+        return None
+    liver = liver_reference(pet, values, region, source=source)
+    low, high = (factor * bound for bound in LIVER_PLAUSIBLE)  # plausible in SUVbw, in the report's unit
+    if not low <= liver.mean <= high:
+        log.warning(
+            "%s: mean %.3g is implausible for liver (expected %g-%g): is it in the liver?",
+            source,
+            liver.mean,
+            low,
+            high,
+        )
+    return liver
 
 
 def _confidence(

@@ -213,9 +213,11 @@ def write_extras(
     report: bool,
     qc: bool,
     facts: dict | None = None,
+    patient=None,
 ) -> None:
     """``<name>_lesions.json``/``.csv`` (each lesion's measures and confidence; ``facts``, e.g.
-    the SUV calculation of a DICOM study, join the JSON) and/or ``<name>_qc.png`` (doubtful
+    the SUV calculation of a DICOM study, join the JSON; a ``patient``'s height and weight give
+    SDmax) and/or ``<name>_qc.png`` (doubtful
     lesions in orange)."""
     from petseg.report import doubtful_mask, lesion_report, write_report
 
@@ -224,6 +226,7 @@ def write_extras(
         prediction.mask,
         pet,
         case=name,
+        patient=patient,
         probability=prediction.probability,
         uncertainty=prediction.uncertainty,
         votes=prediction.votes,

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 
 import petseg
-from petseg.cli import evaluate, predict, tools, train
+from petseg.cli import evaluate, predict, report, tools, train
 from petseg.frontend import ArgumentParser, configure_threads, run_guarded, setup_logging
 
-COMMANDS = (predict, evaluate, tools, train)
+COMMANDS = (predict, evaluate, report, tools, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -218,7 +218,19 @@ def predict_dicom(args: argparse.Namespace) -> int:
     if args.report or args.qc:
         facts = {"suv_calculation": series.suv.as_dict()}
         output = Path(args.output)
-        write_extras(prediction, pet=pet, name=name, output_dir=output, report=args.report, qc=args.qc, facts=facts)
+        from petseg.normalise import Patient
+
+        patient = Patient.from_dataset(pet_datasets[0], source=str(args.pet_dicom))
+        write_extras(
+            prediction,
+            pet=pet,
+            name=name,
+            output_dir=output,
+            report=args.report,
+            qc=args.qc,
+            facts=facts,
+            patient=patient,
+        )
     log.info("wrote %s", write_image(mask, names.mask))
     return 0
 
