@@ -266,7 +266,9 @@ def check_mask(array: np.ndarray, *, source: str | Path, role: str = "mask") -> 
     if not np.array_equal(values, np.round(values)):
         fraction = values[values != np.round(values)]
         raise InputError(
-            source, f"{role} has non-integer values (e.g. {fraction[0]:g}): a probability map? expected a 0/1 mask"
+            source,
+            f"{role} has non-integer values (e.g. {np.format_float_positional(fraction[0], trim='-')}): "
+            "a probability map? expected a 0/1 mask",
         )
     if values.size and values[-1] > 1:
         log.warning("%s: %s labels up to %g: every non-zero label counts as lesion", source, role, values[-1])

@@ -166,6 +166,8 @@ def index_images(
         name = strip_suffix(file)
         if channel is not None and name.endswith(CHANNEL_SUFFIXES[channel]):
             name = name[: -len(CHANNEL_SUFFIXES[channel])]
+        if name in out:
+            raise InputError(path, f"two {role} images for case {name}: {out[name].name} and {file.name}")
         out[name] = file
     if not out:
         raise InputError(path, f"no {role} images found")

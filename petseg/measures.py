@@ -13,6 +13,7 @@ A minimum lesion volume, when set, drops smaller lesions from every convention.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ from scipy.spatial.distance import pdist
 
 from petseg.errors import InputError
 from petseg.metrics import Labelled, lesion_table, totals, voxel_ml
+
+log = logging.getLogger(__name__)
 
 FIXED_THRESHOLDS = {"suv2.5": 2.5, "suv4.0": 4.0}  # SUVbw
 RELATIVE_THRESHOLD = 0.41
@@ -69,15 +72,23 @@ def sphere_region(pet: sitk.Image, centre_mm, radius_mm: float = LIVER_SPHERE_RA
     if np.any(index < -0.5) or np.any(index > size - 0.5):
         raise InputError(source, f"liver centre {tuple(centre_mm)} mm (LPS) lies outside the PET")
     spacing = np.asarray(pet.GetSpacing())
-    low = np.maximum(0, np.floor(index - radius_mm / spacing)).astype(int)
-    high = np.minimum(size - 1, np.ceil(index + radius_mm / spacing)).astype(int)
-    axes = [np.arange(a, b + 1) for a, b in zip(low, high)]  # only the sphere's box of the grid
-    x, y, z = np.meshgrid(*axes, indexing="ij")
+    # the sphere's whole box, beyond the image too: how much of it the image cuts off is said
+    low = np.floor(index - radius_mm / spacing).astype(int)
+    high = np.ceil(index + radius_mm / spacing).astype(int)
+    x, y, z = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(low, high)], indexing="ij")
     offset = (np.stack([x, y, z], -1) - index) * spacing
     direction = np.asarray(pet.GetDirection()).reshape(3, 3)
     inside = np.linalg.norm(offset @ direction.T, axis=-1) <= radius_mm
+    whole = int(inside.sum())
+    clip_low, clip_high = np.maximum(low, 0), np.minimum(high, size - 1)
+    inside = inside[tuple(slice(a - o, b - o + 1) for a, b, o in zip(clip_low, clip_high, low))]
+    if int(inside.sum()) < whole:
+        log.warning(
+            "%s: the image's edge cuts the sphere: %d of its %d voxels lie in the PET", source, int(inside.sum()), whole
+        )
     region = np.zeros(tuple(size[::-1]), bool)
-    region[low[2] : high[2] + 1, low[1] : high[1] + 1, low[0] : high[0] + 1] = inside.transpose(2, 1, 0)
+    box = tuple(slice(a, b + 1) for a, b in zip(clip_low[::-1], clip_high[::-1]))
+    region[box] = inside.transpose(2, 1, 0)
     return region
 
 

@@ -73,8 +73,16 @@ class Patient:
             other.weight_kg if other.weight_kg is not None else self.weight_kg,
             other.height_cm if other.height_cm is not None else self.height_cm,
             other.sex if other.sex is not None else self.sex,
-            other.source if any(v is not None for v in (other.weight_kg, other.height_cm, other.sex)) else self.source,
+            self._merged_source(other),
         )
+
+    def _merged_source(self, other: Patient) -> str:
+        fields = ("weight_kg", "height_cm", "sex")
+        if all(getattr(other, f) is None for f in fields):
+            return self.source
+        if all(getattr(other, f) is not None or getattr(self, f) is None for f in fields):
+            return other.source
+        return f"{other.source} over {self.source}"
 
     @property
     def bsa_m2(self) -> float | None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.atomic import atomic_paths
-from petseg.checks import check_mask, check_pet_range, check_swapped, check_values
+from petseg.atomic import atomic_paths, check_output_folder
+from petseg.checks import check_ct_range, check_mask, check_pet_range, check_swapped, check_values
 from petseg.errors import ConfigError, InputError, PetsegError
 from petseg.geometry import physical_bounds, same_grid
 from petseg.io import csv_text, read_image
@@ -20,6 +20,7 @@ from petseg.layout import (
     CHANNEL_SUFFIXES,
     STUDY_LABEL,
     STUDY_PET,
+    case_name,
     find_gc_case,
     index_images,
     is_gc_input,
@@ -29,7 +30,7 @@ from petseg.layout import (
 )
 from petseg.metrics import voxel_ml
 from petseg.normalise import Patient
-from petseg.outputs import cohort_tables
+from petseg.outputs import CaseOutputs, cohort_tables
 from petseg.report import STUDY_MEASURES, ReportSettings, lesion_report, write_report
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def find_studies(pet: Path, mask: Path, *, liver_mask: Path | None = None, name:
             raise InputError(mask, "is a folder: give the mask file of this study")
         if liver_mask is not None and Path(liver_mask).is_dir():
             raise InputError(liver_mask, "is a folder: give the liver mask file of this study")
-        case = name or (pet.resolve().name if pet.is_dir() else pair_case(None, pet).name)
+        case = name or (case_name(pet.resolve().name) if pet.is_dir() else pair_case(None, pet).name)
         return [Study(pair_case(None, mask, case).name, pet, mask, liver_mask)]
     if name is not None:
         raise ConfigError("--name", "names one study (--pet FILE); a folder's studies are named by their files")
@@ -98,8 +99,21 @@ def find_studies(pet: Path, mask: Path, *, liver_mask: Path | None = None, name:
     masks = index_images(mask, role="mask", study=STUDY_LABEL)
     livers = {} if liver_mask is None else index_images(liver_mask, role="liver mask", study=STUDY_LABEL)
     unmatched = sorted(set(masks) - set(pets))
+    by_lower = {name.lower(): name for name in unmatched}
+    for case in sorted(set(pets) - set(masks)):
+        if case.lower() in by_lower:
+            log.warning("%s: no mask; %s in %s differs only in letter case", case, by_lower[case.lower()], mask)
     if unmatched:
-        log.info("%d file(s) in %s match no PET: %s", len(unmatched), mask, ", ".join(unmatched[:5]))
+        log.warning("%d mask file(s) in %s match no PET: %s", len(unmatched), mask, ", ".join(unmatched[:5]))
+    if livers:
+        without = sorted(set(pets) - set(livers))
+        if without:
+            log.warning(
+                "%d stud(ies) have no liver mask in %s, so no PERCIST convention: %s",
+                len(without),
+                liver_mask,
+                ", ".join(without[:5]),
+            )
     return [Study(case, path, masks.get(case), livers.get(case)) for case, path in sorted(pets.items())]
 
 
@@ -145,6 +159,16 @@ def on_pet_grid(image: sitk.Image, pet: sitk.Image, *, source: Path, role: str) 
         raise InputError(
             source, f"{role} and PET do not overlap in space ({role} {box(lo, hi)}; PET {box(plo, phi)} mm)"
         )
+    if image.GetSize() == pet.GetSize() and np.allclose(lo, plo, atol=1.0) and np.allclose(hi, phi, atol=1.0):
+        log.warning(
+            "%s: the %s has the PET's size and extent but another direction or origin (direction %s, PET %s): "
+            "resampled by position, which mirrors or rotates it against its voxel order; if its header is "
+            "wrong (an RAS/LPS export), fix the header",
+            source,
+            role,
+            np.round(image.GetDirection(), 3).tolist(),
+            np.round(pet.GetDirection(), 3).tolist(),
+        )
     before = float((sitk.GetArrayViewFromImage(image) > 0).sum()) * voxel_ml(image)
     out = sitk.Resample(sitk.Cast(image > 0, sitk.sitkUInt8), pet, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     after = float(sitk.GetArrayViewFromImage(out).sum()) * voxel_ml(pet)
@@ -165,17 +189,16 @@ def measure_study(study: Study, settings: ReportSettings, *, patient: Patient | 
     on the command line take precedence over the DICOM headers'."""
     if study.mask is None:
         raise InputError(study.pet, f"no mask for case {study.name}")
+    for other in (study.pet, study.mask):
+        if study.ct is not None and Path(study.ct).resolve() == Path(other).resolve():
+            raise InputError(study.ct, "given as the CT and as the PET or mask")
     pet, from_headers, facts = read_study_pet(study)
     check_pet(pet, source=study.pet)
-    if study.ct is not None:
-        ct = read_image(study.ct, role="CT")
-        if same_grid(ct, pet, tol=1e-3):
-            check_swapped(
-                sitk.GetArrayViewFromImage(ct),
-                sitk.GetArrayViewFromImage(pet),
-                ct_source=study.ct,
-                pet_source=study.pet,
-            )
+    if study.ct is not None:  # only its values matter (minimum and maximum): any grid
+        ct = sitk.GetArrayViewFromImage(read_image(study.ct, role="CT"))
+        check_values(ct, source=study.ct, role="CT")
+        check_swapped(ct, sitk.GetArrayViewFromImage(pet), ct_source=study.ct, pet_source=study.pet)
+        check_ct_range(ct, source=study.ct)
     mask = on_pet_grid(read_image(study.mask, role="mask"), pet, source=study.mask, role="mask")
     liver = None
     if study.liver_mask is not None:
@@ -224,12 +247,21 @@ def write_tables(reports: list[dict], folder: Path) -> tuple[Path, Path]:
     return targets
 
 
+def remove_stale(output: Path, case: str) -> None:
+    """A failed study's reports from an earlier run would stand beside this run's tables."""
+    for path in CaseOutputs(output, case, "").report:
+        if path.is_file():
+            path.unlink()
+            log.warning("%s: removed the report of an earlier run (this study failed now)", path)
+
+
 def report_studies(
     studies: list[Study], output: Path, settings: ReportSettings, *, patient: Patient | None = None, tables: bool
 ) -> list[str]:
     """Measure each study (a failing one is logged and the others go on), write each one's
     ``<case>_lesions.json``/``.csv`` and, with ``tables``, the cohort's tables. Returns the
     failures, one line each."""
+    check_output_folder(output)
     output.mkdir(parents=True, exist_ok=True)
     reports, failures = [], []
     for study in studies:
@@ -241,6 +273,7 @@ def report_studies(
                 raise
             log.error("%s", err)
             failures.append(f"{study.name}: {err}")
+            remove_stale(output, study.name)
             continue
         reports.append(report)
         log.info(

@@ -253,3 +253,88 @@ def test_a_labelled_mask_is_measured_as_its_lesions(tmp_path):
     assert report["lesion_count"] == 2
     assert report["dmax_mm"] == pytest.approx(np.sqrt(3) * 10 * 2.0)
     assert sorted(lesion["suv_max"] for lesion in report["lesions"]) == [5.0, 8.0]
+
+
+def test_a_mask_mirrored_by_its_header_is_warned_about(tmp_path, caplog):
+    pet = _study(tmp_path / "in", "s")
+    mirrored = _blob_mask(pet)
+    direction = np.asarray(pet.GetDirection()).reshape(3, 3) @ np.diag([-1.0, 1.0, 1.0])
+    far_corner = pet.TransformIndexToPhysicalPoint((pet.GetSize()[0] - 1, 0, 0))
+    mirrored.SetDirection(direction.ravel().tolist())
+    mirrored.SetOrigin(far_corner)  # the same box in space, the x axis reversed: an RAS/LPS export
+    sitk.WriteImage(mirrored, str(tmp_path / "m.nii.gz"))
+    with caplog.at_level(logging.INFO, logger="petseg"):
+        assert (
+            _report("--pet", tmp_path / "in" / "s_0001.nii.gz", "--mask", tmp_path / "m.nii.gz", "-o", tmp_path / "o")
+            == 0
+        )
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "another direction" in r.getMessage()]
+    assert len(warned) == 1 and "m.nii.gz" in warned[0].getMessage()
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_report(tmp_path):
+    src, masks = tmp_path / "in", tmp_path / "masks"
+    masks.mkdir()
+    for name in ("a", "b"):
+        sitk.WriteImage(_blob_mask(_study(src, name)), str(masks / f"{name}.nii.gz"))
+    assert _report("--pet", src, "--mask", masks, "-o", tmp_path / "o") == 0
+    assert (tmp_path / "o" / "b_lesions.json").is_file()
+    (masks / "b.nii.gz").unlink()
+    assert _report("--pet", src, "--mask", masks, "-o", tmp_path / "o") == 1
+    assert not (tmp_path / "o" / "b_lesions.json").exists() and not (tmp_path / "o" / "b_lesions.csv").exists()
+    assert [row["case"] for row in _rows(tmp_path / "o" / "studies.csv")] == ["a"]
+
+
+def test_two_files_for_one_case_and_a_ct_that_is_the_pet_are_refused(tmp_path, capsys):
+    pet = _study(tmp_path / "in", "s")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for ext in ("nii.gz", "mha"):
+        sitk.WriteImage(_blob_mask(pet), str(masks / f"s.{ext}"))
+    assert _report("--pet", tmp_path / "in", "--mask", masks, "-o", tmp_path / "o") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two mask images for case s" in err[0]
+    pet_path, mask = tmp_path / "in" / "s_0001.nii.gz", masks / "s.mha"
+    for ct in (pet_path, mask):
+        assert _report("--pet", pet_path, "--mask", mask, "--ct", ct, "-o", tmp_path / "o") != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "given as the CT and as the PET or mask" in err[0]
+    assert (
+        _report("--pet", pet_path, "--mask", mask, "--ct", tmp_path / "in" / "s_0000.nii.gz", "-o", tmp_path / "o") == 0
+    )
+
+
+def test_a_liver_sphere_cut_by_the_image_edge_is_warned_about(tmp_path, caplog):
+    pet = _study(tmp_path / "in", "s")
+    sitk.WriteImage(_blob_mask(pet), str(tmp_path / "m.nii.gz"))
+    corner = pet.TransformIndexToPhysicalPoint((0, 0, 0))
+    args = ("--pet", tmp_path / "in" / "s_0001.nii.gz", "--mask", tmp_path / "m.nii.gz", "-o", tmp_path / "o")
+    with caplog.at_level(logging.WARNING, logger="petseg"):
+        assert _report(*args, "--liver-centre", *corner) == 0
+    assert "the image's edge cuts the sphere" in caplog.text
+    report = _json(tmp_path / "o" / "s_0001_lesions.json")
+    assert 10 <= report["liver_reference"]["voxels"] < 100
+
+
+def test_a_dicom_folder_of_any_name_is_measured_with_its_headers(tmp_path, capsys):
+    from petseg.dicom import read_pet
+
+    from dicom_helpers import write_series
+
+    activity = np.full((12, 16, 20), 4000.0)
+    activity[4:8, 5:10, 6:12] = 40000.0  # a hot block
+    folder = tmp_path / "PET AC (WB)"
+    write_series(folder, activity, spacing=(4.0, 4.0, 4.0), extra={"PatientSize": 1.75})
+    series = read_pet(folder)
+    mask = sitk.Cast(series.image > 0.5 * float(sitk.GetArrayViewFromImage(series.image).max()), sitk.sitkUInt8)
+    sitk.WriteImage(mask, str(tmp_path / "m.nii.gz"))
+    args = ("--pet", folder, "--mask", tmp_path / "m.nii.gz", "-o", tmp_path / "o", "--suv", "lbm")
+    assert _report(*args) != 0  # the helper writes PatientSex "O"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sex (DICOM PatientSex (0010,0040) or --sex)" in err[0]
+    assert _report(*args, "--sex", "f") == 0
+    report = _json(tmp_path / "o" / "PET-AC-WB_lesions.json")
+    assert report["suv"]["patient"]["sex"] == "F" and report["suv"]["patient"]["height_cm"] == 175.0
+    assert report["suv"]["patient"]["source"] == f"the command line over {folder}"
+    assert report["suv"]["factor_from_suvbw"] == pytest.approx(janmahasatian_lbm(70.0, 175.0, "F") / 70.0)
+    assert report["lesion_count"] == 1 and report["lesions"][0]["voxels"] == 4 * 5 * 6

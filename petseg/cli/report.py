@@ -61,7 +61,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--height", type=number(float, low=30, high=250), metavar="CM", help="patient height (over the DICOM header)"
     )
-    p.add_argument("--sex", choices=("M", "F"), help="patient sex, for SUL (over the DICOM header)")
+    p.add_argument("--sex", type=str.upper, choices=("M", "F"), help="patient sex, for SUL (over the DICOM header)")
     p.set_defaults(func=report)
 
 
