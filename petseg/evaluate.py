@@ -19,6 +19,7 @@ from petseg.documents import read_table
 from petseg.errors import ConfigError, InputError
 from petseg.io import read_image
 from petseg.layout import STUDY_LABEL, STUDY_PET, index_images, strip_suffix
+from petseg.matching import LesionMatch, lesion_match
 from petseg.metrics import Detection, Labelled, labelled_metrics, lesion_table, totals, voxel_ml
 from petseg.outputs import index_maps
 
@@ -39,12 +40,14 @@ class CaseResult:
     detection: Detection
     extra: dict[str, float] = field(default_factory=dict)  # lesion measures with --pet
     calibration: Calibration | None = None  # with a probability map
+    match: LesionMatch | None = None  # autoPET V's detection measure
 
     def row(self) -> dict:
-        skip = ("extra", "detection", "group", "calibration")
+        skip = ("extra", "detection", "group", "calibration", "match")
         base = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         ece = {} if self.calibration is None else {"ece": self.calibration.ece}
-        return {**base, **self.detection.row(), "group": self.group, **ece, **self.extra}
+        dmm = {} if self.match is None else self.match.row()
+        return {**base, **dmm, **self.detection.row(), "group": self.group, **ece, **self.extra}
 
 
 def group_of(case: str, groups: dict[str, str] | None = None) -> str:
@@ -88,6 +91,7 @@ def evaluate_case(
     m = labelled_metrics(labelled["gt"], labelled["pred"], voxel_volume_ml=ml)
     detection = Detection.of(labelled["gt"], labelled["pred"])
     result = CaseResult(case, m.dsc, m.fpv_ml, m.fnv_ml, m.gt_lesions, m.pred_lesions, group, detection)
+    result.match = lesion_match(labelled["gt"], labelled["pred"], voxel_volume_ml=ml)
     lesions: list[dict] = []
     if pet_path is not None:
         pet_img = read_image(pet_path, role="PET")
@@ -165,7 +169,7 @@ def evaluate(
 
 
 def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """Mean DSC / FPV / FNV overall and per group (NaNs excluded), with case counts, the
+    """Mean DSC / FPV / FNV and autoPET V's DMM overall and per group (NaNs excluded), with case counts, the
     pooled lesion detection (counts summed over the group's cases, then divided) and, with
     probability maps, the pooled ECE (bins summed over the group's cases)."""
     by_group: dict[str, list[CaseResult]] = {OVERALL: list(results)}
@@ -177,11 +181,22 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
         for key in ("dsc", "fpv_ml", "fnv_ml"):
             values = np.array([getattr(r, key) for r in rows], float)
             summary[name][key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+        for key, value in _mean_rows([r.match.row() for r in rows if r.match is not None]).items():
+            summary[name][key] = value
         summary[name].update(Detection.pooled([r.detection for r in rows]).row())
         calibrations = [r.calibration for r in rows if r.calibration is not None]
         if calibrations:
             summary[name]["ece"] = sum(calibrations, Calibration()).ece
     return summary
+
+
+def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the rows, NaN excluded (DMM is NaN on lesion-free cases)."""
+    out = {}
+    for key in rows[0] if rows else ():
+        values = np.array([row[key] for row in rows], float)
+        out[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+    return out
 
 
 def pooled_calibration(results: Sequence[CaseResult]) -> Calibration | None:

@@ -77,6 +77,8 @@ def evaluate(args: argparse.Namespace) -> int:
             means = f"DSC {s['dsc']:.4f}  FPV {s['fpv_ml']:.3f} ml  FNV {s['fnv_ml']:.3f} ml"
             means += f"  lesions: sensitivity {s['lesion_sensitivity']:.3f} precision {s['lesion_precision']:.3f}"
             means += f" F1 {s['lesion_f1']:.3f} (FN {s['fn_lesions']}, FP {s['fp_lesions']})"
+            if "dmm" in s:
+                means += f"  DMM {s['dmm']:.3f}"
             if "ece" in s:
                 means += f"  ECE {s['ece']:.4f}"
             print(f"  {group:>6}: {s['cases']:4d} cases  {means}")
