@@ -21,11 +21,12 @@ ENV PYTHONUNBUFFERED=1 \
     PETSEG_MODEL_DIR=/opt/app/weights \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# Runtime user uid 1001; it may write /output (and /tmp) only: code and weights belong to root.
+# Runtime user uid 1001; it may write /output, /cache (autoPET V: kept between the steps of a case)
+# and /tmp only: code and weights belong to root.
 RUN groupadd --system --gid 1001 user \
     && useradd --system --uid 1001 --gid user --create-home --home-dir /home/user user \
-    && mkdir -p /opt/app /input /output \
-    && chown user:user /output
+    && mkdir -p /opt/app /input /output /cache \
+    && chown user:user /output /cache
 
 WORKDIR /opt/app
 
@@ -46,7 +47,7 @@ RUN python -m pip install --no-cache-dir /tmp/petseg-src \
     && rm -rf /tmp/petseg-src /root/.cache /tmp/*
 
 # The model folder to ship (weights-clicks for the click-aware autoPET IV model) and the
-# Grand Challenge interface process.py serves (autopet3 | autopet4). Declared here, after the
+# Grand Challenge interface process.py serves (autopet3 | autopet4 | autopet5). Declared here, after the
 # installs: a changed build argument invalidates every RUN after its ARG line, and the two
 # images should share the dependency layers.
 ARG MODEL_DIR=weights

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("PETSEG_GC_INTERFACE", "autopet3"),  # the image's build argument INTERFACE
         help="Grand Challenge interface (default $PETSEG_GC_INTERFACE, else autopet3)",
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="folder kept between the steps of an interactive case (default: the interface's, /cache for autopet5)",
+    )
     add_device_option(parser)
     budgets = ", ".join(f"{name} {i.time_budget_s:g} s" for name, i in sorted(gc.INTERFACES.items()))
     add_speed_options(parser, time_budget_default=f"the interface's limit less 30 s: {budgets}")
@@ -57,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
         if args.device == "auto" and predictor.device.type == "cpu":  # the platform gives a GPU: say it was lost
             gc.log.warning("CUDA is not available: running on the CPU")
-        gc.run(input_dir=args.input, output_dir=args.output, predictor=predictor, interface=args.interface)
+        gc.run(
+            input_dir=args.input,
+            output_dir=args.output,
+            predictor=predictor,
+            interface=args.interface,
+            cache_dir=args.cache,
+        )
         return 0
 
     return run_guarded("process.py", job)

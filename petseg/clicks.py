@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("tumor", "background")
 MAX_CLICKS = 10  # per kind, as autoPET IV gives them
+STAMP_LIMIT = 32  # points of a kind above which one distance transform makes its map
 FORMAT = '{"points": [{"point": [x, y, z], "name": "tumor"|"background"}, ...]}'
 
 
@@ -88,14 +89,16 @@ def click_points(data: Any, *, source: str | Path) -> list[tuple[int, str, tuple
     return [(n, p.name, p.point) for n, p in enumerate(document.points)]
 
 
-def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = False) -> Clicks:
+def parse_clicks(
+    data: Any, *, grid: Grid, source: str | Path, world: bool = False, limit: int | None = MAX_CLICKS
+) -> Clicks:
     """``{"points": [{"point": [i, j, k], "name": "tumor" | "background"}, ...]}`` -> Clicks.
 
     Points are voxel indices of the PET in (x, y, z) order (autoPET IV), or with ``world``
     physical coordinates in mm (LPS). A malformed file is an error naming it, the point and
-    the value; points outside the image, and points beyond the first MAX_CLICKS of a kind,
-    are skipped with one WARNING each that counts them and names the first (a job should
-    not fail for a stray click, nor flood its log)."""
+    the value; points outside the image, and points beyond the first ``limit`` of a kind
+    (None: no limit, for scribbles), are skipped with one WARNING each that counts them and
+    names the first (a job should not fail for a stray click, nor flood its log)."""
     kept: dict[str, list] = {kind: [] for kind in KINDS}
     outside: list[str] = []
     beyond = 0
@@ -103,7 +106,7 @@ def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = Fal
         index = grid.to_index(np.asarray(point, float)) if world else np.asarray(point, float)
         if not grid.contains(index):
             outside.append(f"point {n} {name} {[int(v) if v.is_integer() else v for v in point]}")
-        elif len(kept[name]) >= MAX_CLICKS:
+        elif limit is not None and len(kept[name]) >= limit:
             beyond += 1
         else:
             kept[name].append(grid.to_physical(index))
@@ -117,7 +120,13 @@ def parse_clicks(data: Any, *, grid: Grid, source: str | Path, world: bool = Fal
             " ..." if len(outside) > 3 else "",
         )
     if beyond:
-        log.warning("%s: %d point(s) beyond the first %d of their kind were skipped", source, beyond, MAX_CLICKS)
+        log.warning(
+            "%s: %d point(s) beyond the first %d of their kind were skipped (a model or interface for "
+            "scribbles reads all: max_clicks None)",
+            source,
+            beyond,
+            limit,
+        )
     return Clicks(tuple(kept["tumor"]), tuple(kept["background"]))
 
 
@@ -133,20 +142,51 @@ def check_clicks_file(path: str | Path) -> int:
     return len(click_points(load_clicks_json(path), source=Path(path)))
 
 
-def read_clicks(path: str | Path, *, grid: Grid, world: bool = False) -> Clicks:
+def read_clicks(path: str | Path, *, grid: Grid, world: bool = False, limit: int | None = MAX_CLICKS) -> Clicks:
     """Clicks from a JSON file (see :func:`parse_clicks`)."""
-    return parse_clicks(load_clicks_json(path), grid=grid, source=Path(path), world=world)
+    return parse_clicks(load_clicks_json(path), grid=grid, source=Path(path), world=world, limit=limit)
 
 
 def click_maps(clicks: Clicks, grid: Grid, *, sigma_mm: float) -> np.ndarray:
-    """(2, X, Y, Z) float32 on ``grid``: tumour and background click maps (max of Gaussians)."""
+    """(2, X, Y, Z) float32 on ``grid``: tumour and background click maps (max of Gaussians,
+    i.e. the Gaussian of the distance to the nearest point of the kind). A kind of more than
+    STAMP_LIMIT points (a scribble) takes one distance transform from the points' nearest
+    voxels instead of a Gaussian per point: the same map to within half a voxel's distance."""
     maps = np.zeros((2, *grid.size), np.float32)
     for channel, kind in enumerate(KINDS):
-        for point in clicks.of(kind):
+        points = clicks.of(kind)
+        if len(points) > STAMP_LIMIT:
+            _distance_map(maps[channel], grid, np.asarray(points, float), sigma_mm)
+            continue
+        for point in points:
             if not _stamp(maps[channel], grid, np.asarray(point, float), sigma_mm):
                 shown = [round(v, 1) for v in point]
                 log.warning("%s click at %s mm lies outside the body crop the network sees: no effect", kind, shown)
     return maps
+
+
+def _distance_map(target: np.ndarray, grid: Grid, points: np.ndarray, sigma_mm: float) -> None:
+    """target = exp(-d^2 / 2 sigma^2), d the distance (mm) to the nearest point's voxel, over
+    the points' box grown by 3 sigma (zero beyond, as the per-point Gaussians)."""
+    from scipy import ndimage
+
+    size = np.asarray(grid.size)
+    index = np.rint(grid.to_index(points)).astype(int)
+    inside = np.all((index >= 0) & (index < size), axis=1)
+    if not inside.all():
+        log.warning("%d click point(s) lie outside the body crop the network sees: no effect", int((~inside).sum()))
+    index = index[inside]
+    if len(index) == 0:
+        return
+    reach = np.ceil(3.0 * sigma_mm / np.asarray(grid.spacing)).astype(int)
+    lo, hi = np.maximum(index.min(0) - reach, 0), np.minimum(index.max(0) + reach + 1, size)
+    seeds = np.ones(tuple(hi - lo), bool)
+    seeds[tuple((index - lo).T)] = False
+    distance = ndimage.distance_transform_edt(seeds, sampling=grid.spacing)
+    gauss = np.exp(-(distance**2) / (2.0 * sigma_mm**2)).astype(np.float32)
+    gauss[distance > 3.0 * sigma_mm] = 0.0
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    np.maximum(target[box], gauss, out=target[box])
 
 
 def _stamp(target: np.ndarray, grid: Grid, point: np.ndarray, sigma_mm: float) -> bool:

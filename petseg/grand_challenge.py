@@ -25,12 +25,22 @@ class Interface:
     data_centric_json: bool  # autoPET III asks every algorithm to declare its category
     time_budget_s: float  # the challenge's limit per case less 30 s for start-up, reading and writing
     clicks_file: str | None = None  # optional input: used by click-aware models, else ignored
+    scribbles: bool = False  # autoPET V: every point of the clicks file, and the study kept in cache_dir
+    cache_dir: str = "/cache"  # what survives between the steps of one case (autoPET V)
 
 
 INTERFACES = {
     "autopet3": Interface("automated-petct-lesion-segmentation", data_centric_json=True, time_budget_s=270.0),
     "autopet4": Interface(
         "tumor-lesion-segmentation", data_centric_json=False, time_budget_s=870.0, clicks_file="lesion-clicks.json"
+    ),
+    # autoPET V: the autoPET IV interface, run afresh at each of 6 steps with accumulating scribbles
+    "autopet5": Interface(
+        "tumor-lesion-segmentation",
+        data_centric_json=False,
+        time_budget_s=870.0,
+        clicks_file="lesion-clicks.json",
+        scribbles=True,
     ),
 }
 
@@ -64,9 +74,15 @@ def check_outputs(case, output_dir: str | Path, interface: str) -> Path:
 
 
 def run(
-    *, input_dir: str | Path, output_dir: str | Path, predictor: Predictor, interface: str = "autopet3"
+    *,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    predictor: Predictor,
+    interface: str = "autopet3",
+    cache_dir: str | Path | None = None,
 ) -> list[Path]:
-    """Process one Grand Challenge job; returns the files written (nothing is written on error)."""
+    """Process one Grand Challenge job; returns the files written (nothing is written on error).
+    ``cache_dir`` replaces the interface's (autoPET V: ``/cache``)."""
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
     check_outputs(case, output_dir, interface)
@@ -75,7 +91,10 @@ def run(
         # every autoPET IV job has the file: routine, so INFO (stdout), not a warning on each job
         log.info("this model takes no clicks: %s not read", clicks)
         clicks = None
-    mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
+    if spec.scribbles:
+        mask = predict_step(predictor, case, clicks, Path(cache_dir or spec.cache_dir))
+    else:
+        mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
     outputs = {gc_mask_path(case.name, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:
         outputs = {Path(output_dir) / DATA_CENTRIC_JSON: json.dumps(False), **outputs}
@@ -83,3 +102,36 @@ def run(
         publish(outputs)  # all or nothing, the mask last
     predictor.log_written(list(outputs)[-1], mask)
     return list(outputs)
+
+
+def predict_step(predictor: Predictor, case, clicks: Path | None, cache_dir: Path):
+    """One step of an interactive case: the study preprocessed once and kept in ``cache_dir``
+    for the later steps, every point of the clicks file read (scribbles), the time logged."""
+    import dataclasses
+    import time
+
+    from petseg.stages import load_study, restore_prediction, with_clicks
+    from petseg.study_cache import load_entry, save_entry, study_key
+
+    start = time.monotonic()
+    predictor.timings = timings = {}
+    settings = dataclasses.replace(predictor.settings, max_clicks=None)
+    with timed("cache", timings):
+        key = study_key(case.ct, case.pet, settings)
+        prep = load_entry(cache_dir, key)
+    if prep is None:
+        prep = load_study(ct=case.ct, pet=case.pet, settings=settings, timings=timings)
+        save_entry(cache_dir, key, prep)
+        log.info("%s: preprocessed and kept in %s for the next steps", case.name, cache_dir)
+    else:
+        log.info("%s: the preprocessed study from %s (step after the first)", case.name, cache_dir)
+    guided = with_clicks(prep, clicks, settings=settings)
+    prediction = restore_prediction(
+        predictor.network_maps(guided, start=start), guided.record, settings=settings, timings=timings
+    )
+    log.info("%s: step done in %.1f s (%s)", case.name, time.monotonic() - start, _stages(timings))
+    return prediction.mask
+
+
+def _stages(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())

@@ -29,8 +29,10 @@ from petseg.settings import CHANNELS, PAPER_NETWORK, Settings
 
 log = logging.getLogger(__name__)
 
-FORMAT = "petseg-model/2"  # every key of both sections stated
-OLD_FORMATS = ("petseg-model/1",)  # the keys of Settings.REQUIRED_KEYS stated, the others default
+FORMAT = "petseg-model/3"  # every key of both sections stated
+# still read: /2 stated every key but those added since (they default), /1 only Settings.REQUIRED_KEYS
+OLD_FORMATS = ("petseg-model/2", "petseg-model/1")
+ADDED_SINCE = {"petseg-model/2": ("max_clicks",)}
 NETWORK_CLASS = "monai.networks.nets.UNet"
 
 
@@ -48,11 +50,14 @@ def read_document(path: Path, schema: Any, *, missing: str) -> tuple[dict, Any]:
     return raw, convert(raw, schema, source=path, error=ModelError, what="invalid model description")
 
 
-def parse_sections(meta: Mapping[str, Any], *, source: str | Path, complete: bool = False) -> Settings:
+def parse_sections(
+    meta: Mapping[str, Any], *, source: str | Path, complete: bool = False, excused: tuple[str, ...] = ()
+) -> Settings:
     """The one reader of "preprocessing" and "inference" sections (model.json, train.json):
     every key must be a Settings field of that section, with a value of its type and range;
     ``complete`` (model.json of the current format): every key of each section must be there,
-    the input channels too; else only the keys a model must state (older model folders)."""
+    the input channels too, but for the ``excused`` ones (added after the document's format);
+    else only the keys a model must state (older model folders)."""
     sections = {}
     for section, keys in (("preprocessing", Settings.PREPROCESSING_KEYS), ("inference", Settings.INFERENCE_KEYS)):
         values = meta.get(section)
@@ -72,7 +77,11 @@ def parse_sections(meta: Mapping[str, Any], *, source: str | Path, complete: boo
         unknown = sorted(set(values) - set(keys))
         if unknown:
             raise ModelError(source, f"{section}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
-        missing = [key for key in keys if (complete or key in Settings.REQUIRED_KEYS) and key not in values]
+        missing = [
+            key
+            for key in keys
+            if (complete and key not in excused or key in Settings.REQUIRED_KEYS) and key not in values
+        ]
         if missing:
             raise ModelError(source, f"{section}: missing key {missing[0]!r}")
         sections[section] = values if section == "inference" else {**values, "channels": channels}
@@ -168,7 +177,12 @@ class ModelFolder:
         raw, doc = read_document(meta_path, ModelDocument, missing="missing: not a petseg model folder")
         if doc.network.class_ != NETWORK_CLASS:
             raise ModelError(meta_path, f"unsupported network class {doc.network.class_!r}")
-        settings = parse_sections(raw, source=meta_path, complete=raw["format"] == FORMAT)
+        settings = parse_sections(
+            raw,
+            source=meta_path,
+            complete=raw["format"] in (FORMAT, *ADDED_SINCE),
+            excused=ADDED_SINCE.get(raw["format"], ()),
+        )
         check_network_fits(doc.network.kwargs, settings, source=meta_path)
         seen: set[int] = set()
         for fold in doc.folds:

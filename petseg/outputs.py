@@ -122,6 +122,7 @@ def evaluation_extras(table: str | Path | None) -> tuple[Path | None, Path]:
 
 
 INTERACTIVE_FILES = ("interactive.csv", "interactive_cases.csv", "interactive.png")
+AUTOPET5_FILES = ("autopet5.csv", "autopet5_cases.csv", "autopet5_scribbles.json")  # the autoPET V protocol
 
 
 # --- a model folder ------------------------------------------------------------------------------

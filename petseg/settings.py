@@ -75,6 +75,9 @@ class Settings:
             below one), instead of timing out with no output. None = no budget.
         threshold: a voxel is lesion when the ensemble's mean foreground probability is
             strictly above this (0.5 = the argmax of the two classes).
+        max_clicks: points of each kind read from a clicks file (autoPET IV gives 10 clicks
+            per kind; the rest are skipped with a WARNING); None reads all of them, as
+            scribbles need (autoPET V: runs of tens of adjacent points, accumulating).
         click_removal: a background click on a predicted lesion removes that lesion (its
             18-connected component on the PET grid gets probability 0) unless a tumour click
             lies in it too; off, background clicks only reach the network as its input.
@@ -108,6 +111,7 @@ class Settings:
     sw_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = _field(2, section="inference", outputs=False)
     time_budget_s: Annotated[float, msgspec.Meta(gt=0, le=1e7)] | None = _field(None, section="inference")
     threshold: Share = _field(0.5, section="inference")
+    max_clicks: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = _field(10, section="inference")
     click_removal: bool = _field(True, section="inference")
     # how one run executes
     device: str = _field("auto", outputs=False)

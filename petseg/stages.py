@@ -112,7 +112,7 @@ def with_clicks(
         return prep
     if clicks is not None and not isinstance(clicks, Clicks):
         source = clicks
-        clicks = read_clicks(source, grid=prep.record.native, world=world)
+        clicks = read_clicks(source, grid=prep.record.native, world=world, limit=settings.max_clicks)
         log.info("clicks from %s: %d tumour, %d background", source, len(clicks.tumor), len(clicks.background))
     elif not clicks:
         log.info("no clicks: this click-aware model runs with empty click maps (automatic)")

@@ -355,3 +355,50 @@ def test_the_images_interface_comes_from_its_build_argument(gc_input, tiny_model
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "PETSEG_GC_INTERFACE='autopet9'" in err[0]
+
+
+def test_autopet5_runs_six_steps_from_one_preprocessing_with_every_scribble_point(click_model_dir, tmp_path, caplog):
+    from petseg.phantom import make_study
+    from petseg.scribbles import simulate_scribble
+
+    study = make_study(tracer="fdg", seed=3, shape=(24, 20, 40), spacing=(8.0, 9.0, 10.0), n_lesions=2)
+    root = tmp_path / "input"
+    for role, image in (("ct", study.ct), ("pet", study.pet)):
+        (root / "images" / role).mkdir(parents=True)
+        sitk.WriteImage(image, str(root / "images" / role / "3f1c0a6e-case.mha"))
+    truth = sitk.GetArrayFromImage(study.label) > 0
+    name = "images/tumor-lesion-segmentation/3f1c0a6e-case.mha"
+    cache, points, rng = tmp_path / "cache", [], np.random.default_rng(0)
+    masks = []
+    for step in range(6):
+        out = tmp_path / f"out{step}"
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert run_process(root, out, click_model_dir, "--interface", "autopet5", "--cache", str(cache)) == 0
+        assert files_under(out) == [name]
+        assert ("kept in" if step == 0 else "the preprocessed study from") in caplog.text
+        assert "step done in" in caplog.text
+        if step:
+            tumour = sum(p["name"] == "tumor" for p in points)
+            assert f"{tumour} tumour, {len(points) - tumour} background" in caplog.text  # every point read
+        masks.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))) > 0)
+        scribble = simulate_scribble(truth, masks[-1], style="mixed", rng=rng)
+        if scribble is None:
+            scribble = simulate_scribble(truth, ~truth, style="random", rng=rng)
+        points += scribble.as_clicks() * 3  # a long run of points, as scribbles accumulate
+        (root / "lesion-clicks.json").write_text(json.dumps({"type": "Multiple points", "points": points}))
+    kinds = [p["name"] for p in points]
+    assert max(kinds.count("tumor"), kinds.count("background")) > 10  # beyond autoPET IV's 10 per kind
+    assert len(list(cache.iterdir())) == 2  # one study: its arrays and record
+    # the cached study gives the mask a fresh preprocessing gives, and a damaged entry is redone
+    (root / "lesion-clicks.json").write_text(json.dumps({"points": points[: -3 * len(scribble.points)]}))
+    for path in cache.glob("*.npz"):
+        path.write_bytes(b"damaged")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert (
+            run_process(root, tmp_path / "again", click_model_dir, "--interface", "autopet5", "--cache", str(cache))
+            == 0
+        )
+    assert "cached study is damaged" in caplog.text
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "again" / name))) > 0, masks[-1])

@@ -138,7 +138,7 @@ def test_model_json_states_every_key_of_both_sections(tmp_path):
         settings=settings,
     )
     meta = json.loads((folder.path / MODEL_JSON).read_text())
-    assert meta["format"] == "petseg-model/2"
+    assert meta["format"] == "petseg-model/3"
     declared = {
         section: {f.name for f in dataclasses.fields(Settings) if f.metadata["section"] == section}
         for section in ("preprocessing", "inference")

@@ -101,7 +101,11 @@ BIG = "RAW:" + "9" * 5000  # a 5000-digit integer in the JSON text (Python's int
         ("network.kwargs.strides", [2, 2], "strides [2, 2] must have one entry fewer than channels [4, 8]"),
         ("network.kwargs.in_channels", 4, "network in_channels 4 != input channels ['CT', 'PET']"),
         ("network.class", "torch.nn.Linear", "unsupported network class 'torch.nn.Linear'"),
-        ("format", "petseg-model/0", "format is 'petseg-model/0', expected 'petseg-model/2' or 'petseg-model/1'"),
+        (
+            "format",
+            "petseg-model/0",
+            "format is 'petseg-model/0', expected 'petseg-model/3' or 'petseg-model/2' or 'petseg-model/1'",
+        ),
         ("notes", "mine", "invalid model description: object contains unknown field notes"),
     ],
 )

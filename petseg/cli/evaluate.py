@@ -9,6 +9,7 @@ from pathlib import Path
 from petseg.cli.common import add_click_removal_option, add_model_options, make_predictor
 from petseg.clicks import MAX_CLICKS
 from petseg.frontend import number
+from petseg.scribbles import CHOICES
 
 
 def add_parsers(sub) -> None:
@@ -44,6 +45,20 @@ def add_parsers(sub) -> None:
         default=MAX_CLICKS,
         help="simulated clicks per study, 0..10 (default 10)",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("autopet4", "autopet5"),
+        default="autopet4",
+        help="autopet4: error-driven clicks at region centres; autopet5: an initial mask and 5 simulated "
+        "scribbles, with Dice, DMM and their AUCs (docs/interactive.md)",
+    )
+    p.add_argument(
+        "--style",
+        choices=CHOICES,
+        default="mixed",
+        help="autopet5 scribble style: skeleton centerline, random line, boundary walk, or one at random per step",
+    )
+    p.add_argument("--seed", type=number(int, low=0, high=2**31 - 1), default=0, help="autopet5 scribble seed")
     p.add_argument("--clicks", type=_renamed_clicks, help=argparse.SUPPRESS)
     add_click_removal_option(p)
     p.add_argument("--threshold", type=float, help="lesion where the mean probability > T (default model.json's)")
@@ -91,6 +106,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def evaluate_interactive(args: argparse.Namespace) -> int:
+    if args.protocol == "autopet5":
+        return evaluate_autopet5(args)
     from petseg.interactive import evaluate_interactive as run
 
     summary, written = run(
@@ -102,4 +119,21 @@ def evaluate_interactive(args: argparse.Namespace) -> int:
         f"FNV {summary['fnv_ml_final']:.3f} ml (AUC {summary['fnv_ml_auc']:.3f})"
     )
     print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def evaluate_autopet5(args: argparse.Namespace) -> int:
+    from petseg.protocol import STEPS, evaluate_protocol
+
+    summary, written = evaluate_protocol(
+        args.input, args.gt, args.output, make_predictor=lambda: make_predictor(args), style=args.style, seed=args.seed
+    )
+    print(
+        f"{summary['cases']} cases, {STEPS} {args.style} scribble steps: Dice-AUC {summary['dice_auc']:.4f} "
+        f"(step 0 {summary['dice_step0']:.4f}, step {STEPS} {summary['dice_final']:.4f}), DMM-AUC "
+        f"{summary['dmm_auc']:.4f} (step 0 {summary['dmm_step0']:.4f}, step {STEPS} {summary['dmm_final']:.4f}), "
+        f"score {summary['score']:.4f}"
+    )
+    for path in written:
+        print(f"wrote {path}")
     return 0
