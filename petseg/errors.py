@@ -6,16 +6,24 @@ non-zero exit code; library code raises them and never names command-line flags.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a key named "\\n" in a document, a tab in a file name) escaped."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class PetsegError(Exception):
     """Base class: its message is shown to the user as one line, without a traceback."""
 
     def __init__(self, source: str | Path, problem: str) -> None:
-        self.source = str(source)
-        self.problem = problem
-        super().__init__(f"{self.source}: {problem}")
+        self.source = _one_line(str(source))
+        self.problem = _one_line(problem)
+        super().__init__(f"{self.source}: {self.problem}")
 
     def __reduce__(self):  # pickles across processes (background workers) with both fields
         return type(self), (self.source, self.problem)
