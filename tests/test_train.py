@@ -14,6 +14,7 @@ import torch
 
 import petseg
 from petseg.cli import main
+from petseg.errors import ConfigError
 from petseg.inference import cpu_supports_bf16, resolve_precision
 from petseg.model_write import assemble
 from petseg.settings import Settings
@@ -325,6 +326,52 @@ def test_simulated_clicks_leave_lesions_unclicked_and_some_patches_click_free():
     free = np.mean([not (t or b) for t, b in draws(0.5)])
     none_otherwise = 0.5 * (1 / 11)  # clicked patches with 0 tumour and 0 background clicks
     assert abs(free - (0.5 + none_otherwise)) < 0.08
+
+
+def test_simulated_scribbles_lie_on_lesions_and_hot_spots_one_slice_each():
+    from petseg.train.clicks import SimulateClicksd
+
+    label = np.zeros((1, 30, 30, 30), np.float32)
+    label[0, 3:12, 3:10, 3:10] = 1
+    label[0, 20:26, 20:24, 18:24] = 1
+    image = np.zeros((2, 30, 30, 30), np.float32)
+    image[1, 24:29, 2:8, 2:6] = 9.0  # hot background
+    transform = SimulateClicksd(spacing=(2.0, 2.0, 2.0), sigma_mm=2.0, hot_suv=3.0, scribbles=True)
+    seen = set()
+    for seed in range(60):
+        transform.set_random_state(seed)
+        maps = transform({"image": image, "label": label})["image"][2:]
+        tumour = np.argwhere(maps[0] > 0.999)  # the scribbles' points (x, y, z)
+        background = np.argwhere(maps[1] > 0.999)
+        assert all(label[0][tuple(p)] for p in tumour) and all(image[1][tuple(p)] >= 3.0 for p in background)
+        lesions_hit = {int(p[0] >= 20) for p in tumour}
+        seen.add((len(lesions_hit), bool(len(background))))
+        if len(tumour):
+            assert len({z for x, y, z in tumour if x < 20}) <= 1 and len({z for x, y, z in tumour if x >= 20}) <= 1
+    assert {n for n, _ in seen} == {0, 1, 2} and {b for _, b in seen} == {False, True}
+
+
+def test_scribble_training_needs_a_click_aware_model_and_enters_the_recipe_only_when_on(tmp_path):
+    with pytest.raises(ConfigError, match="scribbles: needs a click-aware model"):
+        _config(tmp_path, tmp_path, scribbles=True)
+    network = {**TINY_NETWORK, "in_channels": 4}
+    clicks = Settings(target_spacing=(4.0, 4.0, 4.0), roi_size=(32, 32, 32), device="cpu", click_sigma_mm=5.0)
+    plain = dataclasses.replace(_config(tmp_path, tmp_path), network=network, settings=clicks)
+    assert "scribbles" not in plain.recipe()  # the recipes of earlier click runs stay the same
+    assert dataclasses.replace(plain, scribbles=True).recipe()["scribbles"] is True
+
+
+def test_error_scribbles_go_along_the_largest_error_on_one_slice():
+    from petseg.train.clicks import ErrorClicks
+
+    spacing, y, predicted, x = _error_click_batch()
+    out = ErrorClicks(
+        _FixedPrediction(predicted), spacing=spacing, sigma_mm=0.5, probability=1.0, max_rounds=1, scribbles=True
+    )(x, y)
+    points = np.argwhere(out[0, 2].numpy() > 0.999)  # (x, y, z) of the patch
+    assert len(points) > 1 and len({int(z) for *_, z in points}) == 1
+    assert all(y[0, 0][tuple(p)] and not predicted[tuple(p)] for p in points)  # on the missed lesion A
+    torch.testing.assert_close(out[1], x[1])  # a click-free patch stays click-free
 
 
 class _FixedPrediction(torch.nn.Module):

@@ -10,6 +10,8 @@ from petseg.settings import PRECISIONS
 
 
 def train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from petseg.model import network_kwargs
     from petseg.settings import PET_ONLY, Settings
     from petseg.train import TrainConfig
@@ -22,6 +24,8 @@ def train(args: argparse.Namespace) -> int:
         click_sigma_mm=args.click_sigma_mm if args.clicks else None,
         modalities=PET_ONLY if args.pet_only else None,
     )
+    if args.scribbles:  # the model reads every point of a clicks file: scribbles are runs of points
+        settings = dataclasses.replace(settings, max_clicks=None)
     network = network_kwargs(channels=args.channels, num_res_units=args.num_res_units)
     network["in_channels"] = len(settings.channels)
     config = TrainConfig(
@@ -47,6 +51,7 @@ def train(args: argparse.Namespace) -> int:
         hot_suv=args.hot_suv,
         click_free=args.click_free,
         error_clicks=args.error_clicks,
+        scribbles=args.scribbles,
         focal_weight=tuple(args.focal_weight),
     )
     folds = list(range(args.folds)) if args.fold == -1 else [args.fold]
@@ -170,6 +175,12 @@ def add_parsers(sub) -> None:
         metavar="P",
         help="with --clicks: share of batches that also get 1-3 rounds of error-driven clicks from the "
         "network's own prediction (default 0 = off)",
+    )
+    p.add_argument(
+        "--scribbles",
+        action="store_true",
+        help="with --clicks: simulated scribbles (autoPET V: lines on lesions and hot spots, error-driven "
+        "ones with --error-clicks) instead of point clicks; the model reads every point of a clicks file",
     )
     p.set_defaults(func=train)
 

@@ -31,6 +31,8 @@ from petseg.clicks import MAX_CLICKS, Clicks, click_maps, next_click, region_cen
 from petseg.geometry import Grid
 from petseg.metrics import CONNECTIVITY
 
+SCRIBBLE_STEPS = 5  # autoPET V: an initial mask and up to 5 corrections
+
 
 def lesion_centres(label: np.ndarray, *, spacing: Sequence[float]) -> list[np.ndarray]:
     """Per 18-connected component of ``label`` (x, y, z), the voxel farthest from its border
@@ -58,6 +60,7 @@ class SimulateClicksd(Randomizable, MapTransform):
         hot_suv: float,
         click_free: float = 0.0,
         max_clicks: int = MAX_CLICKS,
+        scribbles: bool = False,
         keys: Sequence[Hashable] = ("image",),
     ) -> None:
         MapTransform.__init__(self, keys)
@@ -65,7 +68,9 @@ class SimulateClicksd(Randomizable, MapTransform):
         self.sigma_mm = sigma_mm
         self.hot_suv = hot_suv
         self.click_free = click_free
-        self.max_clicks = max_clicks
+        # scribbles: at most SCRIBBLE_STEPS of each kind, as a protocol has that many corrections
+        self.max_clicks = min(max_clicks, SCRIBBLE_STEPS) if scribbles else max_clicks
+        self.scribbles = scribbles
 
     def randomize(self, lesions: int = 0) -> None:
         if self.R.random_sample() < self.click_free:
@@ -81,6 +86,11 @@ class SimulateClicksd(Randomizable, MapTransform):
         image = np.asarray(out["image"])
         label = np.asarray(out["label"])[0] > 0.5
         grid = Grid(tuple(image.shape[1:]), self.spacing, (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+        if self.scribbles:
+            clicks = self.simulated_scribbles(image, label, grid)
+            maps = click_maps(clicks, grid, sigma_mm=self.sigma_mm)
+            out["image"] = np.concatenate([image[:2], maps]).astype(np.float32)
+            return out
         clicks = Clicks()
         centres = lesion_centres(label, spacing=self.spacing)
         self.randomize(len(centres))
@@ -95,6 +105,34 @@ class SimulateClicksd(Randomizable, MapTransform):
         maps = click_maps(clicks, grid, sigma_mm=self.sigma_mm)
         out["image"] = np.concatenate([image[:2], maps]).astype(np.float32)
         return out
+
+    def simulated_scribbles(self, image: np.ndarray, label: np.ndarray, grid: Grid) -> Clicks:
+        """0..n tumour scribbles on distinct lesions (n = the patch's lesions, at most
+        max_clicks) and 0..max_clicks background scribbles on distinct hot spots outside the
+        label, each drawn by :func:`petseg.scribbles.simulate_scribble` as if the lesion were
+        missed or the hot spot falsely found (a style at random)."""
+        from petseg.scribbles import simulate_scribble
+
+        lesions, n_lesions = cc3d.connected_components(label, connectivity=CONNECTIVITY, return_N=True)
+        hot = (image[1] >= self.hot_suv) & ~label
+        spots, n_spots = cc3d.connected_components(hot, connectivity=26, return_N=True)
+        self.randomize(n_lesions)
+        rng = np.random.default_rng(int(self.R.randint(0, 2**31 - 1)))
+        clicks = Clicks()
+        empty = np.zeros(label.shape[::-1], bool)
+        for kind, labels, count, wanted in (
+            ("tumor", lesions, n_lesions, self.counts[0]),
+            ("background", spots, n_spots, self.counts[1]),
+        ):
+            for index in self.R.permutation(count)[:wanted] + 1:
+                region = (labels == index).T  # (z, y, x), as the protocol draws
+                truth, predicted = (region, empty) if kind == "tumor" else (empty, region)
+                scribble = simulate_scribble(truth, predicted, style="mixed", rng=rng)
+                if scribble is not None:
+                    physical = grid.to_physical(scribble.points.astype(float))  # (x, y, z) of the patch
+                    for point in physical:
+                        clicks = clicks.added(kind, point)
+        return clicks
 
 
 class ErrorClicks:
@@ -116,6 +154,7 @@ class ErrorClicks:
         probability: float,
         max_rounds: int = 3,
         autocast: torch.dtype | None = None,
+        scribbles: bool = False,
     ) -> None:
         self.network = network
         self.grid_spacing = tuple(float(s) for s in spacing)
@@ -123,6 +162,7 @@ class ErrorClicks:
         self.probability = probability
         self.max_rounds = max_rounds
         self.autocast = autocast
+        self.scribbles = scribbles
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 4, X, Y, Z) with the new clicks in channels 2 and 3; ``y`` (B, 1, X, Y, Z)."""
@@ -145,12 +185,26 @@ class ErrorClicks:
                 ):
                     predicted = self.network(x).argmax(1).cpu().numpy() > 0
                 for b in np.flatnonzero(clicked.cpu().numpy()):
-                    found = next_click(truth[b].T, predicted[b].T, grid=grid)  # next_click takes (z, y, x)
+                    found = self.correction(truth[b].T, predicted[b].T, grid)  # (z, y, x)
                     if found is None:
                         continue
-                    kind, point = found
-                    maps = click_maps(Clicks().added(kind, point), grid, sigma_mm=self.sigma_mm)
+                    maps = click_maps(found, grid, sigma_mm=self.sigma_mm)
                     x[b, 2:] = torch.maximum(x[b, 2:], torch.from_numpy(maps).to(x))
         finally:
             self.network.train(was_training)
         return x
+
+    def correction(self, truth: np.ndarray, predicted: np.ndarray, grid: Grid) -> Clicks | None:
+        """The next click (or scribble) on the largest error of one patch, None without any."""
+        if self.scribbles:
+            from petseg.scribbles import simulate_scribble
+
+            scribble = simulate_scribble(
+                truth, predicted, style="mixed", rng=np.random.default_rng(random.getrandbits(32))
+            )
+            if scribble is None:
+                return None
+            points = tuple(map(tuple, grid.to_physical(scribble.points.astype(float))))
+            return Clicks(points, ()) if scribble.kind == "tumor" else Clicks((), points)
+        found = next_click(truth, predicted, grid=grid)
+        return None if found is None else Clicks().added(*found)

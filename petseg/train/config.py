@@ -40,6 +40,7 @@ class TrainConfig:
     hot_suv: float = 3.0
     click_free: float = 0.3  # click-aware models only: share of patches trained without any click
     error_clicks: float = 0.0  # click-aware models only: share of batches with error-driven clicks added
+    scribbles: bool = False  # click-aware models only: simulated scribbles (autoPET V) instead of point clicks
     val_every: int = 10
     augment: bool = True
     network: dict = field(default_factory=lambda: dict(PAPER_NETWORK))
@@ -70,6 +71,8 @@ class TrainConfig:
                 raise ConfigError(name, f"must be a share in [0, 1], got {getattr(self, name)}")
         if self.error_clicks > 0 and self.settings.click_sigma_mm is None:
             raise ConfigError("error_clicks", "needs a click-aware model (petseg train --clicks)")
+        if self.scribbles and self.settings.click_sigma_mm is None:
+            raise ConfigError("scribbles", "needs a click-aware model (petseg train --clicks)")
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")
         network = convert(self.network, UNetKwargs, source="network", error=ConfigError)
@@ -90,6 +93,8 @@ class TrainConfig:
             del values["hot_suv"]  # it only chooses the hard negatives' centres
         if self.settings.click_sigma_mm is None:
             del values["click_free"], values["error_clicks"]  # click training only
+        if not self.scribbles:
+            del values["scribbles"]  # so the recipes of runs from before the option read the same
         return values
 
 
@@ -108,6 +113,7 @@ RECIPE_FIELDS = (
     "hot_suv",
     "click_free",
     "error_clicks",
+    "scribbles",
     "augment",
 )
 

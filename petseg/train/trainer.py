@@ -122,6 +122,7 @@ def build_trainer(config: TrainConfig, *, device: torch.device, dist: Dist) -> T
             sigma_mm=config.settings.click_sigma_mm,
             probability=config.error_clicks,
             autocast=autocast,
+            scribbles=config.scribbles,
         )
     return trainer
 

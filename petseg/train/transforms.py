@@ -47,6 +47,7 @@ def train_transforms(config: TrainConfig):
                 sigma_mm=config.settings.click_sigma_mm,
                 hot_suv=config.hot_suv,
                 click_free=config.click_free,
+                scribbles=config.scribbles,
             )
         )
     # gamma and noise change CT and PET, never the click maps
