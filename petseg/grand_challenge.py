@@ -121,7 +121,7 @@ def predict_step(predictor: Predictor, case, clicks: Path | None, cache_dir: Pat
         prep = load_entry(cache_dir, key)
     if prep is None:
         prep = load_study(ct=case.ct, pet=case.pet, settings=settings, timings=timings)
-        save_entry(cache_dir, key, prep)
+        save_entry(cache_dir, key, prep, channels=len(settings.modalities))
         log.info("%s: preprocessed and kept in %s for the next steps", case.name, cache_dir)
     else:
         log.info("%s: the preprocessed study from %s (step after the first)", case.name, cache_dir)

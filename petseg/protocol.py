@@ -12,6 +12,7 @@ of the DMM means.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -72,7 +73,8 @@ def protocol_case(
 ) -> Run:
     """Run ``predictor`` through steps 0..``steps`` of the protocol on one study."""
     timings: dict[str, float] = {}
-    prep = load_study(ct=ct, pet=pet, settings=predictor.settings, timings=timings)
+    settings = dataclasses.replace(predictor.settings, max_clicks=None)  # scribbles: see restore's removal
+    prep = load_study(ct=ct, pet=pet, settings=settings, timings=timings)
     native = prep.record.native
     gt_image = read_image(gt, role="ground truth")
     check_same_grid(
@@ -91,9 +93,9 @@ def protocol_case(
     for step in range(steps + 1):
         scribble = run.scribbles[-1] if step and run.scribbles else None
         if prediction is None or (takes_guidance and scribble is not None and scribble.z >= 0):
-            guided = with_clicks(prep, given, settings=predictor.settings)
+            guided = with_clicks(prep, given, settings=settings)
             maps = predictor.network_maps(guided)
-            restored = restore_prediction(maps, guided.record, settings=predictor.settings, timings=timings)
+            restored = restore_prediction(maps, guided.record, settings=settings, timings=timings)
             prediction = sitk.GetArrayFromImage(restored.mask) > 0
         m = lesion_match(g, Labelled.of(prediction), voxel_volume_ml=ml)
         run.rows.append(

@@ -71,7 +71,9 @@ def centerline(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(n, 2) (y, x): the longest path on the region's skeleton, ends trimmed."""
     import SimpleITK as sitk
 
-    skeleton = sitk.GetArrayFromImage(sitk.BinaryThinning(sitk.GetImageFromArray(region.astype(np.uint8)))) > 0
+    # padded: ITK's thinning leaves nothing of a region that touches the array's edge
+    padded = sitk.GetImageFromArray(np.pad(region, 1).astype(np.uint8))
+    skeleton = sitk.GetArrayFromImage(sitk.BinaryThinning(padded))[1:-1, 1:-1] > 0
     path = _diameter_path(skeleton & region)
     if len(path) == 0:
         return random_line(region, rng)
@@ -123,24 +125,39 @@ def random_line(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pixels = np.argwhere(region)
     a, b = pixels[rng.integers(len(pixels), size=2)]
     steps = int(np.abs(b - a).max()) + 1
-    line = np.unique(np.rint(np.linspace(a, b, steps)).astype(int), axis=0)
+    line = np.rint(np.linspace(a, b, steps)).astype(int)  # one pixel per step of the longer axis, in order
     line = line[region[line[:, 0], line[:, 1]]]
     return line if len(line) else a[None]
 
 
 def boundary_walk(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(n, 2) (y, x): a contiguous run of ~20 % of the region's inner boundary pixels, taken
-    in their order around the region's centre from a random start."""
+    """(n, 2) (y, x): a walk of ~20 % of the region's inner boundary pixels from a random
+    one, each step to an unvisited 8-neighbour on the boundary (edge neighbours first, then
+    the one with the fewest unvisited neighbours: it follows the contour, not across it);
+    shorter when the walk runs out of neighbours."""
     from scipy import ndimage
 
     inner = region & ~ndimage.binary_erosion(region, EIGHT)
     pixels = np.argwhere(inner)
-    centre = pixels.mean(axis=0)
-    order = np.argsort(np.arctan2(pixels[:, 0] - centre[0], pixels[:, 1] - centre[1]))
-    pixels = pixels[order]
     n = max(1, int(round(len(pixels) * BOUNDARY_FRACTION)))
-    start = int(rng.integers(len(pixels)))
-    return pixels[(start + np.arange(n)) % len(pixels)]
+    left = {tuple(p) for p in pixels.tolist()}
+    current = tuple(pixels[int(rng.integers(len(pixels)))].tolist())
+    walk = [current]
+    left.discard(current)
+    steps = [(-1, 0), (0, 1), (1, 0), (0, -1), (-1, 1), (1, 1), (1, -1), (-1, -1)]  # edges first
+
+    def free(p):
+        return [q for q in ((p[0] + dy, p[1] + dx) for dy, dx in steps) if q in left]
+
+    while len(walk) < n:
+        options = free(current)
+        if not options:
+            break
+        edge = [q for q in options if abs(q[0] - current[0]) + abs(q[1] - current[1]) == 1]
+        current = min(edge or options, key=lambda q: len(free(q)))
+        walk.append(current)
+        left.discard(current)
+    return np.array(walk, int)
 
 
 DRAW = {"centerline": centerline, "random": random_line, "boundary": boundary_walk}

@@ -25,6 +25,7 @@ from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_m
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
+SCRIBBLE_REACH = 2.0  # click sigmas: how near a background scribble a lesion's voxels count as scribbled on
 
 UNCERTAINTY_KEY = "petseg_map"  # written into the image header (.mha keeps it; NIfTI drops it)
 UNCERTAINTY_NAME = "standard deviation of the folds' foreground probabilities"
@@ -131,7 +132,10 @@ def restore_prediction(
     with timed("restore", timings):
         probability = restore(maps.mean, record)
         if settings.click_removal and record.clicks is not None and record.clicks.background:
-            probability = remove_clicked_lesions(probability, record.clicks, threshold=settings.threshold)
+            reach = None if settings.max_clicks is not None else SCRIBBLE_REACH * settings.click_sigma_mm
+            probability = remove_clicked_lesions(
+                probability, record.clicks, threshold=settings.threshold, scribble_reach_mm=reach
+            )
         uncertainty = votes = None
         if maps.variance is not None:
             uncertainty = restore(maps.std(), record)
@@ -142,11 +146,15 @@ def restore_prediction(
     return Prediction(mask, probability, uncertainty, votes, 0 if maps.folds is None else len(maps.folds))
 
 
-def remove_clicked_lesions(probability: sitk.Image, clicks: Clicks, *, threshold: float) -> sitk.Image:
+def remove_clicked_lesions(
+    probability: sitk.Image, clicks: Clicks, *, threshold: float, scribble_reach_mm: float | None = None
+) -> sitk.Image:
     """``probability`` with 0 on every predicted lesion (18-connected component of probability
     > ``threshold``) that holds a background click's voxel (the nearest voxel of its grid) and
     no tumour click: the user said it is not a lesion. Contradictory clicks leave the
-    network's answer."""
+    network's answer. With scribbles (``scribble_reach_mm``), a lesion goes only when at
+    least half of its voxels lie within that reach of a background point: a scribble on the
+    over-segmented rim of a true lesion leaves the lesion to the network, not erased."""
     values = sitk.GetArrayFromImage(probability)  # (z, y, x), a copy
     lesions = cc3d.connected_components(values > threshold, connectivity=CONNECTIVITY)
     grid = Grid.of(probability)
@@ -161,6 +169,15 @@ def remove_clicked_lesions(probability: sitk.Image, clicks: Clicks, *, threshold
 
     confirmed = {lesion_at(point) for point in clicks.tumor}
     removed = sorted({lesion_at(point) for point in clicks.background} - confirmed - {0})
+    if removed and scribble_reach_mm is not None:
+        kept = [
+            label
+            for label in removed
+            if _share_near(lesions == label, grid, clicks.background, scribble_reach_mm) < 0.5
+        ]
+        if kept:
+            log.info("%d lesion(s) with background scribbles on their edge kept for the network", len(kept))
+        removed = [label for label in removed if label not in kept]
     if not removed:
         return probability
     gone = np.isin(lesions, removed)
@@ -169,6 +186,17 @@ def remove_clicked_lesions(probability: sitk.Image, clicks: Clicks, *, threshold
     out = sitk.GetImageFromArray(values)
     out.CopyInformation(probability)
     return out
+
+
+def _share_near(component: np.ndarray, grid: Grid, points, reach_mm: float) -> float:
+    """Share of ``component``'s voxels (z, y, x) within ``reach_mm`` of any of ``points`` (mm)."""
+    from scipy.spatial import cKDTree
+
+    zyx = np.argwhere(component)
+    distance, _ = cKDTree(np.asarray(points, float)).query(
+        grid.to_physical(zyx[:, ::-1].astype(float)), distance_upper_bound=reach_mm
+    )
+    return float(np.isfinite(distance).mean())
 
 
 def fold_votes(folds: np.ndarray, record: Record, *, threshold: float) -> sitk.Image:

@@ -95,15 +95,16 @@ def load_entry(cache_dir: Path, key: str) -> Preprocessed | None:
     return Preprocessed(image=image, record=record)
 
 
-def save_entry(cache_dir: Path, key: str, prep: Preprocessed) -> None:
-    """Keep ``prep`` (without click channels and clicks); a cache that cannot be written is a
-    WARNING, never a failed job: the next step preprocesses again."""
+def save_entry(cache_dir: Path, key: str, prep: Preprocessed, *, channels: int) -> None:
+    """Keep ``prep``'s first ``channels`` (the images: no click maps) and its record without
+    clicks; a cache that cannot be written is a WARNING, never a failed job: the next step
+    preprocesses again."""
     arrays, document = entry_paths(cache_dir, key)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_paths([arrays, document]) as (tmp, tmp_document):
             with open(tmp, "wb") as fh:
-                np.savez(fh, image=prep.image)
+                np.savez(fh, image=prep.image[:channels])
             tmp_document.write_text(json.dumps(record_document(prep.record)))
     except (OSError, OutputError) as err:
         log.warning("%s: cannot keep the preprocessed study (%s): later steps preprocess again", cache_dir, err)

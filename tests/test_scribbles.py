@@ -153,3 +153,72 @@ def test_thousands_of_points_encode_in_one_pass():
     index = np.rint(grid.to_index(np.asarray(points))).astype(int)
     assert np.all(maps[0][tuple(index.T)] == 1.0) and maps[0][0, 0, 0] == 0.0
     assert maps[1].max() == 1.0
+
+
+def _steps(points: np.ndarray) -> np.ndarray:
+    return np.abs(np.diff(points[:, :2], axis=0)).max(axis=1)  # Chebyshev steps between (x, y)
+
+
+def test_a_region_at_the_array_edge_still_gets_its_centerline():
+    gt = np.zeros((3, 6, 20), bool)
+    gt[1, 0:6, 0:3] = True  # touches three faces of the slice
+    scribble = simulate_scribble(gt, np.zeros_like(gt), style="centerline", rng=np.random.default_rng(0))
+    x, y, z = scribble.points.T
+    assert gt[z, y, x].all() and len(x) >= 3 and np.all(_steps(scribble.points) == 1)
+
+
+@pytest.mark.parametrize("shape", ["L", "C", "ring", "line"])
+def test_the_boundary_walk_is_contiguous_on_concave_shapes(shape):
+    region = np.zeros((30, 30), bool)
+    if shape == "L":
+        region[2:28, 2:8] = region[22:28, 2:28] = True
+    elif shape == "C":
+        region[2:28, 2:8] = region[2:8, 2:26] = region[22:28, 2:26] = True
+    elif shape == "ring":
+        yy, xx = np.mgrid[:30, :30]
+        region = ((yy - 15) ** 2 + (xx - 15) ** 2 <= 144) & ((yy - 15) ** 2 + (xx - 15) ** 2 >= 36)
+    else:
+        region[4, 1:19] = True
+    gt = region[None]
+    for seed in range(20):
+        scribble = simulate_scribble(gt, np.zeros_like(gt), style="boundary", rng=np.random.default_rng(seed))
+        x, y, _ = scribble.points.T
+        assert region[y, x].all() and len(set(zip(x, y))) == len(x)
+        assert np.all(_steps(scribble.points) == 1)  # each point next to the one before
+
+
+def test_a_random_line_keeps_its_drawing_order():
+    gt = np.zeros((1, 30, 30), bool)
+    gt[0, 2:28, 2:28] = True
+    scribble = simulate_scribble(gt, np.zeros_like(gt), style="random", rng=np.random.default_rng(4))
+    assert len(scribble.points) > 3 and np.all(_steps(scribble.points) == 1)
+
+
+def test_a_background_scribble_on_a_lesions_rim_leaves_the_lesion_but_removes_a_false_spot():
+    import SimpleITK as sitk
+
+    from petseg.stages import remove_clicked_lesions
+
+    gt = np.zeros((10, 30, 30), bool)
+    gt[3:7, 10:20, 10:20] = True
+    pred = gt.copy()
+    pred[3:7, 9:22, 10:20] = True  # over-segmented along y: a false rim on a true lesion
+    pred[3:5, 25:28, 25:28] = True  # and a false spot
+    grid = Grid((30, 30, 10), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    probability = sitk.GetImageFromArray(pred.astype(np.float32))
+    probability.SetSpacing(grid.spacing)
+    rim = simulate_scribble(
+        gt,
+        pred & ~np.pad(np.ones((2, 3, 3), bool), ((3, 5), (25, 2), (25, 2))),
+        style="random",
+        rng=np.random.default_rng(0),
+    )
+    assert rim.kind == "background"
+    spot = np.argwhere(pred[3:5, 25:28, 25:28])[:, ::-1] + (25, 25, 3)
+    clicks = Clicks(background=tuple(map(tuple, grid.to_physical(np.concatenate([rim.points, spot]).astype(float)))))
+    kept = sitk.GetArrayFromImage(remove_clicked_lesions(probability, clicks, threshold=0.5, scribble_reach_mm=10.0))
+    assert kept[gt].all() and not kept[3:5, 25:28, 25:28].any()  # the lesion stays, the spot goes
+    erased = sitk.GetArrayFromImage(
+        remove_clicked_lesions(probability, clicks, threshold=0.5)
+    )  # clicks: every hit goes
+    assert not erased.any()
