@@ -171,8 +171,9 @@ def _distance_map(target: np.ndarray, grid: Grid, points: np.ndarray, sigma_mm: 
     from scipy import ndimage
 
     size = np.asarray(grid.size)
-    index = np.rint(grid.to_index(points)).astype(int)
-    inside = np.all((index >= 0) & (index < size), axis=1)
+    continuous = grid.to_index(points)
+    inside = np.all((continuous >= -0.5) & (continuous <= size - 0.5), axis=1)  # as Grid.contains
+    index = np.clip(np.rint(continuous), 0, size - 1).astype(int)  # the outer half-voxel rounds to size
     if not inside.all():
         log.warning("%d click point(s) lie outside the body crop the network sees: no effect", int((~inside).sum()))
     index = index[inside]

@@ -222,3 +222,10 @@ def test_a_background_scribble_on_a_lesions_rim_leaves_the_lesion_but_removes_a_
         remove_clicked_lesions(probability, clicks, threshold=0.5)
     )  # clicks: every hit goes
     assert not erased.any()
+
+
+def test_a_scribble_point_in_the_outer_half_voxel_still_counts():
+    grid = Grid((20, 20, 20), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    index = np.array([[19.4, 10, 10]] + [[5 + i % 10, 5, 5] for i in range(STAMP_LIMIT)], float)
+    maps = click_maps(Clicks(tumor=tuple(map(tuple, grid.to_physical(index)))), grid, sigma_mm=4.0)
+    assert maps[0][19, 10, 10] == 1.0
