@@ -28,5 +28,7 @@ gpus="$(python -c 'import torch; print(min(2, torch.cuda.device_count()))')"
 python bench/train_throughput.py --device cuda --workers 0 4 8 12 --batches 8 --step-batches 10 2>&1 | tee -a "$out"
 # cohort throughput on the GPU: sequential vs pipelined, demo weights
 python bench/cohort.py --n 4 --device cuda --demo-workers 0 2 --workers 0 2 2>&1 | tee -a "$out"
+# the torch resampler (device preprocessing, in progress) against SimpleITK, whole-body PET to 2 mm
+python bench/bench_resample.py 2>&1 | tee -a "$out"
 rm -rf "$tmp"
 echo "wrote $out"
