@@ -83,6 +83,40 @@ class Grid:
     def orientation(self) -> str:
         return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
 
+    def reoriented(self, code: str) -> Reorientation:
+        """What ``sitk.DICOMOrient(image, code)`` does to an image on this grid, without the
+        image: the axis permutation and flips (exact, no interpolation) and the new grid."""
+        pairs = ("LR", "PA", "SI")  # one pair per physical axis: the letter says where an index axis points
+        own = self.orientation
+        axes, flips = [], []
+        for letter in code:
+            pair = next(p for p in pairs if letter in p)
+            axis = next(i for i, c in enumerate(own) if c in pair)  # ITK's closest letter, ties resolved by ITK
+            axes.append(axis)
+            flips.append(own[axis] != letter)
+        rot = np.asarray(self.direction).reshape(3, 3)
+        corner = [self.size[a] - 1 if f else 0 for a, f in zip(axes, flips)]
+        start = np.zeros(3)
+        start[axes] = corner
+        columns = [rot[:, a] * (-1.0 if f else 1.0) for a, f in zip(axes, flips)]
+        grid = Grid(
+            tuple(self.size[a] for a in axes),
+            tuple(self.spacing[a] for a in axes),
+            tuple(float(v) for v in self.to_physical(start)),
+            tuple(float(v) for v in np.stack(columns, axis=1).ravel()),
+        )
+        return Reorientation(tuple(axes), tuple(flips), grid)
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """Axis ``k`` of the reoriented grid is axis ``axes[k]`` of the source, reversed where
+    ``flips[k]``; ``grid`` is the reoriented grid (as ``sitk.DICOMOrient`` makes it)."""
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    grid: Grid
+
 
 def same_grid(a: sitk.Image, b: sitk.Image, *, tol: float = 1e-4) -> bool:
     """True when both images share size, spacing, origin and direction (within ``tol``)."""

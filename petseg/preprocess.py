@@ -109,6 +109,17 @@ def validate_pair(
     check_network_size(pet, settings.target_spacing, source=pet_source)
 
 
+def model_inputs(ct: sitk.Image | None, *, settings: Settings, pet_source: str = "PET") -> sitk.Image | None:
+    """The CT the model takes: None for a PET-only model; a CT/PET model refuses a missing one."""
+    if not settings.uses_ct:
+        return None
+    if ct is None:
+        raise ConfigError(
+            pet_source, "this model takes CT and PET and no CT was given (a PET-only model takes PET alone)"
+        )
+    return ct
+
+
 def ct_on_pet_grid(ct: sitk.Image, pet: sitk.Image, *, settings: Settings) -> tuple[sitk.Image, bool]:
     """CT in HU on the PET grid; the flag says whether resampling was needed."""
     ct = sitk.Cast(ct, sitk.sitkFloat32)
@@ -130,14 +141,20 @@ def body_box(hu_zyx: np.ndarray, spacing: tuple[float, float, float], *, setting
     With no body voxel at all the whole grid is kept.
     """
     body = hu_zyx > settings.body_threshold_hu
-    shape_xyz = hu_zyx.shape[::-1]
-    if not body.any():
+    profiles = [body.any(axis=tuple(a for a in range(3) if a != axis_zyx)) for axis_zyx in (2, 1, 0)]
+    return box_of_profiles(profiles, spacing, settings=settings)
+
+
+def box_of_profiles(profiles, spacing: tuple[float, float, float], *, settings: Settings) -> tuple[tuple, tuple]:
+    """The body box from the body's three 1D profiles (x, y, z: does any body voxel lie on
+    this index?), shared by the SimpleITK and the device path."""
+    shape_xyz = tuple(len(p) for p in profiles)
+    if not any(p.any() for p in profiles):
         log.warning("no CT voxel above %.0f HU: no body crop", settings.body_threshold_hu)
-        return (0, 0, 0), tuple(shape_xyz)
+        return (0, 0, 0), shape_xyz
     start, stop = [], []
-    for axis_zyx, (n, sp) in zip((2, 1, 0), zip(shape_xyz, spacing)):
-        other = tuple(a for a in range(3) if a != axis_zyx)
-        hits = np.flatnonzero(body.any(axis=other))
+    for profile, n, sp in zip(profiles, shape_xyz, spacing):
+        hits = np.flatnonzero(profile)
         margin = int(np.ceil(settings.body_margin_mm / sp))
         start.append(max(0, int(hits[0]) - margin))
         stop.append(min(n, int(hits[-1]) + 1 + margin))
@@ -158,17 +175,15 @@ def preprocess(
     label: sitk.Image | None = None,
     ct_source: str = "CT",
     pet_source: str = "PET",
+    validate: bool = True,
 ) -> Preprocessed:
     """Network input for one study; ``label`` (on the PET grid) follows with nearest neighbour.
     A PET-only model (``settings.modalities``) takes ``ct=None`` (a CT given is not read) and
-    the whole PET field of view; a CT/PET model refuses ``ct=None``."""
-    if not settings.uses_ct:
-        ct = None
-    elif ct is None:
-        raise ConfigError(
-            pet_source, "this model takes CT and PET and no CT was given (a PET-only model takes PET alone)"
-        )
-    validate_pair(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source)
+    the whole PET field of view; a CT/PET model refuses ``ct=None``. ``validate=False``: the
+    pair passed :func:`validate_pair` already (where it was read)."""
+    ct = model_inputs(ct, settings=settings, pet_source=pet_source)
+    if validate:
+        validate_pair(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source)
     pet = sitk.Cast(pet, sitk.sitkFloat32)
     native = Grid.of(pet)
     if ct is None:

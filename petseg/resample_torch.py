@@ -6,10 +6,14 @@ affines (index -> physical -> index); linear interpolation is trilinear on that 
 the edge voxels repeated for points in the outer half-voxel (as ITK's linear interpolator),
 nearest takes the voxel of the index rounded half up (ITK's rounding), and points farther
 out than half a voxel get ``default``. Arrays are (C, Z, Y, X) or (Z, Y, X), SimpleITK's
-order. The target is processed in slabs of axial slices, so a whole-body grid never needs
-its full coordinate array at once.
+order.
 
-Not yet the pipeline's path: ``preprocess``/``restore`` still resample with SimpleITK.
+Two paths, the same result: where the map between the grids is a scaling and shift per
+axis (same direction, which is every resampling to the network spacing and back, and a CT
+and PET with the same direction), the interpolation is done axis by axis (trilinear is the
+product of three linear weights), a few passes over the volume; otherwise the target is
+processed in slabs of axial slices with eight gathers per voxel, so a whole-body grid never
+needs its full coordinate array at once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from petseg.geometry import Grid
 
 SLAB_VOXELS = 1 << 22  # target voxels per slab (a 16 M-point coordinate array in float32)
+SEPARABLE_TOLERANCE = 1e-9  # largest off-diagonal term of the index map taken as zero
 
 
 def index_map(source: Grid, target: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +49,11 @@ def resample(
     data = values[None] if single else values
     if tuple(data.shape[1:]) != tuple(source.size[::-1]):
         raise ValueError(f"values of shape {tuple(values.shape)} do not match the source grid {source.size}")
-    a, b = (torch.as_tensor(m, dtype=torch.float64, device=data.device) for m in index_map(source, target))
+    a_np, b_np = index_map(source, target)
+    if np.abs(a_np - np.diag(np.diag(a_np))).max() * max(target.size) < SEPARABLE_TOLERANCE:
+        out = _separable(data, np.diag(a_np), b_np, target.size, mode=mode, default=default)
+        return out[0] if single else out
+    a, b = (torch.as_tensor(m, dtype=torch.float64, device=data.device) for m in (a_np, b_np))
     size = torch.as_tensor(source.size, dtype=torch.float64, device=data.device)
     nx, ny, nz = target.size
     slab = max(1, SLAB_VOXELS // (nx * ny))
@@ -64,6 +73,49 @@ def resample(
         sampled = _nearest(data, at) if mode == "nearest" else _linear(data, at)
         out[:, z0 : z0 + len(zs)] = torch.where(inside, sampled, torch.as_tensor(default, dtype=data.dtype))
     return out[0] if single else out
+
+
+def _separable(
+    data: torch.Tensor, scale: np.ndarray, shift: np.ndarray, size: tuple, *, mode: str, default: float
+) -> torch.Tensor:
+    """Axis by axis: source index = scale * target index + shift on each of x, y, z."""
+    inside = []
+    for axis in range(3):  # x, y, z: tensor dimensions 3, 2, 1 of (C, Z, Y, X)
+        dim, n_in = 3 - axis, data.shape[3 - axis]
+        at = torch.arange(size[axis], dtype=torch.float64, device=data.device) * float(scale[axis]) + float(shift[axis])
+        inside.append((at >= -0.5) & (at <= n_in - 0.5))
+        if mode == "nearest":
+            data = data.index_select(dim, torch.floor(at + 0.5).long().clamp(0, n_in - 1))
+            continue
+        at = at.clamp(0.0, n_in - 1)
+        low = torch.floor(at).long()
+        high = torch.clamp(low + 1, max=n_in - 1)
+        shape = [1, 1, 1, 1]
+        shape[dim] = -1
+        w = (at - low).to(data.dtype).reshape(shape)
+        data = data.index_select(dim, low) * (1 - w) + data.index_select(dim, high) * w
+    keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
+    if bool(keep.all()):
+        return data
+    return torch.where(keep, data, torch.as_tensor(default, dtype=data.dtype, device=data.device))
+
+
+def reorient(values: torch.Tensor, axes: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> torch.Tensor:
+    """(C, Z, Y, X) values taken through :meth:`petseg.geometry.Grid.reoriented`'s
+    permutation and flips: a view, no interpolation."""
+    out = values.permute(0, *(3 - axes[k] for k in (2, 1, 0)))
+    flipped = [3 - k for k in range(3) if flips[k]]
+    return out.flip(flipped) if flipped else out
+
+
+def unorient(values: torch.Tensor, axes: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> torch.Tensor:
+    """The inverse of :func:`reorient`: (C, Z, Y, X) values on the reoriented grid back on the source's axes."""
+    flipped = [3 - k for k in range(3) if flips[k]]
+    values = values.flip(flipped) if flipped else values
+    inverse = [0, 0, 0]
+    for k, a in enumerate(axes):
+        inverse[a] = k
+    return values.permute(0, *(3 - inverse[a] for a in (2, 1, 0)))
 
 
 def _nearest(data: torch.Tensor, at: torch.Tensor) -> torch.Tensor:

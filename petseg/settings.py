@@ -37,6 +37,8 @@ CLICK_CHANNELS = ("tumor_clicks", "background_clicks")  # then, in click-aware m
 PET_ONLY = ("PET",)  # the one input of a PET-only model (for studies without a usable CT)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS = typing.get_args(Precision)
+ResampleBackend = Literal["auto", "sitk", "torch"]
+RESAMPLE_BACKENDS = typing.get_args(ResampleBackend)
 
 # Field types, checked on construction (msgspec): NaN and infinities fail every bound.
 Spacing = Annotated[float, msgspec.Meta(gt=0, le=100)]  # mm
@@ -84,6 +86,9 @@ class Settings:
         device: "auto", "cpu", "cuda" or "cuda:N" ("gpu[:N]" is read as "cuda[:N]").
         precision: "auto" (bf16 where the device supports it, fp16 on older GPUs), "fp32"
             (the reference), "bf16" or "fp16": autocast for the network only.
+        resample_backend: where preprocessing and restore run: "sitk" (SimpleITK on the
+            CPU, the reference), "torch" (torch on the predictor's device, the same steps and
+            record), or "auto": torch on CUDA, SimpleITK on the CPU (where it is faster).
         channels_last: run the network in channels-last 3D memory layout.
         fold_batchnorm: fold BatchNorm into the preceding convolution for inference.
         compile: wrap the ensemble in ``torch.compile``.
@@ -116,6 +121,7 @@ class Settings:
     # how one run executes
     device: str = _field("auto", outputs=False)
     precision: Precision = _field("auto")
+    resample_backend: ResampleBackend = _field("auto")
     channels_last: bool = _field(True)
     fold_batchnorm: bool = _field(True)
     compile: bool = _field(False, outputs=False)
@@ -221,6 +227,16 @@ def check_device(name: str) -> str:
     if not re.fullmatch(r"auto|cpu|(cuda|gpu)(:\d+)?", name):
         raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda[:N]' or 'gpu[:N]', got {name!r}")
     return re.sub(r"^gpu", "cuda", name)
+
+
+def resolve_backend(name: str, device) -> str:
+    """The resampling backend a run uses: "sitk" or "torch" as asked; "auto" is torch when
+    ``device`` (a torch.device, a name, or None for the CPU) is a CUDA device, else sitk."""
+    if name not in RESAMPLE_BACKENDS:
+        raise ConfigError("resample_backend", f"must be one of {', '.join(RESAMPLE_BACKENDS)}, got {name!r}")
+    if name != "auto":
+        return name
+    return "torch" if str(device or "cpu").startswith("cuda") else "sitk"
 
 
 def _as_field_value(value: Any) -> Any:
