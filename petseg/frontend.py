@@ -154,12 +154,18 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 
 def add_speed_options(p: argparse.ArgumentParser, *, time_budget_default: str = "from model.json") -> None:
     """Options shared by ``petseg predict`` and ``process.py``."""
-    from petseg.settings import PRECISIONS
+    from petseg.settings import PRECISIONS, RESAMPLE_BACKENDS
 
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
         help="network precision (default auto: bf16 where supported; fp32 is the reference)",
+    )
+    p.add_argument(
+        "--resample-backend",
+        choices=RESAMPLE_BACKENDS,
+        help="where preprocessing and restore run: sitk (SimpleITK on the CPU, the reference) or torch (on the "
+        "network's device); default auto: torch on CUDA, sitk on the CPU",
     )
     p.add_argument("--tta", action="store_true", help="average the 8 mirrorings of each window")
     p.add_argument(
@@ -175,6 +181,7 @@ def speed_overrides(args: argparse.Namespace) -> dict:
     """``Settings`` overrides from the options of :func:`add_speed_options` (None = model.json's)."""
     return {
         "precision": args.precision,
+        "resample_backend": args.resample_backend,
         "tta": args.tta or None,
         "time_budget_s": args.time_budget,
         "compile": args.compile or None,

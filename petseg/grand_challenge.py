@@ -120,14 +120,18 @@ def predict_step(predictor: Predictor, case, clicks: Path | None, cache_dir: Pat
         key = study_key(case.ct, case.pet, settings)
         prep = load_entry(cache_dir, key)
     if prep is None:
-        prep = load_study(ct=case.ct, pet=case.pet, settings=settings, timings=timings)
+        prep = load_study(ct=case.ct, pet=case.pet, settings=settings, timings=timings, device=predictor.device)
         save_entry(cache_dir, key, prep, channels=len(settings.modalities))
         log.info("%s: preprocessed and kept in %s for the next steps", case.name, cache_dir)
     else:
         log.info("%s: the preprocessed study from %s (step after the first)", case.name, cache_dir)
     guided = with_clicks(prep, clicks, settings=settings)
     prediction = restore_prediction(
-        predictor.network_maps(guided, start=start), guided.record, settings=settings, timings=timings
+        predictor.network_maps(guided, start=start),
+        guided.record,
+        settings=settings,
+        timings=timings,
+        device=predictor.device,
     )
     log.info("%s: step done in %.1f s (%s)", case.name, time.monotonic() - start, _stages(timings))
     return prediction.mask

@@ -282,7 +282,7 @@ def foreground_probability(
 
 
 def ensemble_maps(
-    image: np.ndarray, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
+    image: np.ndarray | torch.Tensor, ensemble: FoldAverage, *, device: torch.device, deadline: float | None = None
 ) -> EnsembleMaps:
     """(C, X, Y, Z) network input -> the ensemble's maps on that grid, with the ensemble's
     settings (window, overlap, window batch, precision, mirroring): the mean foreground
@@ -294,7 +294,8 @@ def ensemble_maps(
     memory unless even the CPU run fails.
     """
     settings = ensemble.settings
-    inputs = torch.from_numpy(np.ascontiguousarray(image))[None]
+    # a host array, or a tensor already on the device (the torch resampling backend)
+    inputs = (image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image)))[None]
     steps = oom_ladder(settings.sw_batch_size, device)
     for attempt, (batch, sw_device, out_device) in enumerate(steps):
         if deadline is not None:

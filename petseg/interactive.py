@@ -59,7 +59,7 @@ def area(values: np.ndarray) -> float:
 def interactive_case(predictor, *, case: str, ct: Path, pet: Path, gt: Path, clicks: int = MAX_CLICKS) -> Curve:
     """Run ``predictor`` (its network stage) with 0..``clicks`` simulated clicks on one study."""
     timings: dict[str, float] = {}
-    prep = load_study(ct=ct, pet=pet, settings=predictor.settings, timings=timings)
+    prep = load_study(ct=ct, pet=pet, settings=predictor.settings, timings=timings, device=predictor.device)
     gt_image = read_image(gt, role="ground truth")
     native = prep.record.native
     reference = native.stamp(sitk.Image(list(native.size), sitk.sitkUInt8))
@@ -78,7 +78,9 @@ def interactive_case(predictor, *, case: str, ct: Path, pet: Path, gt: Path, cli
         if step == 0 or click is not None:
             clicked = with_clicks(prep, given, settings=predictor.settings)
             maps = predictor.network_maps(clicked)
-            restored = restore_prediction(maps, clicked.record, settings=predictor.settings, timings=timings)
+            restored = restore_prediction(
+                maps, clicked.record, settings=predictor.settings, timings=timings, device=predictor.device
+            )
             prediction = sitk.GetArrayFromImage(restored.mask) > 0
         m = case_metrics(truth, prediction, voxel_volume_ml=ml)
         rows.append(

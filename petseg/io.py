@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,28 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
     Confined: only a regular file is opened (a FIFO or device would hang), a MetaImage or NRRD
     header may take its voxels only from itself or from a file beside it, and the header is
     checked (dimension, grid, voxel count) before any voxel is allocated."""
+    return read_images([(path, role)])[0]
+
+
+def read_images(requests: Sequence[tuple[str | Path, str]]) -> list[sitk.Image]:
+    """:func:`read_image` for several (path, role) pairs: each file checked in turn (its
+    warnings and errors in order), then all voxels read and decompressed at once, one thread
+    each (ITK does not hold the GIL); the first failing file's error, in the given order."""
+    readers = [(Path(path), _checked_reader(Path(path), role=role)) for path, role in requests]
+    with _quiet_native_stderr():  # one redirection around every thread: fd 2 is the process's
+        if len(readers) == 1:
+            outcomes = [_execute(*readers[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=len(readers), thread_name_prefix="petseg-read") as pool:
+                outcomes = list(pool.map(lambda pair: _execute(*pair), readers))
+    for outcome in outcomes:
+        if isinstance(outcome, InputError):
+            raise outcome
+    return outcomes
+
+
+def _checked_reader(path: Path, *, role: str) -> sitk.ImageFileReader:
+    """A reader for ``path`` whose file, header and (NIfTI) voxel data passed every check."""
     path = Path(path)
     if not path.exists():
         broken = " (a broken symbolic link)" if path.is_symlink() else ""
@@ -85,17 +108,18 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
     )
     if image_suffix(path).lower() in (".nii", ".nii.gz"):
         check_nifti_data(path, role=role)  # before ITK allocates: truncation, NaN, pixdim vs sform
+    return reader
+
+
+def _execute(path: Path, reader: sitk.ImageFileReader) -> sitk.Image | InputError:
+    """The voxels as a float32 scalar image, or the error naming the file (returned: raised
+    by the caller, in order, once every thread is done)."""
     try:
-        with _quiet_native_stderr():
-            image = reader.Execute()
+        image = reader.Execute()
     except RuntimeError as err:
         if is_out_of_memory(err):
-            raise InputError(
-                path, f"out of memory while reading {' x '.join(map(str, reader.GetSize()))} voxels"
-            ) from None
-        raise InputError(
-            path, f"cannot be read as an image (truncated, corrupt or not an image file{_detail(err)})"
-        ) from None
+            return InputError(path, f"out of memory while reading {' x '.join(map(str, reader.GetSize()))} voxels")
+        return InputError(path, f"cannot be read as an image (truncated, corrupt or not an image file{_detail(err)})")
     if image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() >= sitk.sitkVectorUInt8:
         image = sitk.VectorIndexSelectionCast(image, 0)  # a "vector" of one component is a scalar image
     return sitk.Cast(image, sitk.sitkFloat32)

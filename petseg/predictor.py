@@ -16,13 +16,14 @@ from petseg.errors import ConfigError, ModelError
 from petseg.inference import FoldAverage, ensemble_maps, resolve_device, resolve_precision
 from petseg.metrics import Labelled
 from petseg.model import ModelFolder, default_model_dir
-from petseg.preprocess import Preprocessed, Record, preprocess
-from petseg.settings import Settings
+from petseg.preprocess import Preprocessed, Record
+from petseg.settings import Settings, resolve_backend
 from petseg.stages import (
     EnsembleMaps,
     Prediction,
     case_line,
     load_study,
+    preprocess_study,
     restore_prediction,
     timed,
     with_clicks,
@@ -49,7 +50,15 @@ class Predictor:
         dtype = resolve_precision(self.settings.precision, self.device.type)
         precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
         tta = ", TTA" if self.settings.tta else ""
-        log.info("predictor: %d fold(s) on %s, %s%s", len(self.ensemble.networks), self.device, precision, tta)
+        self.backend = resolve_backend(self.settings.resample_backend, self.device)
+        log.info(
+            "predictor: %d fold(s) on %s, %s%s, resampling with %s",
+            len(self.ensemble.networks),
+            self.device,
+            precision,
+            tta,
+            "torch on " + str(self.device) if self.backend == "torch" else "SimpleITK",
+        )
 
     @classmethod
     def from_model_dir(
@@ -137,11 +146,19 @@ class Predictor:
         self.timings = {}
         start = time.monotonic()
         prep = load_study(
-            ct=ct, pet=pet, settings=self.settings, timings=self.timings, clicks=clicks, clicks_world=clicks_world
+            ct=ct,
+            pet=pet,
+            settings=self.settings,
+            timings=self.timings,
+            clicks=clicks,
+            clicks_world=clicks_world,
+            device=self.device,
         )
-        return restore_prediction(
-            self.network_maps(prep, start=start), prep.record, settings=self.settings, timings=self.timings
-        )
+        return self.restore(self.network_maps(prep, start=start), prep.record)
+
+    def restore(self, maps: EnsembleMaps, record: Record) -> Prediction:
+        """The restore stage on this predictor's device and backend (its seconds in ``timings``)."""
+        return restore_prediction(maps, record, settings=self.settings, timings=self.timings, device=self.device)
 
     def predict_files(
         self,
@@ -222,11 +239,11 @@ class Predictor:
     ) -> Prediction:
         start = time.monotonic()
         with timed("preprocess", self.timings):
-            prep = preprocess(ct, pet, settings=self.settings, ct_source=ct_source, pet_source=pet_source)
+            prep = preprocess_study(
+                ct, pet, settings=self.settings, device=self.device, ct_source=ct_source, pet_source=pet_source
+            )
             prep = with_clicks(prep, clicks, settings=self.settings, world=clicks_world)
-        return restore_prediction(
-            self.network_maps(prep, start=start), prep.record, settings=self.settings, timings=self.timings
-        )
+        return self.restore(self.network_maps(prep, start=start), prep.record)
 
 
 def check_input_channels(networks: Sequence[torch.nn.Module], settings: Settings) -> None:

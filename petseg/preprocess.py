@@ -39,7 +39,7 @@ from petseg.checks import (
 )
 from petseg.errors import ConfigError, InputError
 from petseg.geometry import Grid, array_to_image, image_to_array, same_grid
-from petseg.io import read_image
+from petseg.io import read_image, read_images
 from petseg.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,6 +73,11 @@ class Preprocessed:
     label: np.ndarray | None = None
 
 
+def host_array(image) -> np.ndarray:
+    """A network input as a host array (the torch backend's is a tensor on its device)."""
+    return image if isinstance(image, np.ndarray) else image.detach().cpu().numpy()
+
+
 # --- forward ------------------------------------------------------------------------------
 
 
@@ -81,8 +86,10 @@ def read_inputs(ct: str | Path | None, pet: str | Path, *, settings: Settings) -
     one is given (:func:`preprocess` ignores it anyway)."""
     if ct is not None and not settings.uses_ct:
         log.debug("a PET-only model: %s not read", ct)
-    ct_image = read_image(ct, role="CT") if ct is not None and settings.uses_ct else None
-    return ct_image, read_image(pet, role="PET")
+    if ct is None or not settings.uses_ct:
+        return None, read_image(pet, role="PET")
+    ct_image, pet_image = read_images([(ct, "CT"), (pet, "PET")])  # decompressed at once
+    return ct_image, pet_image
 
 
 def validate_pair(

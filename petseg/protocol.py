@@ -74,7 +74,7 @@ def protocol_case(
     """Run ``predictor`` through steps 0..``steps`` of the protocol on one study."""
     timings: dict[str, float] = {}
     settings = dataclasses.replace(predictor.settings, max_clicks=None)  # scribbles: see restore's removal
-    prep = load_study(ct=ct, pet=pet, settings=settings, timings=timings)
+    prep = load_study(ct=ct, pet=pet, settings=settings, timings=timings, device=predictor.device)
     native = prep.record.native
     gt_image = read_image(gt, role="ground truth")
     check_same_grid(
@@ -95,7 +95,9 @@ def protocol_case(
         if prediction is None or (takes_guidance and scribble is not None and scribble.z >= 0):
             guided = with_clicks(prep, given, settings=settings)
             maps = predictor.network_maps(guided)
-            restored = restore_prediction(maps, guided.record, settings=settings, timings=timings)
+            restored = restore_prediction(
+                maps, guided.record, settings=settings, timings=timings, device=predictor.device
+            )
             prediction = sitk.GetArrayFromImage(restored.mask) > 0
         m = lesion_match(g, Labelled.of(prediction), voxel_volume_ml=ml)
         run.rows.append(

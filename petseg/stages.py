@@ -1,5 +1,6 @@
-"""The stages of one study around the network, free of torch so that background workers
-(:mod:`petseg.cohort`) can run them: read + preprocess, and restore + write."""
+"""The stages of one study around the network: read + preprocess, and restore + write. The
+SimpleITK backend needs no torch, so background workers (:mod:`petseg.cohort`) can run
+them; the torch backend (``Settings.resample_backend``) runs where the network's device is."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from petseg.io import publish, read_image
 from petseg.metrics import CONNECTIVITY
 from petseg.outputs import CaseOutputs
 from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, read_inputs, restore
-from petseg.settings import Settings
+from petseg.settings import Settings, resolve_backend
 
 log = logging.getLogger(__name__)
 SCRIBBLE_REACH = 2.0  # click sigmas: how near a background scribble a lesion's voxels count as scribbled on
@@ -87,15 +88,47 @@ def load_study(
     timings: dict[str, float],
     clicks: Clicks | str | Path | None = None,
     clicks_world: bool = False,
+    device=None,
 ) -> Preprocessed:
-    """Read a CT/PET pair and preprocess it (stages "read" and "preprocess"); ``clicks`` (or a
-    clicks JSON file, voxel indices of the PET or with ``clicks_world`` mm) become the click
-    channels of a click-aware model. A PET-only model reads no CT (``ct`` may be None)."""
+    """Read a CT/PET pair and preprocess it (stages "read" and "preprocess") with the
+    settings' backend on ``device`` (None: the CPU); ``clicks`` (or a clicks JSON file, voxel
+    indices of the PET or with ``clicks_world`` mm) become the click channels of a
+    click-aware model. A PET-only model reads no CT (``ct`` may be None)."""
     with timed("read", timings):
         ct_image, pet_image = read_inputs(ct, pet, settings=settings)
     with timed("preprocess", timings):
-        prep = preprocess(ct_image, pet_image, settings=settings, ct_source=str(ct), pet_source=str(pet))
+        prep = preprocess_study(
+            ct_image, pet_image, settings=settings, device=device, ct_source=str(ct), pet_source=str(pet)
+        )
         return with_clicks(prep, clicks, settings=settings, world=clicks_world)
+
+
+def preprocess_study(
+    ct: sitk.Image | None,
+    pet: sitk.Image,
+    *,
+    settings: Settings,
+    device=None,
+    ct_source: str = "CT",
+    pet_source: str = "PET",
+    validate: bool = True,
+) -> Preprocessed:
+    """:func:`petseg.preprocess.preprocess` (SimpleITK, the image a host array) or, with the
+    torch backend, :func:`petseg.preprocess_torch.preprocess_torch` on ``device`` (the image
+    a tensor there)."""
+    if resolve_backend(settings.resample_backend, device) == "sitk":
+        return preprocess(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source, validate=validate)
+    from petseg.preprocess_torch import preprocess_torch
+
+    return preprocess_torch(
+        ct,
+        pet,
+        settings=settings,
+        device=device or "cpu",
+        ct_source=ct_source,
+        pet_source=pet_source,
+        validate=validate,
+    )
 
 
 def with_clicks(
@@ -120,17 +153,38 @@ def with_clicks(
     clicks = clicks or Clicks()
     maps = click_maps(clicks, prep.record.network, sigma_mm=settings.click_sigma_mm)
     record = dataclasses.replace(prep.record, clicks=clicks)
-    return dataclasses.replace(prep, image=np.concatenate([prep.image[:2], maps]), record=record)
+    if isinstance(prep.image, np.ndarray):
+        image = np.concatenate([prep.image[:2], maps])
+    else:  # a tensor on the device (torch backend)
+        import torch
+
+        image = torch.cat([prep.image[:2], torch.from_numpy(maps).to(prep.image.device)])
+    return dataclasses.replace(prep, image=image, record=record)
+
+
+def restorer(settings: Settings, device=None):
+    """``restore_many(maps (C, X, Y, Z), record) -> (C, Z, Y, X)`` host array on the PET's
+    grid, with the settings' backend on ``device`` (None: the CPU)."""
+    if resolve_backend(settings.resample_backend, device) == "torch":
+        from petseg.preprocess_torch import restore_many_torch
+
+        return lambda maps, record: restore_many_torch(maps, record, device=device or "cpu")
+    return lambda maps, record: np.stack([sitk.GetArrayFromImage(restore(m, record)) for m in maps])
 
 
 def restore_prediction(
-    maps: EnsembleMaps, record: Record, *, settings: Settings, timings: dict[str, float]
+    maps: EnsembleMaps, record: Record, *, settings: Settings, timings: dict[str, float], device=None
 ) -> Prediction:
-    """The ensemble's maps back on the PET's native grid (stage "restore"); the mask is
-    exactly ``probability > settings.threshold``, after the lesions that background clicks
-    remove (``settings.click_removal``) got probability 0."""
+    """The ensemble's maps back on the PET's native grid (stage "restore", with the settings'
+    backend on ``device``); the mask is exactly ``probability > settings.threshold``, after
+    the lesions that background clicks remove (``settings.click_removal``) got probability 0."""
+    restore_many = restorer(settings, device)
+
+    def restored(values: np.ndarray) -> sitk.Image:
+        return record.native.stamp(sitk.GetImageFromArray(restore_many(values[None], record)[0]))
+
     with timed("restore", timings):
-        probability = restore(maps.mean, record)
+        probability = restored(maps.mean)
         if settings.click_removal and record.clicks is not None and record.clicks.background:
             reach = None if settings.max_clicks is not None else SCRIBBLE_REACH * settings.click_sigma_mm
             probability = remove_clicked_lesions(
@@ -138,10 +192,10 @@ def restore_prediction(
             )
         uncertainty = votes = None
         if maps.variance is not None:
-            uncertainty = restore(maps.std(), record)
+            uncertainty = restored(maps.std())
             uncertainty.SetMetaData(UNCERTAINTY_KEY, UNCERTAINTY_NAME)
         if maps.folds is not None:
-            votes = fold_votes(maps.folds, record, threshold=settings.threshold)
+            votes = fold_votes(maps.folds, record, threshold=settings.threshold, restore_many=restore_many)
         mask = probability_to_mask(probability, threshold=settings.threshold)
     return Prediction(mask, probability, uncertainty, votes, 0 if maps.folds is None else len(maps.folds))
 
@@ -199,13 +253,13 @@ def _share_near(component: np.ndarray, grid: Grid, points, reach_mm: float) -> f
     return float(np.isfinite(distance).mean())
 
 
-def fold_votes(folds: np.ndarray, record: Record, *, threshold: float) -> sitk.Image:
-    """Each fold's own mask, restored as the ensemble's is (probability, then threshold),
-    packed one bit per fold."""
+def fold_votes(folds: np.ndarray, record: Record, *, threshold: float, restore_many) -> sitk.Image:
+    """Each fold's own mask, restored as the ensemble's is (probability, then threshold;
+    ``restore_many`` from :func:`restorer`), packed one bit per fold."""
     dtype = np.uint8 if len(folds) <= 8 else np.uint16 if len(folds) <= 16 else np.uint64
     bits = None
     for f, fold in enumerate(folds):
-        own = sitk.GetArrayFromImage(restore(fold, record)) > threshold  # not a view: the image is temporary
+        own = restore_many(fold[None], record)[0] > threshold
         bit = own.astype(dtype) << dtype(f)
         bits = bit if bits is None else bits | bit
     return record.native.stamp(sitk.GetImageFromArray(bits))

@@ -22,7 +22,7 @@ import numpy as np
 from petseg.atomic import atomic_paths
 from petseg.errors import OutputError
 from petseg.geometry import Grid
-from petseg.preprocess import Preprocessed, Record
+from petseg.preprocess import Preprocessed, Record, host_array
 from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def save_entry(cache_dir: Path, key: str, prep: Preprocessed, *, channels: int) 
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_paths([arrays, document]) as (tmp, tmp_document):
             with open(tmp, "wb") as fh:
-                np.savez(fh, image=prep.image[:channels])
+                np.savez(fh, image=host_array(prep.image[:channels]))
             tmp_document.write_text(json.dumps(record_document(prep.record)))
     except (OSError, OutputError) as err:
         log.warning("%s: cannot keep the preprocessed study (%s): later steps preprocess again", cache_dir, err)

@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from petseg.errors import ConfigError
 from petseg.geometry import Grid
 from petseg.preprocess import forward_label, preprocess, probability_to_mask, restore
-from petseg.resample_torch import index_map
 from petseg.preprocess_torch import preprocess_torch, restore_many_torch, restore_torch
+from petseg.resample_torch import index_map
 from petseg.settings import Settings, resolve_backend
-from petseg.errors import ConfigError
 
 from conftest import DIRECTIONS, blob_study, make_image, rotation
 

@@ -15,8 +15,19 @@ import SimpleITK as sitk
 from petseg.io import file_stamp
 from petseg.metrics import Labelled
 from petseg.outputs import CaseOutputs
-from petseg.settings import Settings
-from petseg.stages import EnsembleMaps, load_study, restore_prediction, write_extras, write_prediction
+from petseg.preprocess import read_inputs, validate_pair
+from petseg.settings import Settings, resolve_backend
+from petseg.stages import (
+    EnsembleMaps,
+    Prediction,
+    load_study,
+    preprocess_study,
+    restore_prediction,
+    timed,
+    with_clicks,
+    write_extras,
+    write_prediction,
+)
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A study ready for the network: its input, what preprocessing did, seconds per stage."""
+    """A study ready for the network (its input, what preprocessing did), or read and checked
+    only (``study``: the CT and PET images), to be preprocessed on the network's device; seconds
+    per stage."""
 
-    image: np.ndarray
+    image: Any  # a host array, or a tensor on the device
     record: Any
     seconds: dict[str, float]
+    study: tuple[sitk.Image | None, sitk.Image] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,19 +89,55 @@ class Finished:
     seconds: dict[str, float]
 
 
-def load_job(job: Job, settings: Settings) -> Loaded:
-    """Read + preprocess (stages "read", "preprocess")."""
+def on_device(settings: Settings, device: Any) -> bool:
+    """Do preprocessing and restore run on the network's device (the torch backend there)?"""
+    return resolve_backend(settings.resample_backend, device) == "torch"
+
+
+def load_job(job: Job, settings: Settings, *, preprocess: bool = True) -> Loaded:
+    """Read + preprocess (stages "read", "preprocess"); ``preprocess=False``: read and check
+    only, :func:`preprocess_job` preprocesses on the device."""
     seconds: dict[str, float] = {}
+    if not preprocess:
+        with timed("read", seconds):
+            ct, pet = read_inputs(job.ct, job.pet, settings=settings)
+            validate_pair(ct, pet, settings=settings, ct_source=str(job.ct), pet_source=str(job.pet))
+        return Loaded(None, None, seconds, study=(ct, pet))
     prep = load_study(
         ct=job.ct, pet=job.pet, settings=settings, timings=seconds, clicks=job.clicks, clicks_world=job.clicks_world
     )
     return Loaded(prep.image, prep.record, seconds)
 
 
-def finish_job(job: Job, maps: EnsembleMaps, record: Any, settings: Settings) -> Finished:
-    """Restore + write the mask and the maps asked for, then the report and QC picture."""
+def preprocess_job(job: Job, loaded: Loaded, settings: Settings, *, device: Any) -> Loaded:
+    """A study read by :func:`load_job` with ``preprocess=False``, preprocessed on ``device``
+    (stage "preprocess"); a preprocessed one as it is."""
+    if loaded.study is None:
+        return loaded
+    seconds = dict(loaded.seconds)
+    with timed("preprocess", seconds):
+        ct, pet = loaded.study
+        prep = preprocess_study(
+            ct, pet, settings=settings, device=device, ct_source=str(job.ct), pet_source=str(job.pet), validate=False
+        )
+        prep = with_clicks(prep, job.clicks, settings=settings, world=job.clicks_world)
+    return Loaded(prep.image, prep.record, seconds)
+
+
+def restore_job(maps: EnsembleMaps, record: Any, settings: Settings, *, device: Any) -> tuple[Prediction, dict]:
+    """The restore stage on ``device`` (the torch backend), before :func:`finish_job` writes."""
     seconds: dict[str, float] = {}
-    prediction = restore_prediction(maps, record, settings=settings, timings=seconds)
+    return restore_prediction(maps, record, settings=settings, timings=seconds, device=device), seconds
+
+
+def finish_job(job: Job, maps: EnsembleMaps | Prediction, record: Any, settings: Settings) -> Finished:
+    """Restore (unless :func:`restore_job` did) + write the mask and the maps asked for, then
+    the report and QC picture."""
+    seconds: dict[str, float] = {}
+    if isinstance(maps, Prediction):
+        prediction = maps
+    else:
+        prediction = restore_prediction(maps, record, settings=settings, timings=seconds)
     write_prediction(
         prediction,
         output=job.mask,

@@ -3,6 +3,7 @@ process or pipelined over background workers; every case's outcome recorded."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -14,7 +15,16 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from petseg.cohort.jobs import Finished, Job, Loaded, finish_job, load_job
+from petseg.cohort.jobs import (
+    Finished,
+    Job,
+    Loaded,
+    finish_job,
+    load_job,
+    on_device,
+    preprocess_job,
+    restore_job,
+)
 from petseg.cohort.manifest import Manifest
 from petseg.cohort.resume import check_distinct_outputs, clear_earlier_outputs, earlier_outputs, not_done
 from petseg.cohort.workers import WorkerPool
@@ -48,10 +58,12 @@ class Summary:
 
 
 class NetworkStage(Protocol):
-    """What the pipeline needs of a predictor (:class:`petseg.Predictor` is one): its settings
-    and the network stage, which returns its maps and its seconds."""
+    """What the pipeline needs of a predictor (:class:`petseg.Predictor` is one): its settings,
+    its device (where the torch backend preprocesses and restores) and the network stage,
+    which returns its maps and its seconds."""
 
     settings: Settings
+    device: Any
 
     def run_network(self, image: Any, record: Any, *, start: float | None = None) -> tuple[EnsembleMaps, float]: ...
 
@@ -147,17 +159,23 @@ class _Run:
 
 
 def _sequential(jobs: list[Job], predictor: NetworkStage, run: _Run) -> None:
+    settings, device = predictor.settings, getattr(predictor, "device", None)
+    device_stages = on_device(settings, device)
     for job in jobs:
         log.debug("case %s", job.name)
         run.summary.max_in_flight = 1
         try:
             start = time.monotonic()
             clear_earlier_outputs(job, run.recorded)
-            loaded = load_job(job, predictor.settings)
+            loaded = preprocess_job(job, load_job(job, settings, preprocess=not device_stages), settings, device=device)
             maps, network = predictor.run_network(loaded.image, loaded.record, start=start)
+            seconds = {**loaded.seconds, "network": network}
             with deferred_signals():  # a stop waits until the case is written and recorded
-                finished = finish_job(job, maps, loaded.record, predictor.settings)
-                run.done(job, {**loaded.seconds, "network": network, **finished.seconds}, finished)
+                if device_stages:
+                    maps, restored = restore_job(maps, loaded.record, settings, device=device)
+                    seconds.update(restored)
+                finished = finish_job(job, maps, loaded.record, settings)
+                run.done(job, {**seconds, **finished.seconds}, finished)
         except Exception as err:  # any failure is this case's: recorded, and the run goes on
             run.failed(job, err)
 
@@ -172,6 +190,9 @@ class _Pipeline:
 
     def __init__(self, predictor: NetworkStage, run: _Run, *, workers: int) -> None:
         self.predictor, self.outcomes, self.workers = predictor, run, workers
+        self.device = getattr(predictor, "device", None)
+        # the torch backend: workers read and check, this process preprocesses and restores on the device
+        self.device_stages = on_device(predictor.settings, self.device)
         self.pool = WorkerPool(workers)
         self.queue: deque[Job] = deque()
         self.retried: set[str] = set()
@@ -214,13 +235,18 @@ class _Pipeline:
     def network(self, job: Job, loaded: Loaded) -> None:
         self.top_up()  # the next studies load while this one is in the network
         self.note_in_flight(1)
+        settings = self.predictor.settings
         try:
+            loaded = preprocess_job(job, loaded, settings, device=self.device)
             maps, network = self.predictor.run_network(loaded.image, loaded.record)
+            seconds, record = {**loaded.seconds, "network": network}, loaded.record
+            del loaded  # the network input is no longer needed
+            if self.device_stages:
+                maps, restored = restore_job(maps, record, settings, device=self.device)
+                seconds.update(restored)
         except Exception as err:
             self.outcomes.failed(job, err)
             return
-        seconds, record = {**loaded.seconds, "network": network}, loaded.record
-        del loaded  # the network input is no longer needed
         while len(self.finishing) >= self.workers:  # bounded: wait for the oldest write first
             self.collect_oldest()
         with deferred_signals():
@@ -251,7 +277,8 @@ class _Pipeline:
                     self.outcomes.failed(job, err)
                     continue
             with deferred_signals():  # no stop between the submit and its record
-                self.loading.append((job, self.submit(load_job, job, self.predictor.settings)))
+                load = functools.partial(load_job, preprocess=not self.device_stages)
+                self.loading.append((job, self.submit(load, job, self.predictor.settings)))
 
     def collect_oldest(self) -> None:
         """Wait for the oldest case being finished and record it. A stop signal can land
