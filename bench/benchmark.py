@@ -30,7 +30,7 @@ from petseg.model import ModelFolder, build_network  # noqa: E402
 from petseg.phantom import make_study  # noqa: E402
 from petseg.predictor import Predictor  # noqa: E402
 from petseg.preprocess import preprocess  # noqa: E402
-from petseg.settings import PAPER_NETWORK, Settings  # noqa: E402
+from petseg.settings import PAPER_NETWORK, Settings, resolve_backend  # noqa: E402
 
 STAGES = ("read", "preprocess", "network", "restore", "write")
 
@@ -104,6 +104,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-dir", type=Path, help="default: random paper-size networks")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--resample-backend", default="auto", choices=("auto", "sitk", "torch"))
+    parser.add_argument(
+        "--also-sitk", action="store_true", help="also run petseg with SimpleITK resampling and report their Dice"
+    )
     parser.add_argument("--sw-batch-size", type=int, default=None)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--tta", action="store_true", help="petseg with test-time mirroring")
@@ -122,7 +126,11 @@ def main() -> None:
         networks, base = random_paper_networks(args.folds), Settings()
         weights = f"random paper-size UNet ({args.folds} folds)"
     settings = base.with_overrides(
-        device=str(device), precision=args.precision, sw_batch_size=args.sw_batch_size, tta=args.tta or None
+        device=str(device),
+        precision=args.precision,
+        sw_batch_size=args.sw_batch_size,
+        tta=args.tta or None,
+        resample_backend=args.resample_backend,
     )
     study = make_study(tracer=args.tracer, seed=args.seed, shape=tuple(args.shape), spacing=tuple(args.spacing))
 
@@ -152,12 +160,17 @@ def main() -> None:
             predictor.predict_files(ct=ct, pet=pet, output=tmp / f"{name}.mha")
             return predictor.timings
 
-        rows.append(run(f"petseg ({settings.precision})", lambda: petseg_run(settings, "petseg"), device))
+        backend = resolve_backend(settings.resample_backend, device)
+        rows.append(run(f"petseg ({settings.precision}, {backend})", lambda: petseg_run(settings, "petseg"), device))
         masks["petseg"] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "petseg.mha")))
         if args.also_fp32:
             ref = settings.with_overrides(precision="fp32")
             rows.append(run("petseg (fp32)", lambda: petseg_run(ref, "fp32"), device))
             masks["fp32"] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "fp32.mha")))
+        if args.also_sitk:
+            ref = settings.with_overrides(resample_backend="sitk")
+            rows.append(run(f"petseg ({settings.precision}, sitk)", lambda: petseg_run(ref, "sitk"), device))
+            masks["sitk"] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "sitk.mha")))
 
     print(f"machine: {device} ({torch.get_num_threads()} threads, torch {torch.__version__}); weights: {weights}")
     print(
@@ -187,6 +200,9 @@ def main() -> None:
             f"Dice(petseg {settings.precision}, petseg fp32) = {summary['dice_fast_fp32']:.4f} "
             f"({int((masks['fp32'] > 0).sum())} vs {int((masks['petseg'] > 0).sum())} lesion voxels)"
         )
+    if "sitk" in masks:
+        summary["dice_backends"] = dice(masks["sitk"] > 0, masks["petseg"] > 0)
+        print(f"Dice(petseg {backend} resampling, petseg sitk resampling) = {summary['dice_backends']:.4f}")
     if args.flops:
         from torch.utils.flop_counter import FlopCounterMode
 

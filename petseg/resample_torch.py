@@ -93,7 +93,7 @@ def _separable(
         shape = [1, 1, 1, 1]
         shape[dim] = -1
         w = (at - low).to(data.dtype).reshape(shape)
-        data = data.index_select(dim, low) * (1 - w) + data.index_select(dim, high) * w
+        data = torch.lerp(data.index_select(dim, low), data.index_select(dim, high), w)
     keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
     if bool(keep.all()):
         return data

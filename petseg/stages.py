@@ -118,17 +118,31 @@ def preprocess_study(
     a tensor there)."""
     if resolve_backend(settings.resample_backend, device) == "sitk":
         return preprocess(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source, validate=validate)
+    import torch
+
     from petseg.preprocess_torch import preprocess_torch
 
-    return preprocess_torch(
-        ct,
-        pet,
-        settings=settings,
-        device=device or "cpu",
-        ct_source=ct_source,
-        pet_source=pet_source,
-        validate=validate,
-    )
+    try:
+        return preprocess_torch(
+            ct,
+            pet,
+            settings=settings,
+            device=device or "cpu",
+            ct_source=ct_source,
+            pet_source=pet_source,
+            validate=validate,
+        )
+    except torch.OutOfMemoryError:
+        _release(device)
+        log.warning("out of memory preprocessing %s on %s: preprocessing with SimpleITK on the CPU", pet_source, device)
+        return preprocess(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source, validate=False)
+
+
+def _release(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def with_clicks(
@@ -165,11 +179,25 @@ def with_clicks(
 def restorer(settings: Settings, device=None):
     """``restore_many(maps (C, X, Y, Z), record) -> (C, Z, Y, X)`` host array on the PET's
     grid, with the settings' backend on ``device`` (None: the CPU)."""
-    if resolve_backend(settings.resample_backend, device) == "torch":
-        from petseg.preprocess_torch import restore_many_torch
 
-        return lambda maps, record: restore_many_torch(maps, record, device=device or "cpu")
-    return lambda maps, record: np.stack([sitk.GetArrayFromImage(restore(m, record)) for m in maps])
+    def on_the_cpu(maps, record) -> np.ndarray:
+        return np.stack([sitk.GetArrayFromImage(restore(m, record)) for m in maps])
+
+    if resolve_backend(settings.resample_backend, device) == "sitk":
+        return on_the_cpu
+    import torch
+
+    from petseg.preprocess_torch import restore_many_torch
+
+    def on_the_device(maps, record) -> np.ndarray:
+        try:
+            return restore_many_torch(maps, record, device=device or "cpu")
+        except torch.OutOfMemoryError:
+            _release(device)
+            log.warning("out of memory restoring on %s: restoring with SimpleITK on the CPU", device)
+            return on_the_cpu(maps, record)
+
+    return on_the_device
 
 
 def restore_prediction(

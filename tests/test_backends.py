@@ -152,3 +152,23 @@ def test_a_damaged_file_read_beside_another_is_named(tmp_path, capfd, bad):
     assert str(paths[1 - bad]) not in str(err.value)
     os.write(2, b"stderr is back\n")
     assert capfd.readouterr().err.strip().splitlines() == ["stderr is back"]  # and ITK's lines were not shown
+
+
+def test_out_of_device_memory_falls_back_to_simpleitk(monkeypatch, caplog):
+    import torch
+
+    import petseg.preprocess_torch as device_path
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    ct, pet = blob_study(direction=DIRECTIONS["oblique"], radius=15.0)
+    reference = _predict("sitk", ct, pet)
+    monkeypatch.setattr(device_path, "preprocess_torch", no_memory)
+    monkeypatch.setattr(device_path, "restore_many_torch", no_memory)
+    with caplog.at_level("WARNING"):
+        fallen = _predict("torch", ct, pet)
+    assert "preprocessing with SimpleITK on the CPU" in caplog.text
+    assert "restoring with SimpleITK on the CPU" in caplog.text
+    for ours, theirs in ((fallen.mask, reference.mask), (fallen.votes, reference.votes)):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))

@@ -35,3 +35,26 @@ def test_paper_network_fast_path_agrees_with_fp32_on_the_gpu():
     assert resolve_precision("auto", "cuda") in (torch.bfloat16, torch.float16)
     assert np.abs(fast - ref).max() < 0.05
     assert dice(fast > 0.5, ref > 0.5) > 0.98
+
+
+@pytest.mark.parametrize("direction", ["identity", "oblique"])
+def test_the_device_path_on_the_gpu_matches_the_reference(direction):
+    """--resample-backend torch on CUDA (the default there) against SimpleITK on the CPU."""
+    import SimpleITK as sitk
+
+    from conftest import DIRECTIONS
+
+    ct, pet = blob_study(direction=DIRECTIONS[direction], radius=15.0)
+    gpu = Predictor([Oracle()], settings=SMALL.with_overrides(device="cuda"))
+    assert gpu.backend == "torch"
+    cpu = Predictor([Oracle()], settings=SMALL.with_overrides(device="cpu"))
+    assert cpu.backend == "sitk"
+    ours, theirs = gpu.predict_images(ct, pet), cpu.predict_images(ct, pet)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(ours.probability), sitk.GetArrayFromImage(theirs.probability), atol=1e-3
+    )
+    masks = [sitk.GetArrayFromImage(p.mask) for p in (ours, theirs)]
+    if direction == "identity":
+        np.testing.assert_array_equal(*masks)
+    else:
+        assert dice(*masks) >= 0.999
