@@ -17,7 +17,7 @@ from petseg.preprocess_torch import preprocess_torch, restore_many_torch, restor
 from petseg.resample_torch import index_map
 from petseg.settings import Settings, resolve_backend
 
-from conftest import DIRECTIONS, blob_study, make_image, rotation
+from conftest import DIRECTIONS, SHARED, blob_study, make_image, rotation
 
 SETTINGS = Settings(body_margin_mm=4.0, target_spacing=(2.0, 2.0, 2.0))
 
@@ -175,3 +175,28 @@ def test_auto_is_torch_on_cuda_only():
     assert resolve_backend("torch", "cpu") == "torch" and resolve_backend("sitk", "cuda") == "sitk"
     with pytest.raises(ConfigError, match="resample_backend"):
         Settings(resample_backend="itk")
+
+
+IBSI = SHARED / "ibsi-sts-pet-ct"
+
+
+@pytest.mark.skipif(not IBSI.is_dir(), reason="needs ../shared/reference (real PET/CT)")
+@pytest.mark.parametrize("patient", ["STS_001", "STS_002", "STS_003"])
+def test_real_pet_and_ct_on_their_own_grids_give_the_reference_input_and_mask(patient):
+    """Real FDG PET (4.7-5.5 mm) and CT (0.98 mm in-plane) of the IBSI sarcoma set: the
+    network input, and the tumour mask taken to the network grid and back as a probability."""
+    from petseg.io import read_image
+
+    ct = read_image(IBSI / patient / "CT_image.nii.gz", role="CT")
+    pet = read_image(IBSI / patient / "PET_image.nii.gz", role="PET")
+    reference = preprocess(ct, pet, settings=Settings())
+    ours = preprocess_torch(ct, pet, settings=Settings(), device="cpu")
+    assert reference.record.ct_resampled and reference.record.resampled
+    _records_agree(ours.record, reference.record)
+    np.testing.assert_allclose(ours.image.numpy(), reference.image, atol=1e-4)
+    tumour = read_image(IBSI / patient / "PET_mask.nii.gz", role="mask")
+    on_network = forward_label(tumour, reference.record).astype(np.float32)
+    theirs = sitk.GetArrayFromImage(probability_to_mask(restore(on_network, reference.record)))
+    mine = sitk.GetArrayFromImage(probability_to_mask(restore_torch(on_network, ours.record, device="cpu")))
+    assert theirs.sum() > 50
+    np.testing.assert_array_equal(mine, theirs)
