@@ -304,6 +304,8 @@ def ensemble_maps(
         else:
             ensemble.reset()
         ensemble.to(sw_device)
+        if sw_device.type == "cpu" and inputs.device.type != "cpu":
+            inputs = inputs.cpu()  # the last rung: nothing of this study stays on the device
         try:
             with torch.inference_mode():
                 output = sliding_window_inference(

@@ -209,6 +209,8 @@ def restore_prediction(
     restore_many = restorer(settings, device)
 
     def restored(values: np.ndarray) -> sitk.Image:
+        if resolve_backend(settings.resample_backend, device) == "sitk":
+            return restore(values, record)  # no copies on the way
         return record.native.stamp(sitk.GetImageFromArray(restore_many(values[None], record)[0]))
 
     with timed("restore", timings):
