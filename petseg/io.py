@@ -63,14 +63,25 @@ def read_images(requests: Sequence[tuple[str | Path, str]]) -> list[sitk.Image]:
     """:func:`read_image` for several (path, role) pairs: each file checked in turn (its
     warnings and errors in order), then all voxels read and decompressed at once, one thread
     each (ITK does not hold the GIL); the first failing file's error, in the given order."""
-    readers = [(Path(path), _checked_reader(Path(path), role=role)) for path, role in requests]
-    with _quiet_native_stderr():  # one redirection around every thread: fd 2 is the process's
-        if len(readers) == 1:
-            outcomes = [_execute(*readers[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=len(readers), thread_name_prefix="petseg-read") as pool:
-                outcomes = list(pool.map(lambda pair: _execute(*pair), readers))
-    for outcome in outcomes:
+    outcomes: list = []
+    for path, role in requests:  # checks in order; a file that fails them is not read
+        try:
+            outcomes.append((Path(path), _checked_reader(Path(path), role=role)))
+        except InputError as err:
+            if len(requests) == 1:
+                raise
+            outcomes.append(err)
+    readers = [(i, pair) for i, pair in enumerate(outcomes) if isinstance(pair, tuple)]
+    if readers:
+        with _quiet_native_stderr():  # one redirection around every thread: fd 2 is the process's
+            if len(readers) == 1:
+                images = [_execute(*readers[0][1])]
+            else:
+                with ThreadPoolExecutor(max_workers=len(readers), thread_name_prefix="petseg-read") as pool:
+                    images = list(pool.map(lambda item: _execute(*item[1]), readers))
+        for (i, _), image in zip(readers, images):
+            outcomes[i] = image
+    for outcome in outcomes:  # the first file's error first, wherever each failed
         if isinstance(outcome, InputError):
             raise outcome
     return outcomes

@@ -4,8 +4,9 @@
 A target voxel's centre is mapped to the source's continuous index through both grids'
 affines (index -> physical -> index); linear interpolation is trilinear on that index with
 the edge voxels repeated for points in the outer half-voxel (as ITK's linear interpolator),
-nearest takes the voxel of the index rounded half up (ITK's rounding), and points farther
-out than half a voxel get ``default``. Arrays are (C, Z, Y, X) or (Z, Y, X), SimpleITK's
+nearest takes the voxel of the index rounded half up (ITK's rounding), and points outside
+ITK's half-open buffer [-0.5, n - 0.5) get ``default``. Values are interpolated in float64
+and cast back, as ITK does: a CT value exactly on the body threshold stays on its side. Arrays are (C, Z, Y, X) or (Z, Y, X), SimpleITK's
 order.
 
 Two paths, the same result: where the map between the grids is a scaling and shift per
@@ -51,7 +52,7 @@ def resample(
         raise ValueError(f"values of shape {tuple(values.shape)} do not match the source grid {source.size}")
     a_np, b_np = index_map(source, target)
     if np.abs(a_np - np.diag(np.diag(a_np))).max() * max(target.size) < SEPARABLE_TOLERANCE:
-        out = _separable(data, np.diag(a_np), b_np, target.size, mode=mode, default=default)
+        out = _separable(data, np.diag(a_np), b_np, target.size, mode=mode, default=default).to(data.dtype)
         return out[0] if single else out
     a, b = (torch.as_tensor(m, dtype=torch.float64, device=data.device) for m in (a_np, b_np))
     size = torch.as_tensor(source.size, dtype=torch.float64, device=data.device)
@@ -69,7 +70,7 @@ def resample(
             [xx.expand(len(zs), ny, nx), yy.expand(len(zs), ny, nx), zs[:, None, None].expand(len(zs), ny, nx)], -1
         )
         at = index @ a.T + b  # (z, y, x, 3): source (x, y, z) continuous index
-        inside = ((at >= -0.5) & (at <= size - 0.5)).all(-1)
+        inside = ((at >= -0.5) & (at < size - 0.5)).all(-1)  # ITK's IsInsideBuffer: half-open
         sampled = _nearest(data, at) if mode == "nearest" else _linear(data, at)
         out[:, z0 : z0 + len(zs)] = torch.where(inside, sampled, torch.as_tensor(default, dtype=data.dtype))
     return out[0] if single else out
@@ -83,7 +84,7 @@ def _separable(
     for axis in range(3):  # x, y, z: tensor dimensions 3, 2, 1 of (C, Z, Y, X)
         dim, n_in = 3 - axis, data.shape[3 - axis]
         at = torch.arange(size[axis], dtype=torch.float64, device=data.device) * float(scale[axis]) + float(shift[axis])
-        inside.append((at >= -0.5) & (at <= n_in - 0.5))
+        inside.append((at >= -0.5) & (at < n_in - 0.5))  # ITK's IsInsideBuffer: half-open
         if mode == "nearest":
             data = data.index_select(dim, torch.floor(at + 0.5).long().clamp(0, n_in - 1))
             continue
@@ -92,8 +93,9 @@ def _separable(
         high = torch.clamp(low + 1, max=n_in - 1)
         shape = [1, 1, 1, 1]
         shape[dim] = -1
-        w = (at - low).to(data.dtype).reshape(shape)
-        data = torch.lerp(data.index_select(dim, low), data.index_select(dim, high), w)
+        w = (at - low).reshape(shape)
+        below = data.index_select(dim, low).double()  # in double, as ITK's interpolator: x, then y, then z
+        data = below + (data.index_select(dim, high).double() - below) * w
     keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
     if bool(keep.all()):
         return data
@@ -130,7 +132,7 @@ def _linear(data: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     at = torch.minimum(torch.clamp(at, min=0.0), (size - 1).to(at.dtype))  # the outer half-voxel: the edge
     low = torch.floor(at).long()
     high = torch.minimum(low + 1, size - 1)
-    w = (at - low).to(data.dtype)
+    w = at - low  # float64: the weighted sum in double, as ITK's
     out = 0
     for cx in (0, 1):
         ix = high[..., 0] if cx else low[..., 0]
@@ -141,5 +143,5 @@ def _linear(data: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
             for cz in (0, 1):
                 iz = high[..., 2] if cz else low[..., 2]
                 wz = w[..., 2] if cz else 1 - w[..., 2]
-                out = out + data[:, iz, iy, ix] * (wx * wy * wz)
+                out = out + data[:, iz, iy, ix].double() * (wx * wy * wz)
     return out

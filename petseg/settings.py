@@ -121,7 +121,9 @@ class Settings:
     # how one run executes
     device: str = _field("auto", outputs=False)
     precision: Precision = _field("auto")
-    resample_backend: ResampleBackend = _field("auto")
+    # both backends give the same masks (identical on identity directions): like the device, not
+    # part of a run's key, so a resumed run keeps what the other backend wrote
+    resample_backend: ResampleBackend = _field("auto", outputs=False)
     channels_last: bool = _field(True)
     fold_batchnorm: bool = _field(True)
     compile: bool = _field(False, outputs=False)

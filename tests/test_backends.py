@@ -172,3 +172,34 @@ def test_out_of_device_memory_falls_back_to_simpleitk(monkeypatch, caplog):
     assert "restoring with SimpleITK on the CPU" in caplog.text
     for ours, theirs in ((fallen.mask, reference.mask), (fallen.votes, reference.votes)):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+
+
+def test_a_run_resumed_with_the_other_backend_keeps_what_is_done(tiny_model_dir, tmp_path):
+    """The backends agree (above), so the backend is not part of a run's key, like the device."""
+    from conftest import run_entries
+
+    src = cohort_folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert predict_cli(src, out, tiny_model_dir, "--workers", "0", "--resample-backend", "sitk") == 0
+    assert predict_cli(src, out, tiny_model_dir, "--workers", "0", "--resample-backend", "torch") == 0
+    assert predict_cli(src, out, tiny_model_dir, "--workers", "0") == 0
+    assert [e["status"] for e in run_entries(out)] == ["done"] * 2 + ["skipped"] * 4
+
+
+def test_when_both_files_fail_the_ct_is_named_wherever_each_failed(tmp_path, monkeypatch):
+    """The CT fails only when ITK reads its voxels, the PET already at its header's check."""
+    import petseg.io as io
+
+    ct, _ = blob_study()
+    ct_path = _write(ct, tmp_path / "ct.mha")
+    pet_path = tmp_path / "pet.mha"
+    pet_path.write_bytes(b"not an image at all\n")
+    execute = io._execute
+
+    def failing_ct(path, reader):
+        return InputError(path, "cannot be read as an image (simulated)") if path == ct_path else execute(path, reader)
+
+    monkeypatch.setattr(io, "_execute", failing_ct)
+    with pytest.raises(InputError) as err:
+        read_images([(ct_path, "CT"), (pet_path, "PET")])
+    assert str(ct_path) in str(err.value) and "simulated" in str(err.value)

@@ -200,3 +200,50 @@ def test_real_pet_and_ct_on_their_own_grids_give_the_reference_input_and_mask(pa
     mine = sitk.GetArrayFromImage(probability_to_mask(restore_torch(on_network, ours.record, device="cpu")))
     assert theirs.sum() > 50
     np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    "size, spacing, target",
+    [
+        ((40, 40, 41), (2.0, 2.0, 2.0), (4.0, 4.0, 4.0)),  # (n - 1) * 2 mm a multiple of 4 mm: a plane on the edge
+        ((33, 29, 21), (3.0, 2.0, 4.0), (6.0, 4.0, 8.0)),
+        ((64, 56, 213), (5.0, 5.0, 2.0), (4.0, 4.0, 4.0)),
+    ],
+)
+@pytest.mark.parametrize("direction", ["identity", "flipped", "permuted"])
+def test_a_grid_edge_on_the_buffer_edge_is_outside_as_in_itk(size, spacing, target, direction):
+    """ITK takes [-0.5, n - 0.5) as inside: the PET's last plane can map exactly onto the
+    network grid's outer edge, and then gets 0 on restore in both backends."""
+    values = np.random.default_rng(1).random(size).astype(np.float32) * 5
+    pet = make_image(values, spacing=spacing, origin=(-20.5, 31.0, 7.25), direction=DIRECTIONS[direction])
+    settings = Settings(target_spacing=target, modalities=("PET",))
+    reference = preprocess(None, pet, settings=settings)
+    ours = preprocess_torch(None, pet, settings=settings, device="cpu")
+    _records_agree(ours.record, reference.record)
+    np.testing.assert_allclose(ours.image.numpy(), reference.image, atol=1e-6)
+    ones = np.ones(reference.record.network.size, np.float32)
+    theirs = sitk.GetArrayFromImage(restore(ones, reference.record))
+    mine = restore_many_torch(ones[None], ours.record, device="cpu")[0]
+    np.testing.assert_array_equal(mine, theirs)
+    probability = reference.image[0] / 5.0
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(probability_to_mask(restore_torch(probability, ours.record, device="cpu"))),
+        sitk.GetArrayFromImage(probability_to_mask(restore(probability, reference.record))),
+    )
+
+
+def test_a_ct_value_exactly_on_the_body_threshold_stays_on_its_side():
+    """CT air -1024 and body 548 HU on a 3 mm grid, the PET on 1 mm: interpolated in double
+    (as ITK), some PET voxels get exactly -500 HU, not body (> -500); in float32 they would
+    get -499.99997 and widen the crop."""
+    pet = make_image(
+        np.ones((64, 64, 40), np.float32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3)
+    )
+    hu = np.full((22, 22, 14), -1024.0, np.float32)
+    hu[5:16, 2:20, :] = 548.0
+    ct = make_image(hu, spacing=(3.0, 3.0, 3.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    settings = Settings(target_spacing=(4.0, 4.0, 4.0), body_margin_mm=10.0)
+    reference = preprocess(ct, pet, settings=settings, validate=False)
+    ours = preprocess_torch(ct, pet, settings=settings, device="cpu", validate=False)
+    _records_agree(ours.record, reference.record)
+    np.testing.assert_allclose(ours.image.numpy(), reference.image, atol=1e-6)
