@@ -94,8 +94,9 @@ def _separable(
         shape = [1, 1, 1, 1]
         shape[dim] = -1
         w = (at - low).reshape(shape)
-        below = data.index_select(dim, low).double()  # in double, as ITK's interpolator: x, then y, then z
-        data = below + (data.index_select(dim, high).double() - below) * w
+        data = data.double()  # in double, as ITK's interpolator: x, then y, then z (a no-op after x)
+        below = data.index_select(dim, low)
+        data = data.index_select(dim, high).sub_(below).mul_(w).add_(below)  # below + (above - below) * w
     keep = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
     if bool(keep.all()):
         return data
