@@ -21,9 +21,7 @@ from petseg.frontend import (
 
 configure_threads()  # before torch is imported: a Grand Challenge instance may have 4 of the host's CPUs
 
-from petseg import grand_challenge as gc  # noqa: E402
-from petseg.model import ModelFolder  # noqa: E402
-from petseg.predictor import Predictor  # noqa: E402
+from petseg import grand_challenge as gc  # noqa: E402  (no torch: see job())
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def job() -> int:
+        # the study's files decompress while torch and MONAI import and the folds load
+        ahead = gc.read_ahead(args.input, args.interface)
+        from petseg.model import ModelFolder
+        from petseg.predictor import Predictor
+
         takes_clicks = ModelFolder.open(args.model_dir).settings.click_sigma_mm is not None  # model.json only
         gc.check_job(args.input, args.output, args.interface, takes_clicks=takes_clicks)  # before five folds load
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor=predictor,
             interface=args.interface,
             cache_dir=args.cache,
+            ahead=ahead,
         )
         return 0
 

@@ -8,9 +8,10 @@ Writes a synthetic PET (SUV) and CT (HU; on the PET grid as the autoPET CTres, o
 --ct-grid own on a 512² grid of its own) as compressed .mha, then runs the predictor with a
 zero-cost network, so the 'network' stage is only the sliding-window bookkeeping; prints each
 stage's seconds for each backend (the best of --repeat runs, after one warm-up on CUDA).
---startup runs ``petseg predict`` on the study in a fresh process per backend and prints
-when each stage began, from the process's start: imports, model, read, preprocess, the
-first window.
+--startup runs ``process.py`` (Grand Challenge layout) and ``petseg predict`` on the study in
+a fresh process per backend and prints when each stage began, from the launch: torch and
+MONAI imported, read (``process.py``: waiting for the read begun at start-up), preprocess,
+the first window, restore, write.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 CT, PET = "study_0000.mha", "study_0001.mha"  # nnU-Net names: `petseg predict -i` finds the pair
 
 
@@ -87,43 +89,76 @@ def stage_seconds(folder: Path, backend: str, device: str, repeat: int) -> tuple
 
 
 STARTUP_SCRIPT = r"""
-import json, sys, time
+import importlib.abc, importlib.util, json, sys, time
 from contextlib import contextmanager
 marks = {"python": time.monotonic()}
-from petseg.frontend import configure_threads
-configure_threads()  # as the CLI does, before torch and SimpleITK
-import torch; marks["torch imported"] = time.monotonic()
-import petseg.cohort.jobs, petseg.inference, petseg.predictor, petseg.stages; marks["petseg + monai imported"] = time.monotonic()
-forward = petseg.inference.FoldAverage.forward
-def first_window(self, window):
-    marks.setdefault("first window", time.monotonic())
-    return forward(self, window)
-petseg.inference.FoldAverage.forward = first_window
-timed = petseg.stages.timed
-@contextmanager
-def marked(stage, timings):
-    marks.setdefault(stage, time.monotonic())
-    with timed(stage, timings):
-        yield
-for module in (petseg.stages, petseg.predictor, petseg.cohort.jobs):
-    module.timed = marked
-from petseg.cli import main
-code = main(sys.argv[1:])
+
+def after(name, module):  # marks patched in as the modules load, nothing imported early
+    if name == "petseg.stages":
+        timed = module.timed
+        @contextmanager
+        def marked(stage, timings):
+            marks.setdefault(stage, time.monotonic())
+            with timed(stage, timings):
+                yield
+        module.timed = marked  # the predictor and cohort jobs import it by name, later
+    else:  # petseg.inference: torch and MONAI are in
+        marks["torch + MONAI imported"] = time.monotonic()
+        forward = module.FoldAverage.forward
+        def first_window(self, window):
+            marks.setdefault("first window", time.monotonic())
+            return forward(self, window)
+        module.FoldAverage.forward = first_window
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in ("petseg.stages", "petseg.inference"):
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            after(name, module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Hook())
+entry, argv = sys.argv[1], sys.argv[2:]
+if entry == "process.py":
+    sys.path.insert(0, argv.pop(0))
+    from process import main
+else:
+    from petseg.cli import main
+code = main(argv)
 marks["done"] = time.monotonic()
 print("MARKS " + json.dumps(marks))
 sys.exit(code)
 """
 
 
-def startup(folder: Path, backend: str, device: str, model_dir: str) -> dict[str, float]:
-    """Seconds from the launch of ``petseg predict`` to each mark."""
-    command = [sys.executable, "-c", STARTUP_SCRIPT, "-q", "predict", "-i", str(folder), "-o", str(folder / backend)]
-    command += ["--model-dir", model_dir, "--device", device, "--resample-backend", backend, "--overwrite"]
+def startup(folder: Path, backend: str, device: str, model_dir: str, *, entry: str) -> dict[str, float]:
+    """Seconds from the launch of ``petseg predict`` or ``process.py`` to each mark."""
+    out = folder / f"{entry}-{backend}"
+    options = ["--model-dir", model_dir, "--device", device, "--resample-backend", backend]
+    if entry == "process.py":  # the Grand Challenge layout, one study
+        gc_input = folder / "gc"
+        for role, name in (("ct", CT), ("pet", PET)):
+            (gc_input / "images" / role).mkdir(parents=True, exist_ok=True)
+            target = gc_input / "images" / role / "study.mha"
+            if not target.exists():
+                os.link(folder / name, target)
+        command = [entry, str(ROOT), "--input", str(gc_input), "--output", str(out), *options]
+    else:
+        command = ["petseg", "-q", "predict", "-i", str(folder), "-o", str(out), *options]
     launched = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the child
-    out = subprocess.run(command, capture_output=True, text=True, check=False)
-    line = next((s for s in out.stdout.splitlines() if s.startswith("MARKS ")), None)
+    result = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, *command], capture_output=True, text=True)
+    line = next((s for s in result.stdout.splitlines() if s.startswith("MARKS ")), None)
     if line is None:
-        raise SystemExit(f"petseg predict failed:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"{entry} failed:\n{result.stderr[-2000:]}")
     return {k: v - launched for k, v in json.loads(line[6:]).items()}
 
 
@@ -136,7 +171,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--startup", action="store_true", help="also time a fresh `petseg predict` process")
-    parser.add_argument("--model-dir", default=str(Path(__file__).resolve().parents[1] / "weights"))
+    parser.add_argument("--model-dir", default=str(ROOT / "weights"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -160,11 +195,14 @@ def main() -> None:
             print(f"| {backend} | " + " | ".join(f"{v:.2f} s" for v in stages) + f" | **{non_network:.2f} s** |")
             figures[backend] = {**timings, "non_network": non_network, "total": total}
         if args.startup:
-            print("\nfrom the launch of `petseg predict` (demo weights), seconds:")
-            for backend in args.backend:
-                marks = startup(folder, backend, args.device, args.model_dir)
-                figures[f"startup_{backend}"] = marks
-                print(f"  {backend}: " + ", ".join(f"{k} {v:.2f}" for k, v in marks.items()))
+            print(
+                "\nseconds from a fresh process's launch (demo weights; process.py reads the study while it imports):"
+            )
+            for entry in ("process.py", "petseg"):
+                for backend in args.backend:
+                    marks = startup(folder, backend, args.device, args.model_dir, entry=entry)
+                    figures[f"startup_{entry}_{backend}"] = marks
+                    print(f"  {entry}, {backend}: " + ", ".join(f"{k} {v:.2f}" for k, v in marks.items()))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

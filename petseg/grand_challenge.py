@@ -6,15 +6,19 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from petseg.atomic import check_output_folder
 from petseg.clicks import check_clicks_file
-from petseg.errors import OutputError
+from petseg.errors import OutputError, PetsegError
 from petseg.io import publish
 from petseg.layout import find_gc_case, list_images
 from petseg.outputs import DATA_CENTRIC_JSON, gc_mask_path
-from petseg.predictor import Predictor
+from petseg.read_ahead import ReadAhead
 from petseg.stages import timed
+
+if TYPE_CHECKING:  # not imported here: process.py starts reading the study before torch imports
+    from petseg.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,19 @@ def clicks_file(input_dir: str | Path, interface: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def read_ahead(input_dir: str | Path, interface: str) -> ReadAhead | None:
+    """Start reading the job's CT and PET (before torch imports and the folds load), or None
+    where a step takes its study from the cache (autoPET V) or the input has no single pair
+    (the checks then say why, in order)."""
+    if INTERFACES[interface].scribbles:
+        return None
+    try:
+        case = find_gc_case(input_dir)
+    except PetsegError:
+        return None
+    return ReadAhead(case.ct, case.pet)
+
+
 def check_job(input_dir: str | Path, output_dir: str | Path, interface: str, *, takes_clicks: bool) -> None:
     """What can be checked before the model loads: the CT/PET pair, for a click-aware model
     the clicks file's form (a CT/PET model never reads it: its job must not fail on it), and
@@ -80,9 +97,11 @@ def run(
     predictor: Predictor,
     interface: str = "autopet3",
     cache_dir: str | Path | None = None,
+    ahead: ReadAhead | None = None,
 ) -> list[Path]:
     """Process one Grand Challenge job; returns the files written (nothing is written on error).
-    ``cache_dir`` replaces the interface's (autoPET V: ``/cache``)."""
+    ``cache_dir`` replaces the interface's (autoPET V: ``/cache``); ``ahead``: the job's
+    study, being read since start-up (:func:`read_ahead`)."""
     spec = INTERFACES[interface]
     case = find_gc_case(input_dir)
     check_outputs(case, output_dir, interface)
@@ -94,7 +113,7 @@ def run(
     if spec.scribbles:
         mask = predict_step(predictor, case, clicks, Path(cache_dir or spec.cache_dir))
     else:
-        mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks).mask
+        mask = predictor.predict_paths(ct=case.ct, pet=case.pet, clicks=clicks, ahead=ahead).mask
     outputs = {gc_mask_path(case.name, output_dir, spec.output_slug): mask}
     if spec.data_centric_json:
         outputs = {Path(output_dir) / DATA_CENTRIC_JSON: json.dumps(False), **outputs}

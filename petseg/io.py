@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,13 @@ def read_image(path: str | Path, *, role: str = "image") -> sitk.Image:
     return read_images([(path, role)])[0]
 
 
-def read_images(requests: Sequence[tuple[str | Path, str]]) -> list[sitk.Image]:
+def read_images(requests: Sequence[tuple[str | Path, str]], *, quiet: bool = True) -> list[sitk.Image]:
     """:func:`read_image` for several (path, role) pairs: each file checked in turn (its
     warnings and errors in order), then all voxels read and decompressed at once, one thread
-    each (ITK does not hold the GIL); the first failing file's error, in the given order."""
+    each (ITK does not hold the GIL); the first failing file's error, in the given order.
+    ``quiet=False`` leaves file descriptor 2 alone (a read beside other work, whose own
+    messages a redirection would swallow; ITK's lines then show for a file whose damage the
+    checks before it missed)."""
     outcomes: list = []
     for path, role in requests:  # checks in order; a file that fails them is not read
         try:
@@ -73,7 +76,7 @@ def read_images(requests: Sequence[tuple[str | Path, str]]) -> list[sitk.Image]:
             outcomes.append(err)
     readers = [(i, pair) for i, pair in enumerate(outcomes) if isinstance(pair, tuple)]
     if readers:
-        with _quiet_native_stderr():  # one redirection around every thread: fd 2 is the process's
+        with _quiet_native_stderr() if quiet else nullcontext():  # one around every thread: fd 2 is the process's
             if len(readers) == 1:
                 images = [_execute(*readers[0][1])]
             else:

@@ -17,6 +17,7 @@ from petseg.inference import FoldAverage, ensemble_maps, resolve_device, resolve
 from petseg.metrics import Labelled
 from petseg.model import ModelFolder, default_model_dir
 from petseg.preprocess import Preprocessed, Record
+from petseg.read_ahead import ReadAhead
 from petseg.settings import Settings, resolve_backend
 from petseg.stages import (
     EnsembleMaps,
@@ -141,8 +142,10 @@ class Predictor:
         pet: str | Path,
         clicks: Clicks | str | Path | None = None,
         clicks_world: bool = False,
+        ahead: ReadAhead | None = None,
     ) -> Prediction:
-        """Read both files and predict; ``timings`` holds read, preprocess, network, restore."""
+        """Read both files (or take them from ``ahead``, reading them since start-up) and
+        predict; ``timings`` holds read, preprocess, network, restore."""
         self.timings = {}
         start = time.monotonic()
         prep = load_study(
@@ -153,6 +156,7 @@ class Predictor:
             clicks=clicks,
             clicks_world=clicks_world,
             device=self.device,
+            ahead=ahead,
         )
         return self.restore(self.network_maps(prep, start=start), prep.record)
 

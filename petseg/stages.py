@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cc3d
 import numpy as np
@@ -24,6 +25,9 @@ from petseg.metrics import CONNECTIVITY
 from petseg.outputs import CaseOutputs
 from petseg.preprocess import Preprocessed, Record, preprocess, probability_to_mask, read_inputs, restore
 from petseg.settings import Settings, resolve_backend
+
+if TYPE_CHECKING:
+    from petseg.read_ahead import ReadAhead
 
 log = logging.getLogger(__name__)
 SCRIBBLE_REACH = 2.0  # click sigmas: how near a background scribble a lesion's voxels count as scribbled on
@@ -89,13 +93,18 @@ def load_study(
     clicks: Clicks | str | Path | None = None,
     clicks_world: bool = False,
     device=None,
+    ahead: ReadAhead | None = None,
 ) -> Preprocessed:
     """Read a CT/PET pair and preprocess it (stages "read" and "preprocess") with the
     settings' backend on ``device`` (None: the CPU); ``clicks`` (or a clicks JSON file, voxel
     indices of the PET or with ``clicks_world`` mm) become the click channels of a
-    click-aware model. A PET-only model reads no CT (``ct`` may be None)."""
+    click-aware model. A PET-only model reads no CT (``ct`` may be None). ``ahead``: the
+    same files, being read since the process started (the "read" stage then waits for it)."""
     with timed("read", timings):
-        ct_image, pet_image = read_inputs(ct, pet, settings=settings)
+        if ahead is not None:
+            ct_image, pet_image = ahead.images(settings=settings)
+        else:
+            ct_image, pet_image = read_inputs(ct, pet, settings=settings)
     with timed("preprocess", timings):
         prep = preprocess_study(
             ct_image, pet_image, settings=settings, device=device, ct_source=str(ct), pet_source=str(pet)

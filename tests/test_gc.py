@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from petseg.predictor import Predictor
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
@@ -289,7 +291,7 @@ def test_a_bad_clicks_file_fails_a_click_aware_job_with_one_line_before_the_fold
     gc_input, click_model_dir, tmp_path, capsys, monkeypatch
 ):
     loaded = []
-    monkeypatch.setattr(process.Predictor, "from_model_dir", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(Predictor, "from_model_dir", lambda *a, **k: loaded.append(a))
     (gc_input / "lesion-clicks.json").write_text(json.dumps({"points": [{"point": [1, 2], "name": "tumor"}]}))
     assert run_process(gc_input, tmp_path / "out", click_model_dir, "--interface", "autopet4") == 1
     err = capsys.readouterr().err.strip().splitlines()
