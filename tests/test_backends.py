@@ -203,3 +203,23 @@ def test_when_both_files_fail_the_ct_is_named_wherever_each_failed(tmp_path, mon
     with pytest.raises(InputError) as err:
         read_images([(ct_path, "CT"), (pet_path, "PET")])
     assert str(ct_path) in str(err.value) and "simulated" in str(err.value)
+
+
+def test_the_demo_study_through_process_py_on_the_torch_backend_gives_the_expected_output(tmp_path):
+    """What ./test.sh checks in the image, with the device path on the CPU: the same mask."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT))
+    import process
+
+    out = tmp_path / "out"
+    args = ["--input", str(ROOT / "test" / "input"), "--output", str(out), "--model-dir", str(ROOT / "weights")]
+    assert process.main([*args, "--device", "cpu", "--resample-backend", "torch"]) == 0
+    expected = sorted((ROOT / "test" / "expected_output").rglob("*.mha"))
+    assert len(expected) == 1
+    ours = out / expected[0].relative_to(ROOT / "test" / "expected_output")
+    mask, reference = sitk.ReadImage(str(ours)), sitk.ReadImage(str(expected[0]))
+    assert Grid.of(mask) == Grid.of(reference)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(reference))
