@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from petseg.backends import preprocess_study
 from petseg.clicks import Clicks
 from petseg.errors import ConfigError, ModelError
 from petseg.inference import FoldAverage, ensemble_maps, resolve_device, resolve_precision
@@ -24,7 +25,6 @@ from petseg.stages import (
     Prediction,
     case_line,
     load_study,
-    preprocess_study,
     restore_prediction,
     timed,
     with_clicks,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.backends import preprocess_study
 from petseg.io import file_stamp
 from petseg.metrics import Labelled
 from petseg.outputs import CaseOutputs
@@ -21,7 +22,6 @@ from petseg.stages import (
     EnsembleMaps,
     Prediction,
     load_study,
-    preprocess_study,
     restore_prediction,
     timed,
     with_clicks,
