@@ -55,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def job() -> int:
+        from petseg.model import ModelFolder  # model.json only: no torch yet
+
+        settings = ModelFolder.open(args.model_dir).settings
+        gc.check_job(args.input, args.output, args.interface, takes_clicks=settings.click_sigma_mm is not None)
         # the study's files decompress while torch and MONAI import and the folds load
-        ahead = gc.read_ahead(args.input, args.interface)
-        from petseg.model import ModelFolder
+        ahead = gc.read_ahead(args.input, args.interface, settings=settings)
         from petseg.predictor import Predictor
 
-        takes_clicks = ModelFolder.open(args.model_dir).settings.click_sigma_mm is not None  # model.json only
-        gc.check_job(args.input, args.output, args.interface, takes_clicks=takes_clicks)  # before five folds load
         predictor = Predictor.from_model_dir(args.model_dir, device=args.device, **speed_overrides(args))
         if args.device == "auto" and predictor.device.type == "cpu":  # the platform gives a GPU: say it was lost
             gc.log.warning("CUDA is not available: running on the CPU")

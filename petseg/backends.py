@@ -47,9 +47,10 @@ def preprocess_study(
             validate=validate,
         )
     except torch.OutOfMemoryError:
-        _release(device)
-        log.warning("out of memory preprocessing %s on %s: preprocessing with SimpleITK on the CPU", pet_source, device)
-        return preprocess(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source, validate=False)
+        pass  # out of the except block: its traceback no longer holds the device's tensors
+    _release(device)
+    log.warning("out of memory preprocessing %s on %s: preprocessing with SimpleITK on the CPU", pet_source, device)
+    return preprocess(ct, pet, settings=settings, ct_source=ct_source, pet_source=pet_source, validate=False)
 
 
 def _release(device) -> None:
@@ -76,8 +77,9 @@ def restorer(settings: Settings, device=None):
         try:
             return restore_many_torch(maps, record, device=device or "cpu")
         except torch.OutOfMemoryError:
-            _release(device)
-            log.warning("out of memory restoring on %s: restoring with SimpleITK on the CPU", device)
-            return on_the_cpu(maps, record)
+            pass  # out of the except block: its traceback no longer holds the device's tensors
+        _release(device)
+        log.warning("out of memory restoring on %s: restoring with SimpleITK on the CPU", device)
+        return on_the_cpu(maps, record)
 
     return on_the_device

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from petseg.atomic import check_output_folder
 from petseg.clicks import check_clicks_file
-from petseg.errors import OutputError, PetsegError
+from petseg.errors import OutputError
 from petseg.io import publish
 from petseg.layout import find_gc_case, list_images
 from petseg.outputs import DATA_CENTRIC_JSON, gc_mask_path
@@ -19,6 +19,7 @@ from petseg.stages import timed
 
 if TYPE_CHECKING:  # not imported here: process.py starts reading the study before torch imports
     from petseg.predictor import Predictor
+    from petseg.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,14 @@ def clicks_file(input_dir: str | Path, interface: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def read_ahead(input_dir: str | Path, interface: str) -> ReadAhead | None:
-    """Start reading the job's CT and PET (before torch imports and the folds load), or None
-    where a step takes its study from the cache (autoPET V) or the input has no single pair
-    (the checks then say why, in order)."""
+def read_ahead(input_dir: str | Path, interface: str, *, settings: Settings) -> ReadAhead | None:
+    """Start reading the job's PET (and CT, for a model that takes one) before torch imports
+    and the folds load; None where a step takes its study from the cache (autoPET V). Call it
+    after :func:`check_job`."""
     if INTERFACES[interface].scribbles:
         return None
-    try:
-        case = find_gc_case(input_dir)
-    except PetsegError:
-        return None
-    return ReadAhead(case.ct, case.pet)
+    case = find_gc_case(input_dir)
+    return ReadAhead(case.ct, case.pet, uses_ct=settings.uses_ct)
 
 
 def check_job(input_dir: str | Path, output_dir: str | Path, interface: str, *, takes_clicks: bool) -> None:

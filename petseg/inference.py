@@ -305,7 +305,9 @@ def ensemble_maps(
             ensemble.reset()
         ensemble.to(sw_device)
         if sw_device.type == "cpu" and inputs.device.type != "cpu":
-            inputs = inputs.cpu()  # the last rung: nothing of this study stays on the device
+            inputs = (
+                inputs.cpu()
+            )  # the last rung: the windows come from the host (the caller may still hold the device copy)
         try:
             with torch.inference_mode():
                 output = sliding_window_inference(

@@ -15,9 +15,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from petseg.documents import convert, read_json, regular_file, shown_value
 from petseg.errors import ConfigError, ModelError
@@ -228,6 +229,8 @@ class ModelFolder:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain state dict from ``path``; tolerates a {'state_dict': ...} wrapper and DDP's 'module.' prefix."""
+    import torch  # here, not at the top: opening a model folder (model.json) needs no torch
+
     regular_file(path, role="checkpoint", error=ModelError)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -25,9 +25,9 @@ import torch
 from petseg.geometry import Grid, Reorientation, same_grid
 from petseg.preprocess import RAS, Preprocessed, Record, box_of_profiles, model_inputs, validate_pair
 from petseg.resample_torch import reorient, resample, unorient
-from petseg.settings import Settings, resolve_backend
+from petseg.settings import Settings
 
-__all__ = ["preprocess_torch", "resolve_backend", "restore_torch", "restore_many_torch"]
+__all__ = ["preprocess_torch", "restore_torch", "restore_many_torch"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ def preprocess_torch(
         resampled=resampled,
     )
     image = network.permute(0, 3, 2, 1).contiguous()  # (C, X, Y, Z)
+    if image.is_cuda:
+        torch.cuda.synchronize(image.device)  # the stage's seconds are its own, not the network's
     label_array = None if label is None else _forward_label(label, record, turn, device)
     return Preprocessed(image=image, record=record, label=label_array)
 

@@ -1,36 +1,34 @@
-"""Reading a study while the process starts: the CT and PET decompressed in a background
-thread while torch and MONAI import and the folds load (most of a fresh process's time to
-its first window), taken up by the first stage that needs them.
+"""Reading a study while the process starts: the files a model takes decompressed in a
+background thread while torch and MONAI import and the folds load (most of a fresh
+process's time to its first window), handed to the first stage that needs them.
 
 The thread leaves file descriptor 2 alone (:func:`petseg.io.read_images` with
 ``quiet=False``): a redirection there would swallow what the starting process prints. It is
-a daemon, so a job stopped meanwhile does not wait for it.
+not a daemon: a process that stops meanwhile (a signal, a failed check) waits for the read
+in hand to end (seconds at most) rather than tear the thread down inside ITK, which aborts.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from petseg.errors import PetsegError
-from petseg.io import read_image, read_images
-from petseg.settings import Settings
-
-log = logging.getLogger(__name__)
+from petseg.io import read_images
 
 
 class ReadAhead:
-    """The CT (optional) and PET files of one study, being read since construction."""
+    """The PET, and the CT where the model takes one (``uses_ct``), of one study, being read
+    since construction."""
 
-    def __init__(self, ct: str | Path | None, pet: str | Path) -> None:
-        self.ct, self.pet = (None if ct is None else Path(ct)), Path(pet)
+    def __init__(self, ct: str | Path | None, pet: str | Path, *, uses_ct: bool = True) -> None:
+        self.ct = None if ct is None or not uses_ct else Path(ct)
+        self.pet = Path(pet)
         self._done = threading.Event()
         self._images: tuple[sitk.Image | None, sitk.Image] | None = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._read, name="petseg-read-ahead", daemon=True).start()
+        threading.Thread(target=self._read, name="petseg-read-ahead").start()
 
     def _read(self) -> None:
         try:
@@ -42,14 +40,17 @@ class ReadAhead:
         finally:
             self._done.set()
 
-    def images(self, *, settings: Settings) -> tuple[sitk.Image | None, sitk.Image]:
-        """The images the model takes (a PET-only model's: the PET alone, whatever became of
-        the CT), as :func:`petseg.preprocess.read_inputs` gives them; the read's error here."""
+    def covers(self, ct: str | Path | None, pet: str | Path) -> bool:
+        """Is this the read of these files (a CT not taken by the model aside)?"""
+        return Path(pet) == self.pet and (self.ct is None or (ct is not None and Path(ct) == self.ct))
+
+    def images(self) -> tuple[sitk.Image | None, sitk.Image]:
+        """(CT or None, PET) as :func:`petseg.preprocess.read_inputs` gives them, once: the
+        images are the caller's from here on (the read's error is raised here)."""
         self._done.wait()
-        if self._error is None:
-            ct, pet = self._images
-            return (ct if settings.uses_ct else None), pet
-        if not settings.uses_ct and isinstance(self._error, PetsegError) and self.ct is not None:
-            log.debug("a PET-only model: %s not read", self.ct)
-            return None, read_image(self.pet, role="PET")  # the CT's failure is not this model's
-        raise self._error
+        if self._error is not None:
+            raise self._error
+        if self._images is None:
+            raise RuntimeError("the read-ahead's images were taken already")
+        images, self._images = self._images, None
+        return images

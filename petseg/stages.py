@@ -103,7 +103,9 @@ def load_study(
     same files, being read since the process started (the "read" stage then waits for it)."""
     with timed("read", timings):
         if ahead is not None:
-            ct_image, pet_image = ahead.images(settings=settings)
+            if not ahead.covers(ct if settings.uses_ct else None, pet):
+                raise ValueError(f"the read-ahead of {ahead.ct}, {ahead.pet} is not the study of {ct}, {pet}")
+            ct_image, pet_image = ahead.images()
         else:
             ct_image, pet_image = read_inputs(ct, pet, settings=settings)
     with timed("preprocess", timings):

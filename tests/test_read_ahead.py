@@ -33,12 +33,17 @@ def study(tmp_path):
     return paths
 
 
-def test_the_images_equal_a_read_in_turn(study, capfd):
+def test_the_images_equal_a_read_in_turn_and_are_handed_over_once(study, capfd):
     ahead = ReadAhead(*study)
-    for mine, theirs in zip(ahead.images(settings=Settings()), read_inputs(*study, settings=Settings())):
+    assert ahead.covers(*study) and not ahead.covers(study[1], study[0])
+    for mine, theirs in zip(ahead.images(), read_inputs(*study, settings=Settings())):
         assert Grid.of(mine) == Grid.of(theirs)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(mine), sitk.GetArrayFromImage(theirs))
-    ct, pet = ReadAhead(*study).images(settings=PET_ONLY)
+    with pytest.raises(RuntimeError, match="taken already"):  # the ahead no longer holds them
+        ahead.images()
+    pet_only = ReadAhead(*study, uses_ct=PET_ONLY.uses_ct)
+    assert pet_only.ct is None and pet_only.covers(None, study[1]) and pet_only.covers(study[0], study[1])
+    ct, pet = pet_only.images()
     assert ct is None and Grid.of(pet) == Grid.of(sitk.ReadImage(str(study[1])))
     os.write(2, b"stderr untouched\n")
     assert "stderr untouched" in capfd.readouterr().err
@@ -49,15 +54,14 @@ def test_errors_are_the_ones_a_read_in_turn_gives(study, broken):
     ct, pet = study
     for path in {"ct": [ct], "pet": [pet], "both": [ct, pet]}[broken]:
         path.write_bytes(b"not an image")
-    ahead = ReadAhead(ct, pet)
     with pytest.raises(InputError) as err:
-        ahead.images(settings=Settings())
+        ReadAhead(ct, pet).images()
     assert str(pet if broken == "pet" else ct) in str(err.value)
-    if broken == "ct":  # a PET-only model never takes the CT: its failure is not the job's
-        assert ReadAhead(ct, pet).images(settings=PET_ONLY)[0] is None
+    if broken == "ct":  # a PET-only model never reads the CT: its failure is not the job's
+        assert ReadAhead(ct, pet, uses_ct=False).images()[0] is None
     else:
         with pytest.raises(InputError, match="pet.nii.gz"):
-            ReadAhead(ct, pet).images(settings=PET_ONLY)
+            ReadAhead(ct, pet, uses_ct=False).images()
 
 
 def test_process_py_with_a_pet_only_model_ignores_a_broken_ct(gc_input, pet_model_dir, tmp_path, capsys):
@@ -80,3 +84,41 @@ def test_process_py_names_a_broken_pet_in_one_line(gc_input, tiny_model_dir, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and str(pet) in err[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.mha"))
+
+
+def test_a_study_other_than_the_read_ahead_is_refused(study, tmp_path):
+    from petseg.stages import load_study
+
+    other = tmp_path / "other_pet.nii.gz"
+    other.write_bytes(study[1].read_bytes())
+    with pytest.raises(ValueError, match="is not the study of"):
+        load_study(ct=study[0], pet=other, settings=Settings(), timings={}, ahead=ReadAhead(*study))
+
+
+def test_a_process_stopped_while_reading_ahead_waits_for_the_read(tmp_path):
+    """Interpreter exit while the read-ahead is inside ITK: the thread is not a daemon, so the
+    exit waits for it (a daemon thread torn down inside ITK aborts the process, SIGABRT)."""
+    import subprocess
+    import textwrap
+    import threading
+
+    values = np.random.default_rng(0).random((120, 160, 160), dtype=np.float32)  # seconds to inflate, not ms
+    paths = []
+    for name in ("ct.mha", "pet.mha"):
+        image = sitk.GetImageFromArray(values)
+        sitk.WriteImage(image, str(tmp_path / name), True)
+        paths.append(str(tmp_path / name))
+    ahead = ReadAhead(*paths)
+    reader = next(t for t in threading.enumerate() if t.name == "petseg-read-ahead")
+    assert not reader.daemon
+    ahead.images()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from petseg.read_ahead import ReadAhead
+        ReadAhead({paths[0]!r}, {paths[1]!r})
+        sys.exit(3)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 3 and "FATAL" not in result.stderr, result.stderr[-2000:]
