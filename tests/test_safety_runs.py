@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import petseg.backends
 import petseg.io
 import petseg.stages
 from petseg.cohort import CASE_LOG, MANIFEST
@@ -116,14 +117,14 @@ def test_any_failure_inside_a_case_is_that_cases_and_the_run_goes_on(
     tiny_model_dir, tmp_path, capsys, monkeypatch, error, message
 ):
     src = cohort_folder(tmp_path / "in", 3)
-    real = petseg.stages.preprocess
+    real = petseg.backends.preprocess
 
     def failing(ct, pet, **kwargs):
         if "case01" in kwargs.get("pet_source", ""):
             raise error
         return real(ct, pet, **kwargs)
 
-    monkeypatch.setattr(petseg.stages, "preprocess", failing)
+    monkeypatch.setattr(petseg.backends, "preprocess", failing)
     out = tmp_path / "out"
     assert predict_cli(src, out, tiny_model_dir, "--workers", "0") == 1
     assert files(out) == ["case00.nii.gz", "case02.nii.gz"]
