@@ -195,7 +195,8 @@ def measure_study(study: Study, settings: ReportSettings, *, patient: Patient | 
     pet, from_headers, facts = read_study_pet(study)
     check_pet(pet, source=study.pet)
     if study.ct is not None:  # only its values matter (minimum and maximum): any grid
-        ct = sitk.GetArrayViewFromImage(read_image(study.ct, role="CT"))
+        ct_image = read_image(study.ct, role="CT")  # kept: a view does not keep its image alive
+        ct = sitk.GetArrayViewFromImage(ct_image)
         check_values(ct, source=study.ct, role="CT")
         check_swapped(ct, sitk.GetArrayViewFromImage(pet), ct_source=study.ct, pet_source=study.pet)
         check_ct_range(ct, source=study.ct)
