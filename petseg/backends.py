@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.preprocess import Preprocessed, preprocess, restore
+from petseg.preprocess import Preprocessed, Record, preprocess, restore
 from petseg.settings import Settings, resolve_backend
 
 log = logging.getLogger(__name__)
@@ -61,25 +61,21 @@ def _release(device) -> None:
 
 
 def restorer(settings: Settings, device=None):
-    """``restore_many(maps (C, X, Y, Z), record) -> (C, Z, Y, X)`` host array on the PET's
-    grid, with the settings' backend on ``device`` (None: the CPU)."""
-
-    def on_the_cpu(maps, record) -> np.ndarray:
-        return np.stack([sitk.GetArrayFromImage(restore(m, record)) for m in maps])
-
+    """``restore(values (X, Y, Z), record) -> float32 image on the PET's grid`` with the
+    settings' backend on ``device`` (None: the CPU)."""
     if resolve_backend(settings.resample_backend, device) == "sitk":
-        return on_the_cpu
+        return restore
     import torch
 
-    from petseg.preprocess_torch import restore_many_torch
+    from petseg.preprocess_torch import restore_torch
 
-    def on_the_device(maps, record) -> np.ndarray:
+    def on_the_device(values: np.ndarray, record: Record) -> sitk.Image:
         try:
-            return restore_many_torch(maps, record, device=device or "cpu")
+            return restore_torch(values, record, device=device or "cpu")
         except torch.OutOfMemoryError:
             pass  # out of the except block: its traceback no longer holds the device's tensors
         _release(device)
         log.warning("out of memory restoring on %s: restoring with SimpleITK on the CPU", device)
-        return on_the_cpu(maps, record)
+        return restore(values, record)
 
     return on_the_device

@@ -25,7 +25,7 @@ from petseg.io import publish, read_image
 from petseg.metrics import CONNECTIVITY
 from petseg.outputs import CaseOutputs
 from petseg.preprocess import Preprocessed, Record, probability_to_mask, read_inputs, restore
-from petseg.settings import Settings, resolve_backend
+from petseg.settings import Settings
 
 if TYPE_CHECKING:
     from petseg.read_ahead import ReadAhead
@@ -152,15 +152,9 @@ def restore_prediction(
     """The ensemble's maps back on the PET's native grid (stage "restore", with the settings'
     backend on ``device``); the mask is exactly ``probability > settings.threshold``, after
     the lesions that background clicks remove (``settings.click_removal``) got probability 0."""
-    restore_many = restorer(settings, device)
-
-    def restored(values: np.ndarray) -> sitk.Image:
-        if resolve_backend(settings.resample_backend, device) == "sitk":
-            return restore(values, record)  # no copies on the way
-        return record.native.stamp(sitk.GetImageFromArray(restore_many(values[None], record)[0]))
-
+    restored = restorer(settings, device)
     with timed("restore", timings):
-        probability = restored(maps.mean)
+        probability = restored(maps.mean, record)
         if settings.click_removal and record.clicks is not None and record.clicks.background:
             reach = None if settings.max_clicks is not None else SCRIBBLE_REACH * settings.click_sigma_mm
             probability = remove_clicked_lesions(
@@ -168,10 +162,10 @@ def restore_prediction(
             )
         uncertainty = votes = None
         if maps.variance is not None:
-            uncertainty = restored(maps.std())
+            uncertainty = restored(maps.std(), record)
             uncertainty.SetMetaData(UNCERTAINTY_KEY, UNCERTAINTY_NAME)
         if maps.folds is not None:
-            votes = fold_votes(maps.folds, record, threshold=settings.threshold, restore_many=restore_many)
+            votes = fold_votes(maps.folds, record, threshold=settings.threshold, restore=restored)
         mask = probability_to_mask(probability, threshold=settings.threshold)
     return Prediction(mask, probability, uncertainty, votes, 0 if maps.folds is None else len(maps.folds))
 
@@ -229,13 +223,13 @@ def _share_near(component: np.ndarray, grid: Grid, points, reach_mm: float) -> f
     return float(np.isfinite(distance).mean())
 
 
-def fold_votes(folds: np.ndarray, record: Record, *, threshold: float, restore_many) -> sitk.Image:
-    """Each fold's own mask, restored as the ensemble's is (probability, then threshold;
-    ``restore_many`` from :func:`restorer`), packed one bit per fold."""
+def fold_votes(folds: np.ndarray, record: Record, *, threshold: float, restore=restore) -> sitk.Image:
+    """Each fold's own mask, restored as the ensemble's is (probability, then threshold, with
+    ``restore`` from :func:`petseg.backends.restorer`), packed one bit per fold."""
     dtype = np.uint8 if len(folds) <= 8 else np.uint16 if len(folds) <= 16 else np.uint64
     bits = None
     for f, fold in enumerate(folds):
-        own = restore_many(fold[None], record)[0] > threshold
+        own = sitk.GetArrayFromImage(restore(fold, record)) > threshold  # not a view: the image is temporary
         bit = own.astype(dtype) << dtype(f)
         bits = bit if bits is None else bits | bit
     return record.native.stamp(sitk.GetImageFromArray(bits))
